@@ -1,0 +1,1 @@
+"""The decision-making heart of CalGuard: units, events, the model, rules and timers."""

@@ -1,0 +1,303 @@
+"""Unit-safe quantities: one pint registry, parsed once per distinct unit string.
+
+Every quantity that enters CalGuard is a string ``"<number> <unit>"``. It is checked here,
+at the boundary, against the *kind* of quantity the field needs (a volumetric rate, a
+concentration, ...) and turned into a plain float in that kind's canonical unit. Inside
+the engine values are floats in canonical units and their names say so (``rate_ml_min``).
+
+pint is slow for this job when used naively (a ``Quantity(text).to(unit)`` costs about
+100-400 µs), so each distinct unit string is parsed once: its dimension is checked and its
+factor to the canonical unit is cached. Whole quantity strings are cached too, because a
+pump repeats the same ``"1.2 ml/h"`` every second. A bare number, an unknown unit, a unit
+of the wrong dimension, a negative, NaN or infinite value is a ``QuantityError`` with a
+reason written for the person who sent it; nothing is ever guessed.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from functools import cache
+from typing import Any
+
+import pint
+
+from monitor.errors import QuantityError
+
+__all__ = [
+    "CONCENTRATION",
+    "DURATION",
+    "KINDS",
+    "MASS",
+    "MASS_RATE",
+    "PRESSURE",
+    "SALT_PER_WEIGHT_RATE",
+    "SUBSTANCE",
+    "SUBSTANCE_PER_VOLUME",
+    "SUBSTANCE_PER_WEIGHT",
+    "SUBSTANCE_PER_WEIGHT_RATE",
+    "VOLUME",
+    "VOLUME_RATE",
+    "WEIGHT",
+    "Kind",
+    "format_number",
+    "format_quantity",
+    "from_canonical",
+    "parse_duration_us",
+    "parse_quantity",
+    "split_quantity",
+    "unit_factor",
+]
+
+#: The one registry. pint quantities from different registries cannot be mixed, so every
+#: part of CalGuard that needs pint imports this one.
+ureg: Any = pint.UnitRegistry()
+
+#: Molar mass of calcium, g/mol (= mg/mmol). A physical constant, not a setting.
+CALCIUM_MG_PER_MMOL = 40.078
+
+
+@dataclass(frozen=True, slots=True)
+class Kind:
+    """What a quantity field must measure, and the canonical unit CalGuard computes in.
+
+    ``per_body_weight`` marks limits such as ``mg/kg/h``: pint reduces mg/kg to a pure
+    number, so ``mg/kg/h`` has the same dimension as ``1/h`` or ``ml/ml/h``. For those the
+    unit itself must be an amount per body mass per time, which is checked structurally.
+    """
+
+    name: str
+    canonical: str
+    expected: str
+    example: str
+    dimensionality: str
+    per_body_weight: bool = False
+
+    def describe(self) -> str:
+        return f'{self.expected} (e.g. "{self.example}")'
+
+
+VOLUME_RATE = Kind("volume rate", "ml/min", "a volume per time", "30 ml/h", "[length] ** 3 / [time]")
+CONCENTRATION = Kind(
+    "concentration", "mg/ml", "a mass per volume", "100 mg/ml", "[mass] / [length] ** 3"
+)
+WEIGHT = Kind("weight", "kg", "a body weight (a mass)", "1.2 kg", "[mass]")
+MASS = Kind("mass", "mg", "a mass", "500 mg", "[mass]")
+VOLUME = Kind("volume", "ml", "a volume", "3.1 ml", "[length] ** 3")
+DURATION = Kind("duration", "microsecond", "a time span", "60 min", "[time]")
+PRESSURE = Kind("pressure", "mmHg", "a pressure", "45 mmHg", "[mass] / [length] / [time] ** 2")
+MASS_RATE = Kind("mass rate", "mg/min", "a mass per time", "100 mg/min", "[mass] / [time]")
+SUBSTANCE = Kind("amount", "mmol", "an amount of substance", "0.5 mmol", "[substance]")
+SUBSTANCE_PER_WEIGHT = Kind(
+    "amount per body weight",
+    "mmol/kg",
+    "an amount per body weight",
+    "3 mmol/kg",
+    "[substance] / [mass]",
+)
+SUBSTANCE_PER_VOLUME = Kind(
+    "amount per volume",
+    "mmol/ml",
+    "an amount of substance per volume",
+    "0.2325 mmol/ml",
+    "[substance] / [length] ** 3",
+)
+SALT_PER_WEIGHT_RATE = Kind(
+    "mass per body weight per time",
+    "mg/kg/min",
+    "a mass per body weight per time",
+    "33 mg/kg/h",
+    "1 / [time]",
+    per_body_weight=True,
+)
+SUBSTANCE_PER_WEIGHT_RATE = Kind(
+    "amount per body weight per time",
+    "mmol/kg/min",
+    "an amount per body weight per time",
+    "0.125 mmol/kg/h",
+    "[substance] / [mass] / [time]",
+)
+
+KINDS: dict[str, Kind] = {
+    k.name: k
+    for k in (
+        VOLUME_RATE,
+        CONCENTRATION,
+        WEIGHT,
+        MASS,
+        VOLUME,
+        DURATION,
+        PRESSURE,
+        MASS_RATE,
+        SUBSTANCE,
+        SUBSTANCE_PER_WEIGHT,
+        SUBSTANCE_PER_VOLUME,
+        SALT_PER_WEIGHT_RATE,
+        SUBSTANCE_PER_WEIGHT_RATE,
+    )
+}
+
+# Names for dimensions people meet, so that a wrong unit is explained, not just refused.
+_DIMENSION_NAMES = {
+    "[length] ** 3 / [time]": "a volume per time",
+    "[mass] / [length] ** 3": "a mass per volume",
+    "[mass]": "a mass",
+    "[length] ** 3": "a volume",
+    "[time]": "a time",
+    "[mass] / [time]": "a mass per time",
+    "[substance]": "an amount of substance",
+    "[substance] / [mass]": "an amount per mass",
+    "[substance] / [length] ** 3": "an amount per volume",
+    "[substance] / [time]": "an amount per time",
+    "[substance] / [mass] / [time]": "an amount per mass per time",
+    "[mass] / [length] / [time] ** 2": "a pressure",
+    "1 / [time]": "a frequency (per time)",
+    "[length]": "a length",
+    "dimensionless": "a plain number",
+}
+
+_NUMBER_UNIT = re.compile(
+    r"\s*(?P<num>[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?)\s*(?P<unit>.*?)\s*\Z", re.DOTALL
+)
+_NOT_FINITE = re.compile(r"\s*[+-]?(?:nan|inf|infinity)\b", re.IGNORECASE)
+# Unit strings are handed to pint's expression parser, so only unit-like text gets there.
+_UNIT_TEXT = re.compile(r"[A-Za-zµμ/*^().\s\d_]{1,40}\Z")
+_VALUE_CACHE_MAX = 8192
+
+
+def split_quantity(text: object) -> tuple[float, str]:
+    """Split ``"30 ml/h"`` into ``(30.0, "ml/h")``; the unit is not checked here."""
+    if isinstance(text, bool) or not isinstance(text, str):
+        if isinstance(text, int | float):
+            raise QuantityError(text, "a bare number", "a quantity string with its unit")
+        raise QuantityError(text, "not a quantity string", 'a string such as "30 ml/h"')
+    m = _NUMBER_UNIT.match(text)
+    if m is None:
+        if _NOT_FINITE.match(text):
+            raise QuantityError(text, "not a finite number")
+        raise QuantityError(text, "does not start with a number")
+    value = float(m["num"])
+    if not math.isfinite(value):
+        raise QuantityError(text, "not a finite number")
+    if value < 0:
+        raise QuantityError(text, "negative values are not allowed")
+    return value, m["unit"]
+
+
+@cache
+def _dimensionality(expr: str) -> Any:
+    return ureg.get_dimensionality(expr)
+
+
+@cache
+def _canonical_units(kind: Kind) -> Any:
+    return ureg.parse_units(kind.canonical)
+
+
+def _parse_units(unit: str, kind: Kind) -> Any:
+    if not _UNIT_TEXT.match(unit):
+        raise QuantityError(unit, f"{unit!r} is not a unit CalGuard can read", kind.describe())
+    try:
+        return ureg.parse_units(unit)
+    except Exception as exc:  # pint raises many types (UndefinedUnitError, AssertionError, ...)
+        reason = f"unknown unit {unit!r} ({_pint_reason(exc)})"
+        raise QuantityError(unit, reason, kind.describe()) from None
+
+
+def _pint_reason(exc: Exception) -> str:
+    text = str(exc).strip()
+    return text if text and len(text) < 120 else type(exc).__name__
+
+
+def _describe_dimension(units: Any) -> str:
+    dim = str(units.dimensionality)
+    return _DIMENSION_NAMES.get(dim, f"of dimension {dim}")
+
+
+def _check_per_body_weight(unit: str, units: Any, kind: Kind) -> None:
+    # Expect exactly: one amount (mass) up, one body mass down, one time down.
+    ups, downs, times = [], [], []
+    for name, exponent in units._units.items():
+        dim = str(ureg.get_dimensionality(name))
+        if dim == "[mass]" and exponent == 1:
+            ups.append(name)
+        elif dim == "[mass]" and exponent == -1:
+            downs.append(name)
+        elif dim == "[time]" and exponent == -1:
+            times.append(name)
+        else:
+            break
+    else:
+        if len(ups) == len(downs) == len(times) == 1 and len(units._units) == 3:
+            return
+    raise QuantityError(unit, f"{unit!r} is not an amount per body weight per time", kind.describe())
+
+
+@cache
+def unit_factor(unit: str, kind: Kind) -> float:
+    """Factor that turns a number in ``unit`` into ``kind``'s canonical unit (cached)."""
+    units = _parse_units(unit, kind)
+    if units.dimensionality != _dimensionality(kind.dimensionality):
+        raise QuantityError(unit, f"{unit!r} is {_describe_dimension(units)}", kind.describe())
+    if kind.per_body_weight:
+        _check_per_body_weight(unit, units, kind)
+    factor = float(ureg.Quantity(1.0, units).to(_canonical_units(kind)).magnitude)
+    if not math.isfinite(factor) or factor <= 0:
+        raise QuantityError(unit, "cannot be converted to a usable value")
+    return factor
+
+
+_value_cache: dict[Kind, dict[str, float]] = {}
+
+
+def parse_quantity(text: object, kind: Kind) -> float:
+    """Parse a quantity string into a float in ``kind``'s canonical unit.
+
+    Raises ``QuantityError`` for a bare number, an unknown unit, a wrong dimension, or a
+    negative, NaN or infinite value.
+    """
+    cache_for_kind = _value_cache.get(kind)
+    if cache_for_kind is None:
+        cache_for_kind = _value_cache.setdefault(kind, {})
+    if isinstance(text, str):
+        hit = cache_for_kind.get(text)
+        if hit is not None:
+            return hit
+    number, unit = split_quantity(text)  # refuses anything that is not a string
+    if not unit:
+        raise QuantityError(text, "a bare number", f"{kind.describe()} with its unit")
+    value = number * unit_factor(unit, kind)
+    if not math.isfinite(value):
+        raise QuantityError(text, "not a finite number in canonical units")
+    if len(cache_for_kind) >= _VALUE_CACHE_MAX:
+        cache_for_kind.clear()
+    cache_for_kind[str(text)] = value
+    return value
+
+
+def parse_duration_us(text: object) -> int:
+    """A time span as whole microseconds, the engine's unit of time."""
+    return round(parse_quantity(text, DURATION))
+
+
+def from_canonical(value: float, kind: Kind, unit: str) -> float:
+    """Express a canonical ``kind`` value in ``unit`` (whose factor is cached)."""
+    return value / unit_factor(unit, kind)
+
+
+def format_number(x: float) -> str:
+    """A number for a nurse: at most 4 significant digits, no exponent, no trailing zeros."""
+    if x == 0 or not math.isfinite(x):
+        return "0" if x == 0 else str(x)
+    digits = max(0, 3 - math.floor(math.log10(abs(x))))
+    text = f"{round(x, digits):.{digits}f}"
+    if "." in text:
+        text = text.rstrip("0").rstrip(".")
+    return text
+
+
+def format_quantity(value_canonical: float, kind: Kind, unit: str | None = None) -> str:
+    """``"3 ml/min"``: a canonical value shown in ``unit`` (default the canonical unit)."""
+    unit = unit or kind.canonical
+    return f"{format_number(from_canonical(value_canonical, kind, unit))} {unit}"
