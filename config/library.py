@@ -1,0 +1,160 @@
+"""The drug library as frozen, validated value objects.
+
+A ``Library`` is built only by ``config.loader`` (which explains every problem in a
+pharmacist's words); once built, every quantity in it is already converted to its
+canonical unit and the engine never touches pint again.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+
+from monitor import units
+from monitor.units import CALCIUM_MG_PER_MMOL, Kind
+
+__all__ = ["ConfiguredQuantity", "LabelMatch", "Library", "Product", "RuleConfig", "Salt"]
+
+
+@dataclass(frozen=True, slots=True)
+class ConfiguredQuantity:
+    """A quantity as the pharmacist wrote it, with its canonical value."""
+
+    text: str
+    unit: str
+    kind: Kind
+    value: float  # canonical unit of ``kind``
+
+    def show(self, canonical_value: float) -> str:
+        """Express a canonical value in the unit this quantity was written in."""
+        return units.format_quantity(canonical_value, self.kind, self.unit)
+
+    @property
+    def us(self) -> int:
+        """A duration in whole microseconds."""
+        return round(self.value)
+
+
+@dataclass(frozen=True, slots=True)
+class Salt:
+    name: str
+    elemental_fraction: float  # mg elemental calcium per mg of salt
+
+
+@dataclass(frozen=True, slots=True)
+class Product:
+    id: str
+    name: str
+    aliases: tuple[str, ...]
+    drug_class: str
+    salt: Salt | None = None
+    concentration: ConfiguredQuantity | None = None
+    gluconate_fraction: float = 0.093
+
+    @property
+    def is_calcium(self) -> bool:
+        return self.drug_class == "calcium"
+
+    @property
+    def is_gluconate(self) -> bool:
+        return self.salt is not None and self.salt.name == "gluconate"
+
+    @property
+    def gluconate_equivalent(self) -> float:
+        """mg of calcium gluconate carrying the calcium of 1 mg of this product's salt."""
+        return self.salt.elemental_fraction / self.gluconate_fraction if self.salt else 1.0
+
+    def elemental_mmol_per_mg(self) -> float:
+        """mmol elemental calcium in 1 mg of this product's salt."""
+        return self.salt.elemental_fraction / CALCIUM_MG_PER_MMOL if self.salt else 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class RuleConfig:
+    rule_id: str
+    enabled: bool
+    priority: str | None
+    quantities: Mapping[str, ConfiguredQuantity] = field(default_factory=dict)
+    ints: Mapping[str, int] = field(default_factory=dict)
+    class_lists: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+
+    def q(self, key: str) -> ConfiguredQuantity:
+        return self.quantities[key]
+
+
+@dataclass(frozen=True, slots=True)
+class LabelMatch:
+    """What a pump's drug label means: a product, or an unknown (maybe calcium) drug."""
+
+    label: str
+    product: Product | None
+    mentions_calcium: bool
+
+    @property
+    def is_calcium(self) -> bool:
+        """Calcium, known or not: an unknown calcium label is never assumed safe."""
+        return self.product.is_calcium if self.product else self.mentions_calcium
+
+    @property
+    def drug_class(self) -> str:
+        if self.product is not None:
+            return self.product.drug_class
+        return "calcium" if self.mentions_calcium else "neutral"
+
+
+_SPACES = re.compile(r"\s+")
+_MATCH_CACHE_MAX = 4096
+
+
+def normalise_label(label: str) -> str:
+    return _SPACES.sub(" ", label.strip()).lower()
+
+
+@dataclass(frozen=True)
+class Library:
+    name: str
+    version: str
+    source: str
+    text: str
+    salts: Mapping[str, Salt]
+    products: tuple[Product, ...]
+    rules: Mapping[str, RuleConfig]
+    calcium_keywords: tuple[str, ...]
+    _aliases: tuple[tuple[str, Product], ...] = field(init=False, repr=False)
+    _cache: dict[str, LabelMatch] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        pairs = [
+            (normalise_label(alias), p) for p in self.products for alias in (p.name, *p.aliases)
+        ]
+        pairs.sort(key=lambda pair: -len(pair[0]))  # longest name wins
+        object.__setattr__(self, "_aliases", tuple(pairs))
+        object.__setattr__(self, "_cache", {})
+        object.__setattr__(self, "rules", MappingProxyType(dict(self.rules)))
+
+    def match(self, label: str) -> LabelMatch:
+        """Match a pump drug label to a product (see event-format.md, matching)."""
+        hit = self._cache.get(label)
+        if hit is not None:
+            return hit
+        norm = normalise_label(label)
+        product = None
+        for alias, candidate in self._aliases:
+            if norm.startswith(alias) and (len(norm) == len(alias) or not norm[len(alias)].isalpha()):
+                product = candidate
+                break
+        mentions = any(k in norm for k in self.calcium_keywords)
+        result = LabelMatch(label, product, mentions)
+        if len(self._cache) >= _MATCH_CACHE_MAX:
+            self._cache.clear()
+        self._cache[label] = result
+        return result
+
+    def rule(self, rule_id: str) -> RuleConfig:
+        return self.rules[rule_id]
+
+    @property
+    def calcium_products(self) -> tuple[Product, ...]:
+        return tuple(p for p in self.products if p.is_calcium)

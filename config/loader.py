@@ -1,0 +1,453 @@
+"""Load and validate a drug library, explaining every problem to the pharmacist.
+
+Validation happens here and only here. Every problem found is collected (not just the
+first), each naming the file, the key, what was found and what is expected, in words a
+pharmacist can act on::
+
+    nicu.toml: rules.rate-volume.limit: "2 ml/h" is 0.03333 ml/min, outside the plausible
+    range 0.1-10 ml/min for this setting; did you mean "2 ml/min"?
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+import re
+import tomllib
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from config.library import ConfiguredQuantity, Library, Product, RuleConfig, Salt, normalise_label
+from config.schema import (
+    CLASSES,
+    PRIORITIES,
+    RULES,
+    ClassListSetting,
+    IntSetting,
+    QuantitySetting,
+    RuleSpec,
+)
+from monitor import units
+from monitor.errors import ConfigError, ConfigProblem, QuantityError
+
+__all__ = ["BUILTIN", "LoadResult", "builtin_text", "check_library", "load_library", "parse_library"]
+
+BUILTIN = "built-in"
+_ID = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}\Z")
+_TOP_KEYS = ("library", "matching", "salts", "products", "rules")
+_PRODUCT_KEYS = ("id", "name", "aliases", "class", "salt", "concentration", "elemental_calcium")
+# a stated elemental calcium content may differ this much from salt x concentration
+# (the label rounds: 9.3 mg/ml is 0.2320 mmol/ml, printed 0.2325)
+_ELEMENTAL_TOLERANCE = 0.01
+
+
+def builtin_text() -> str:
+    return resources.files("config").joinpath("default_library.toml").read_text("utf-8")
+
+
+@dataclass
+class LoadResult:
+    library: Library | None
+    problems: list[ConfigProblem] = field(default_factory=list)
+    warnings: list[ConfigProblem] = field(default_factory=list)
+
+
+def load_library(path: str | Path | None = None) -> Library:
+    """The library at ``path`` (the built-in one when None); ``ConfigError`` if unusable."""
+    result = check_library(path)
+    if result.library is None:
+        raise ConfigError(result.problems)
+    return result.library
+
+
+def check_library(path: str | Path | None = None) -> LoadResult:
+    if path is None:
+        return parse_library(builtin_text(), BUILTIN)
+    source = str(path)
+    try:
+        text = Path(path).read_text("utf-8")
+    except FileNotFoundError:
+        return LoadResult(None, [ConfigProblem(source, "", "file not found")])
+    except UnicodeDecodeError as exc:
+        return LoadResult(None, [ConfigProblem(source, "", f"not UTF-8 text ({exc.reason})")])
+    except OSError as exc:
+        return LoadResult(None, [ConfigProblem(source, "", f"cannot be read ({exc.strerror})")])
+    return parse_library(text, source)
+
+
+def parse_library(text: str, source: str) -> LoadResult:
+    try:
+        doc = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        return LoadResult(None, [ConfigProblem(source, "", f"not valid TOML: {exc}")])
+    checker = _Checker(source)
+    library = checker.build(doc, text)
+    if checker.problems:
+        return LoadResult(None, checker.problems, checker.warnings)
+    return LoadResult(library, [], checker.warnings)
+
+
+def library_version(doc: dict[str, Any]) -> str:
+    """Hash of the library's content: comments and layout do not change it, values do."""
+    canonical = json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
+    return "sha256:" + hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:16]
+
+
+def _builtin_value(rule_id: str, key: str) -> object:
+    try:
+        return tomllib.loads(builtin_text())["rules"][rule_id][key]
+    except KeyError:
+        return None
+
+
+def _near(word: str, options: list[str] | tuple[str, ...]) -> str:
+    close = difflib.get_close_matches(word, options, n=1)
+    return f'; did you mean "{close[0]}"?' if close else ""
+
+
+class _Checker:
+    """Collects problems while building the library objects."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+        self.problems: list[ConfigProblem] = []
+        self.warnings: list[ConfigProblem] = []
+
+    def problem(self, key: str, message: str) -> None:
+        self.problems.append(ConfigProblem(self.source, key, message))
+
+    def warn(self, key: str, message: str) -> None:
+        self.warnings.append(ConfigProblem(self.source, key, message))
+
+    # -- top level ------------------------------------------------------------------------
+
+    def build(self, doc: dict[str, Any], text: str) -> Library | None:
+        for key in doc:
+            if key not in _TOP_KEYS:
+                self.problem(key, f"unknown section; expected one of {', '.join(_TOP_KEYS)}{_near(key, _TOP_KEYS)}")
+        meta = self.table(doc, "library", required=True)
+        name = self.string(meta, "library.name", "name", required=True) or "?"
+        fmt = meta.get("format", 1)
+        if fmt != 1:
+            self.problem("library.format", f"{fmt!r} — this CalGuard reads library format 1")
+        matching = self.table(doc, "matching", required=False)
+        keywords = self.string_list(matching, "matching.calcium_keywords", "calcium_keywords")
+        if not keywords:
+            self.problem(
+                "matching.calcium_keywords",
+                'missing or empty; list the words that mark a calcium label, e.g. ["calcium"]',
+            )
+        salts = self.salts(self.table(doc, "salts", required=True))
+        products = self.products(doc.get("products"), salts)
+        rules = self.rules(self.table(doc, "rules", required=True))
+        if self.problems:
+            return None
+        return Library(
+            name=name,
+            version=library_version(doc),
+            source=self.source,
+            text=text,
+            salts=salts,
+            products=tuple(products),
+            rules=rules,
+            calcium_keywords=tuple(k.lower() for k in keywords),
+        )
+
+    # -- typed accessors ------------------------------------------------------------------
+
+    def table(self, parent: dict[str, Any], key: str, *, required: bool) -> dict[str, Any]:
+        value = parent.get(key)
+        if value is None:
+            if required:
+                self.problem(key, "section is missing")
+            return {}
+        if not isinstance(value, dict):
+            self.problem(key, f"{value!r} — a table ([{key}]) is expected")
+            return {}
+        return value
+
+    def string(self, table: dict[str, Any], path: str, key: str, *, required: bool) -> str | None:
+        value = table.get(key)
+        if value is None:
+            if required:
+                self.problem(path, "is missing; a text value is expected")
+            return None
+        if not isinstance(value, str) or not value.strip():
+            self.problem(path, f"{value!r} — a non-empty text value is expected")
+            return None
+        return value.strip()
+
+    def string_list(self, table: dict[str, Any], path: str, key: str) -> list[str]:
+        value = table.get(key, [])
+        if not isinstance(value, list) or not all(isinstance(v, str) and v.strip() for v in value):
+            self.problem(path, f"{value!r} — a list of non-empty texts is expected")
+            return []
+        return [v.strip() for v in value]
+
+    def quantity(
+        self, path: str, value: object, setting: QuantitySetting
+    ) -> ConfiguredQuantity | None:
+        kind = setting.kind
+        try:
+            number, unit = units.split_quantity(value)
+            if not unit:
+                raise QuantityError(value, "a bare number")
+            canonical = number * units.unit_factor(unit, kind)
+        except QuantityError as exc:
+            found = f'"{value}"' if isinstance(value, str) else repr(value)
+            self.problem(
+                path,
+                f"{found} — {exc.reason}; {kind.describe()} is expected{self.suggest(value, setting)}",
+            )
+            return None
+        if not setting.low <= canonical <= setting.high:
+            shown = units.format_quantity(canonical, kind, setting.hint)
+            low = units.format_quantity(setting.low, kind, setting.hint)
+            high = units.format_quantity(setting.high, kind, setting.hint)
+            self.problem(
+                path,
+                f'"{value}" is {shown}, outside the plausible range {low} to {high} '
+                f"for this setting{self.suggest(value, setting)}",
+            )
+            return None
+        return ConfiguredQuantity(str(value), unit, kind, canonical)
+
+    @staticmethod
+    def suggest(value: object, setting: QuantitySetting) -> str:
+        """'did you mean "2 ml/min"?' when the same number in the usual unit is plausible."""
+        if isinstance(value, bool) or not isinstance(value, int | float | str):
+            return ""
+        try:
+            number = float(value) if not isinstance(value, str) else units.split_quantity(value)[0]
+        except QuantityError:
+            return ""
+        for unit in dict.fromkeys((setting.hint, setting.kind.canonical)):
+            if isinstance(value, str) and value.strip().endswith(unit):
+                continue
+            canonical = number * units.unit_factor(unit, setting.kind)
+            if setting.low <= canonical <= setting.high:
+                return f'; did you mean "{units.format_number(number)} {unit}"?'
+        return ""
+
+    # -- salts and products ---------------------------------------------------------------
+
+    def salts(self, table: dict[str, Any]) -> dict[str, Salt]:
+        salts: dict[str, Salt] = {}
+        for name, body in table.items():
+            path = f"salts.{name}"
+            if not isinstance(body, dict):
+                self.problem(path, "a table with elemental_calcium_fraction is expected")
+                continue
+            fraction = body.get("elemental_calcium_fraction")
+            if isinstance(fraction, bool) or not isinstance(fraction, int | float) or not 0 < fraction < 1:
+                self.problem(
+                    f"{path}.elemental_calcium_fraction",
+                    f"{fraction!r} — a fraction between 0 and 1 is expected (0.093 = 9.3 mg Ca per 100 mg)",
+                )
+                continue
+            for key in body:
+                if key != "elemental_calcium_fraction":
+                    self.problem(f"{path}.{key}", "unknown key; expected elemental_calcium_fraction")
+            salts[name] = Salt(name, float(fraction))
+        if "gluconate" not in salts:
+            self.problem("salts.gluconate", "is missing; CalGuard's limits are written for calcium gluconate")
+        return salts
+
+    def products(self, value: object, salts: dict[str, Salt]) -> list[Product]:
+        if value is None:
+            self.problem("products", "no products; at least the calcium products are expected")
+            return []
+        if not isinstance(value, list):
+            self.problem("products", "an array of tables ([[products]]) is expected")
+            return []
+        products: list[Product] = []
+        seen_ids: set[str] = set()
+        seen_names: dict[str, str] = {}
+        gluconate = salts["gluconate"].elemental_fraction if "gluconate" in salts else 0.093
+        for index, body in enumerate(value):
+            product = self.product(index, body, salts, gluconate)
+            if product is None:
+                continue
+            if product.id in seen_ids:
+                self.problem(f"products[{product.id}].id", "is used by another product too")
+            seen_ids.add(product.id)
+            for alias in (product.name, *product.aliases):
+                norm = normalise_label(alias)
+                other = seen_names.get(norm)
+                if other is not None and other != product.id:
+                    self.problem(
+                        f"products[{product.id}]",
+                        f'the name "{alias}" is also used by product {other}; a pump label must mean one product',
+                    )
+                seen_names[norm] = product.id
+            products.append(product)
+        if not any(p.is_calcium for p in products):
+            self.problem("products", "no product of class calcium; CalGuard would recognise no calcium")
+        return products
+
+    def product(
+        self, index: int, body: object, salts: dict[str, Salt], gluconate: float
+    ) -> Product | None:
+        if not isinstance(body, dict):
+            self.problem(f"products[{index}]", "a table is expected")
+            return None
+        pid = body.get("id")
+        label = pid if isinstance(pid, str) else str(index)
+        path = f"products[{label}]"
+        before = len(self.problems)
+        if not isinstance(pid, str) or not _ID.match(pid):
+            self.problem(f"{path}.id", f"{pid!r} — a short id of lower-case letters, digits and - is expected")
+        for key in body:
+            if key not in _PRODUCT_KEYS:
+                self.problem(f"{path}.{key}", f"unknown key; expected one of {', '.join(_PRODUCT_KEYS)}{_near(key, _PRODUCT_KEYS)}")
+        name = self.string(body, f"{path}.name", "name", required=True)
+        aliases = self.string_list(body, f"{path}.aliases", "aliases")
+        drug_class = body.get("class")
+        if drug_class not in CLASSES:
+            self.problem(f"{path}.class", f"{drug_class!r} — one of {', '.join(CLASSES)} is expected")
+        salt = concentration = None
+        salt_name = body.get("salt")
+        if salt_name is not None:
+            salt = salts.get(salt_name) if isinstance(salt_name, str) else None
+            if salt is None:
+                self.problem(f"{path}.salt", f"{salt_name!r} — one of the [salts] is expected: {', '.join(salts)}")
+        if "concentration" in body:
+            concentration = self.quantity(
+                f"{path}.concentration",
+                body["concentration"],
+                QuantitySetting(units.CONCENTRATION, 0.1, 500.0, "mg/ml"),
+            )
+        if drug_class == "calcium":
+            if salt_name is None:
+                self.problem(f"{path}.salt", "is missing; a calcium product needs its salt (gluconate, chloride)")
+            if "concentration" not in body:
+                self.problem(f"{path}.concentration", 'is missing; e.g. "100 mg/ml"')
+        if "elemental_calcium" in body and salt is not None and concentration is not None:
+            self.elemental(path, body["elemental_calcium"], salt, concentration)
+        if len(self.problems) > before or name is None or not isinstance(pid, str):
+            return None
+        return Product(
+            id=pid,
+            name=name,
+            aliases=tuple(aliases),
+            drug_class=str(drug_class),
+            salt=salt,
+            concentration=concentration,
+            gluconate_fraction=gluconate,
+        )
+
+    def elemental(self, path: str, value: object, salt: Salt, conc: ConfiguredQuantity) -> None:
+        stated = self.quantity(
+            f"{path}.elemental_calcium",
+            value,
+            QuantitySetting(units.SUBSTANCE_PER_VOLUME, 0.001, 5.0, "mmol/ml"),
+        )
+        if stated is None:
+            return
+        derived = conc.value * salt.elemental_fraction / units.CALCIUM_MG_PER_MMOL
+        if abs(stated.value - derived) > _ELEMENTAL_TOLERANCE * derived:
+            self.problem(
+                f"{path}.elemental_calcium",
+                f'"{value}" does not agree with {conc.text} of the {salt.name} salt, which carries '
+                f"{units.format_number(derived)} mmol/ml; check the concentration, the salt or this value",
+            )
+
+    # -- rules ----------------------------------------------------------------------------
+
+    def rules(self, table: dict[str, Any]) -> dict[str, RuleConfig]:
+        for rule_id in table:
+            if rule_id not in RULES:
+                self.problem(f"rules.{rule_id}", f"unknown rule id{_near(rule_id, list(RULES))}")
+        configs: dict[str, RuleConfig] = {}
+        for rule_id, spec in RULES.items():
+            body = table.get(rule_id)
+            if body is None:
+                self.problem(
+                    f"rules.{rule_id}",
+                    "section is missing; copy it from the built-in library (calguard config init) "
+                    "or write enabled = false",
+                )
+                continue
+            if not isinstance(body, dict):
+                self.problem(f"rules.{rule_id}", "a table is expected")
+                continue
+            config = self.rule(spec, body)
+            if config is not None:
+                configs[rule_id] = config
+        self.cross_checks(configs)
+        return configs
+
+    def rule(self, spec: RuleSpec, body: dict[str, Any]) -> RuleConfig | None:
+        base = f"rules.{spec.rule_id}"
+        allowed = ["enabled", *(["priority"] if spec.priority else []), *spec.settings]
+        for key in body:
+            if key not in allowed:
+                self.problem(f"{base}.{key}", f"unknown key; expected one of {', '.join(allowed)}{_near(key, allowed)}")
+        enabled = body.get("enabled", True)
+        if not isinstance(enabled, bool):
+            self.problem(f"{base}.enabled", f"{enabled!r} — true or false is expected")
+        elif not enabled:
+            self.warn(base, "this rule is DISABLED; CalGuard will not check it")
+        priority = body.get("priority", spec.priority)
+        if spec.priority and priority not in PRIORITIES:
+            self.problem(f"{base}.priority", f"{priority!r} — one of {', '.join(PRIORITIES)} is expected")
+        quantities: dict[str, ConfiguredQuantity] = {}
+        ints: dict[str, int] = {}
+        lists: dict[str, tuple[str, ...]] = {}
+        for key, setting in spec.settings.items():
+            path = f"{base}.{key}"
+            if key not in body:
+                default = _builtin_value(spec.rule_id, key)
+                self.problem(path, f"is missing; the built-in default is {json.dumps(default)}")
+                continue
+            value = body[key]
+            if isinstance(setting, QuantitySetting):
+                q = self.quantity(path, value, setting)
+                if q is not None:
+                    quantities[key] = q
+            elif isinstance(setting, IntSetting):
+                if isinstance(value, bool) or not isinstance(value, int) or not setting.low <= value <= setting.high:
+                    self.problem(path, f"{value!r} — a whole number from {setting.low} to {setting.high} is expected")
+                else:
+                    ints[key] = value
+            elif isinstance(setting, ClassListSetting):
+                lists[key] = self.class_list(path, value)
+        return RuleConfig(spec.rule_id, bool(enabled), priority if spec.priority else None, quantities, ints, lists)
+
+    def class_list(self, path: str, value: object) -> tuple[str, ...]:
+        allowed = [c for c in CLASSES if c not in ("calcium", "neutral")]
+        if not isinstance(value, list):
+            self.problem(path, f"{value!r} — a list of drug classes is expected ({', '.join(allowed)})")
+            return ()
+        for item in value:
+            if item not in allowed:
+                self.problem(path, f"{item!r} — one of {', '.join(allowed)} is expected")
+        return tuple(v for v in value if v in allowed)
+
+    def cross_checks(self, rules: dict[str, RuleConfig]) -> None:
+        def both(rule_id: str, low: str, high: str, what: str) -> None:
+            cfg = rules.get(rule_id)
+            if cfg and low in cfg.quantities and high in cfg.quantities:
+                if cfg.q(high).value <= cfg.q(low).value:
+                    self.problem(
+                        f"rules.{rule_id}.{high}",
+                        f'"{cfg.q(high).text}" must be {what} "{cfg.q(low).text}" ({low})',
+                    )
+
+        both("site-check-overdue", "medium_after", "high_after", "later than")
+        both("rate-weight", "bolus_medium", "bolus_high", "above")
+        cp = rules.get("concentration-peripheral")
+        if cp and {"continuous_limit", "any_mode_limit"} <= cp.quantities.keys():
+            if cp.q("continuous_limit").value > cp.q("any_mode_limit").value:
+                self.problem(
+                    "rules.concentration-peripheral.continuous_limit",
+                    "is above any_mode_limit; the continuous limit should be the stricter one",
+                )
+        co = rules.get("incompatible-coinfusion")
+        if co:
+            overlap = set(co.class_lists.get("high", ())) & set(co.class_lists.get("medium", ()))
+            if overlap:
+                self.problem("rules.incompatible-coinfusion", f"{sorted(overlap)} listed as both high and medium")

@@ -1,0 +1,173 @@
+"""The rule table as code: rule ids, their priorities and the shape of their settings.
+
+Rule ids and default priorities are a contract (clinical reference, rule table). The
+default *values* live in ``default_library.toml`` where a pharmacist can read their
+sources; this module says what each setting must measure and what range is plausible, so
+that a slip such as ``"2 ml/h"`` for the 2 ml/min limit is caught when the library loads.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from monitor import units
+from monitor.units import Kind
+
+__all__ = [
+    "CLASSES",
+    "PRIORITIES",
+    "RULES",
+    "ClassListSetting",
+    "IntSetting",
+    "QuantitySetting",
+    "RuleSpec",
+    "Setting",
+]
+
+#: IEC 60601-1-8 priorities, lowest first.
+PRIORITIES = ("low", "medium", "high")
+
+#: Drug classes a product may carry. ``neutral`` is for labels a pharmacist wants to be
+#: known (e.g. a parenteral nutrition bag that mentions calcium) without any rule.
+CLASSES = ("calcium", "bicarbonate", "phosphate", "sulfate", "ceftriaxone", "neutral")
+
+
+@dataclass(frozen=True, slots=True)
+class QuantitySetting:
+    """A limit or a timer: a quantity of ``kind`` within a plausible canonical range."""
+
+    kind: Kind
+    low: float
+    high: float
+    hint: str  # the unit people usually write it in, for "did you mean" suggestions
+
+
+@dataclass(frozen=True, slots=True)
+class IntSetting:
+    low: int
+    high: int
+
+
+@dataclass(frozen=True, slots=True)
+class ClassListSetting:
+    """A list of drug classes (incompatibility lists)."""
+
+
+Setting = QuantitySetting | IntSetting | ClassListSetting
+
+_MIN = 60 * 1_000_000
+_HOUR = 60 * _MIN
+_DAY = 24 * _HOUR
+
+
+def _dur(low_us: int, high_us: int, hint: str) -> QuantitySetting:
+    return QuantitySetting(units.DURATION, low_us, high_us, hint)
+
+
+@dataclass(frozen=True, slots=True)
+class RuleSpec:
+    rule_id: str
+    priority: str | None  # None: the rule has two levels named in its settings
+    settings: dict[str, Setting] = field(default_factory=dict)
+    technical: bool = False  # about CalGuard's inputs rather than the infant (IEC 60601-1-8)
+
+
+RULES: dict[str, RuleSpec] = {
+    spec.rule_id: spec
+    for spec in (
+        RuleSpec(
+            "rate-volume",
+            "high",
+            {"limit": QuantitySetting(units.VOLUME_RATE, 0.1, 10.0, "ml/min")},
+        ),
+        RuleSpec(
+            "rate-mass",
+            "high",
+            {"limit": QuantitySetting(units.MASS_RATE, 10.0, 500.0, "mg/min")},
+        ),
+        RuleSpec(
+            "rate-weight",
+            None,
+            {
+                # mg/kg/min canonical: 3-300 mg/kg/h
+                "continuous_medium": QuantitySetting(
+                    units.SALT_PER_WEIGHT_RATE, 0.05, 5.0, "mg/kg/h"
+                ),
+                # mmol/kg/min canonical: 0.012-3 mmol/kg/h
+                "continuous_high": QuantitySetting(
+                    units.SUBSTANCE_PER_WEIGHT_RATE, 0.0002, 0.05, "mmol/kg/h"
+                ),
+                "bolus_medium": QuantitySetting(units.SALT_PER_WEIGHT_RATE, 1.0, 100.0, "mg/kg/min"),
+                "bolus_high": QuantitySetting(units.SALT_PER_WEIGHT_RATE, 1.0, 200.0, "mg/kg/min"),
+            },
+        ),
+        RuleSpec(
+            "dose-daily",
+            "high",
+            {
+                "limit": QuantitySetting(units.SUBSTANCE_PER_WEIGHT, 0.5, 20.0, "mmol/kg"),
+                "window": _dur(_HOUR, 3 * _DAY, "h"),
+            },
+        ),
+        RuleSpec("salt-not-gluconate", "high"),
+        RuleSpec(
+            "concentration-peripheral",
+            "medium",
+            {
+                "continuous_limit": QuantitySetting(units.CONCENTRATION, 1.0, 100.0, "mg/ml"),
+                "any_mode_limit": QuantitySetting(units.CONCENTRATION, 1.0, 100.0, "mg/ml"),
+            },
+        ),
+        RuleSpec("line-arterial", "high"),
+        RuleSpec(
+            "incompatible-coinfusion",
+            None,
+            {"high": ClassListSetting(), "medium": ClassListSetting()},
+        ),
+        RuleSpec(
+            "ceftriaxone-neonate",
+            "high",
+            {
+                "max_postnatal_age": _dur(7 * _DAY, 365 * _DAY, "day"),
+                "lookback": _dur(_HOUR, 14 * _DAY, "h"),
+            },
+        ),
+        RuleSpec(
+            "patency-check-missing",
+            "medium",
+            {
+                "window": _dur(_MIN, 4 * _HOUR, "min"),
+                "pause_grace": _dur(0, 2 * _HOUR, "min"),
+            },
+        ),
+        RuleSpec("patency-check-failed", "high"),
+        RuleSpec(
+            "site-check-overdue",
+            None,
+            {
+                "medium_after": _dur(15 * _MIN, 8 * _HOUR, "min"),
+                "high_after": _dur(15 * _MIN, 12 * _HOUR, "min"),
+            },
+        ),
+        RuleSpec("site-abnormal", "high", {"min_grade": IntSetting(1, 4)}),
+        RuleSpec("cannula-dwell", "medium", {"interval": _dur(6 * _HOUR, 14 * _DAY, "h")}),
+        RuleSpec("occlusion", "medium"),
+        RuleSpec(
+            "telemetry-stale",
+            "medium",
+            {"timeout": _dur(5_000_000, 30 * _MIN, "s")},
+            technical=True,
+        ),
+        RuleSpec("telemetry-invalid", "medium", technical=True),
+        RuleSpec("product-unknown", "medium", technical=True),
+        RuleSpec("context-missing", "medium", technical=True),
+        RuleSpec(
+            "pressure-trend",
+            "low",
+            {
+                "rise": QuantitySetting(units.PRESSURE, 5.0, 300.0, "mmHg"),
+                "duration": _dur(_MIN, 4 * _HOUR, "min"),
+            },
+        ),
+    )
+}
