@@ -1,0 +1,434 @@
+"""Event format v1 (see event-format.md): parsing and validation of every event type.
+
+An event is one JSON object. ``parse_event`` turns a decoded object into a frozen event
+value whose quantities are floats in canonical units and whose time is integer
+microseconds since the epoch. Anything else raises ``EventError`` naming the field, what
+was found and what is expected. Unknown extra fields are ignored (forward compatible).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from monitor import units
+from monitor.errors import EventError, QuantityError
+from monitor.timeutil import parse_ts
+
+__all__ = [
+    "LINE_KINDS",
+    "MAX_LINE_BYTES",
+    "Clock",
+    "Connect",
+    "Disconnect",
+    "Event",
+    "Line",
+    "LineRemoved",
+    "Medication",
+    "PatencyCheck",
+    "Patient",
+    "Reading",
+    "SiteCheck",
+    "decode_json",
+    "named_pump",
+    "parse_event",
+]
+
+LINE_KINDS = ("piv", "midline", "picc", "uvc", "cvc", "uac", "arterial", "io")
+STATUSES = ("infusing", "stopped", "paused", "alarm")
+MODES = ("continuous", "intermittent", "bolus")
+PATENCY_RESULTS = ("blood_return", "flush_ok", "flush_failed")
+#: Longer inputs are refused before JSON decoding, so one bad line cannot exhaust memory.
+MAX_LINE_BYTES = 1 << 20
+_MAX_ID = 64
+_MAX_TEXT = 200
+#: An infant's weight outside this range is a typo (1.2 g, 12 kg), not a weight.
+WEIGHT_RANGE_KG = (0.2, 20.0)
+
+
+@dataclass(frozen=True, slots=True)
+class Patient:
+    type: ClassVar[str] = "patient"
+    t: int
+    bed: str
+    weight_kg: float | None = None
+    birth: int | None = None
+    patient: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Line:
+    type: ClassVar[str] = "line"
+    t: int
+    line: str
+    bed: str
+    kind: str
+    site: str | None = None
+    tip_confirmed: bool = False
+    inserted: int | None = None  # None: not stated (a new line then counts from ``t``)
+
+
+@dataclass(frozen=True, slots=True)
+class LineRemoved:
+    type: ClassVar[str] = "line_removed"
+    t: int
+    line: str
+
+
+@dataclass(frozen=True, slots=True)
+class Connect:
+    type: ClassVar[str] = "connect"
+    t: int
+    pump: str
+    channel: str
+    line: str
+
+
+@dataclass(frozen=True, slots=True)
+class Disconnect:
+    type: ClassVar[str] = "disconnect"
+    t: int
+    pump: str
+    channel: str
+
+
+@dataclass(frozen=True, slots=True)
+class PatencyCheck:
+    type: ClassVar[str] = "patency_check"
+    t: int
+    line: str
+    result: str
+    by: str | None = None
+
+    @property
+    def passed(self) -> bool:
+        return self.result != "flush_failed"
+
+
+@dataclass(frozen=True, slots=True)
+class SiteCheck:
+    type: ClassVar[str] = "site_check"
+    t: int
+    line: str
+    grade: int
+    findings: tuple[str, ...] = ()
+    by: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Medication:
+    """A medicine given outside the monitored pumps. ``dose`` is (kind name, canonical)."""
+
+    type: ClassVar[str] = "medication"
+    t: int
+    bed: str
+    drug: str
+    line: str | None = None
+    route: str | None = None
+    dose_kind: str | None = None
+    dose: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Reading:
+    type: ClassVar[str] = "reading"
+    t: int
+    pump: str
+    channel: str
+    rate_ml_min: float
+    rate_text: str
+    drug: str | None
+    concentration_mg_ml: float | None
+    status: str
+    mode: str
+    volume_infused_ml: float | None = None
+    pressure_mmhg: float | None = None
+    alarm: str | None = None
+    seq: int | None = None
+
+    @property
+    def delivering(self) -> bool:
+        return self.status == "infusing" and self.rate_ml_min > 0
+
+
+@dataclass(frozen=True, slots=True)
+class Clock:
+    type: ClassVar[str] = "clock"
+    t: int
+
+
+Event = (
+    Patient
+    | Line
+    | LineRemoved
+    | Connect
+    | Disconnect
+    | PatencyCheck
+    | SiteCheck
+    | Medication
+    | Reading
+    | Clock
+)
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a number JSON allows")
+
+
+_DECODER = json.JSONDecoder(parse_constant=_reject_constant)
+
+
+def decode_json(text: str | bytes) -> object:
+    """Decode one JSON line; ``EventError`` for oversize, non-UTF-8 or malformed input."""
+    if len(text) > MAX_LINE_BYTES:
+        raise EventError(None, None, f"the line is {len(text)} bytes; at most {MAX_LINE_BYTES} are read")
+    if isinstance(text, bytes):
+        try:
+            text = text.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise EventError(None, None, f"not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    try:
+        return _DECODER.decode(text)
+    except ValueError as exc:  # JSONDecodeError and the NaN/Infinity refusal above
+        raise EventError(None, None, f"not valid JSON ({exc})") from None
+
+
+def named_pump(obj: object) -> tuple[str, str] | None:
+    """The (pump, channel) a rejected input names, if it names one: for telemetry-invalid."""
+    if not isinstance(obj, dict):
+        return None
+    pump, channel = obj.get("pump"), obj.get("channel", "A")
+    if _is_id(pump):
+        return pump, channel if _is_id(channel) else "A"
+    return None
+
+
+# -- field readers ------------------------------------------------------------------------
+
+
+def _is_id(value: object) -> bool:
+    return type(value) is str and 0 < len(value) <= _MAX_ID and value.isprintable() and value.strip() == value
+
+
+def _ident(d: dict[str, Any], key: str, default: str | None = None) -> str:
+    value = d.get(key, default)
+    if _is_id(value):
+        return value  # type: ignore[return-value]  # _is_id checked the type
+    if value is None:
+        raise EventError(key, None, "an identifier is required")
+    raise EventError(key, value, f"an identifier is expected (text of 1-{_MAX_ID} printable characters)")
+
+
+def _opt_text(d: dict[str, Any], key: str) -> str | None:
+    value = d.get(key)
+    if value is None:
+        return None
+    if type(value) is not str or not value.strip() or len(value) > _MAX_TEXT or not value.isprintable():
+        raise EventError(key, value, f"a text of 1-{_MAX_TEXT} printable characters is expected")
+    return value
+
+
+def _quantity(d: dict[str, Any], key: str, kind: units.Kind, *, required: bool = False) -> float | None:
+    value = d.get(key)
+    if value is None:
+        if required:
+            raise EventError(key, None, f"{kind.describe()} is required")
+        return None
+    try:
+        return units.parse_quantity(value, kind)
+    except QuantityError as exc:
+        raise EventError(key, value, exc.explain() if exc.expected else f"{exc.reason}; {kind.describe()} is expected") from None
+
+
+def _timestamp(d: dict[str, Any], key: str, *, required: bool = False) -> int | None:
+    value = d.get(key)
+    if value is None:
+        if required:
+            raise EventError(key, None, 'an RFC 3339 timestamp with an offset is required, e.g. "2026-11-21T08:00:00Z"')
+        return None
+    try:
+        return parse_ts(value)
+    except QuantityError as exc:
+        raise EventError(key, value, exc.reason) from None
+
+
+def _choice(d: dict[str, Any], key: str, options: tuple[str, ...], default: str | None = None) -> str:
+    value = d.get(key, default)
+    if value in options:
+        return value  # type: ignore[return-value]  # membership in a tuple of str
+    if value is None:
+        raise EventError(key, None, f"one of {', '.join(options)} is required")
+    raise EventError(key, value, f"one of {', '.join(options)} is expected")
+
+
+def _bool(d: dict[str, Any], key: str) -> bool:
+    value = d.get(key, False)
+    if type(value) is not bool:
+        raise EventError(key, value, "true or false is expected")
+    return value
+
+
+# -- per-type parsers ---------------------------------------------------------------------
+
+
+def _patient(d: dict[str, Any], t: int) -> Patient:
+    weight = _quantity(d, "weight", units.WEIGHT)
+    if weight is not None and not WEIGHT_RANGE_KG[0] <= weight <= WEIGHT_RANGE_KG[1]:
+        low, high = WEIGHT_RANGE_KG
+        raise EventError("weight", d["weight"], f"an infant's weight between {low} and {high} kg is expected")
+    birth = _timestamp(d, "birth")
+    if birth is None:
+        age = _quantity(d, "postnatal_age", units.DURATION)
+        birth = None if age is None else t - round(age)
+    elif birth > t:
+        raise EventError("birth", d["birth"], "the birth time is after the event time")
+    patient = d.get("patient")
+    if patient is not None and not _is_id(patient):
+        raise EventError("patient", patient, "an opaque identifier text is expected")
+    return Patient(t, _ident(d, "bed"), weight, birth, patient)
+
+
+def _line(d: dict[str, Any], t: int) -> Line:
+    inserted = _timestamp(d, "inserted")
+    if inserted is not None and inserted > t:
+        raise EventError("inserted", d["inserted"], "the insertion time is after the event time")
+    return Line(
+        t,
+        _ident(d, "line"),
+        _ident(d, "bed"),
+        _choice(d, "kind", LINE_KINDS),
+        _opt_text(d, "site"),
+        _bool(d, "tip_confirmed"),
+        inserted,
+    )
+
+
+def _line_removed(d: dict[str, Any], t: int) -> LineRemoved:
+    return LineRemoved(t, _ident(d, "line"))
+
+
+def _connect(d: dict[str, Any], t: int) -> Connect:
+    return Connect(t, _ident(d, "pump"), _ident(d, "channel", "A"), _ident(d, "line"))
+
+
+def _disconnect(d: dict[str, Any], t: int) -> Disconnect:
+    return Disconnect(t, _ident(d, "pump"), _ident(d, "channel", "A"))
+
+
+def _patency(d: dict[str, Any], t: int) -> PatencyCheck:
+    return PatencyCheck(t, _ident(d, "line"), _choice(d, "result", PATENCY_RESULTS), _opt_text(d, "by"))
+
+
+def _site_check(d: dict[str, Any], t: int) -> SiteCheck:
+    grade = d.get("grade")
+    if type(grade) is not int or not 0 <= grade <= 4:
+        raise EventError("grade", grade, "a whole number 0-4 (paediatric PIV infiltration scale) is expected")
+    findings = d.get("findings", [])
+    if not isinstance(findings, list) or not all(type(f) is str and len(f) <= _MAX_TEXT for f in findings):
+        raise EventError("findings", findings, "a list of texts is expected")
+    cleaned = tuple(f.strip() for f in findings if f.strip())
+    return SiteCheck(t, _ident(d, "line"), grade, cleaned, _opt_text(d, "by"))
+
+
+_DOSE_KINDS = (units.MASS, units.VOLUME, units.SUBSTANCE)
+
+
+def _medication(d: dict[str, Any], t: int) -> Medication:
+    drug = _opt_text(d, "drug")
+    if drug is None:
+        raise EventError("drug", None, "the drug's name is required")
+    dose_kind = dose = None
+    text = d.get("dose")
+    if text is not None:
+        for kind in _DOSE_KINDS:
+            try:
+                dose, dose_kind = units.parse_quantity(text, kind), kind.name
+                break
+            except QuantityError as exc:
+                last = exc
+        else:
+            expected = 'a mass, volume or amount (e.g. "500 mg", "5 ml", "1.2 mmol") is expected'
+            raise EventError("dose", text, f"{last.reason}; {expected}")
+    line = d.get("line")
+    return Medication(
+        t,
+        _ident(d, "bed"),
+        drug,
+        None if line is None else _ident(d, "line"),
+        _opt_text(d, "route"),
+        dose_kind,
+        dose,
+    )
+
+
+def _reading(d: dict[str, Any], t: int) -> Reading:
+    rate_text = d.get("rate")
+    rate = _quantity(d, "rate", units.VOLUME_RATE, required=True)
+    assert rate is not None  # required=True
+    status = d.get("status")
+    if status is None:
+        status = "infusing" if rate > 0 else "stopped"
+    elif status not in STATUSES:
+        raise EventError("status", status, f"one of {', '.join(STATUSES)} is expected")
+    mode = d.get("mode", "continuous")
+    if mode not in MODES:
+        raise EventError("mode", mode, f"one of {', '.join(MODES)} is expected")
+    seq = d.get("seq")
+    if seq is not None and (type(seq) is not int or seq < 0):
+        raise EventError("seq", seq, "a non-negative whole number is expected")
+    alarm = d.get("alarm")
+    if alarm is not None:
+        if type(alarm) is not str or not alarm.strip() or len(alarm) > _MAX_ID:
+            raise EventError("alarm", alarm, "the pump alarm's name is expected, e.g. \"occlusion\"")
+        alarm = alarm.strip().lower()
+    return Reading(
+        t,
+        _ident(d, "pump"),
+        _ident(d, "channel", "A"),
+        rate,
+        rate_text,
+        _opt_text(d, "drug"),
+        _quantity(d, "concentration", units.CONCENTRATION),
+        status,
+        mode,
+        _quantity(d, "volume_infused", units.VOLUME),
+        _quantity(d, "pressure", units.PRESSURE),
+        alarm,
+        seq,
+    )
+
+
+def _clock(d: dict[str, Any], t: int) -> Clock:
+    return Clock(t)
+
+
+_PARSERS: dict[str, Callable[[dict[str, Any], int], Event]] = {
+    "reading": _reading,
+    "patient": _patient,
+    "line": _line,
+    "line_removed": _line_removed,
+    "connect": _connect,
+    "disconnect": _disconnect,
+    "patency_check": _patency,
+    "site_check": _site_check,
+    "medication": _medication,
+    "clock": _clock,
+}
+EVENT_TYPES = tuple(_PARSERS)
+
+
+def parse_event(obj: object) -> Event:
+    """Validate a decoded JSON object as an event-format v1 event."""
+    if not isinstance(obj, dict):
+        raise EventError(None, None, f"an event must be a JSON object, not {type(obj).__name__}")
+    kind = obj.get("type")
+    parser = _PARSERS.get(kind) if type(kind) is str else None
+    if parser is None:
+        if kind is None:
+            raise EventError("type", None, f"one of {', '.join(EVENT_TYPES)} is required")
+        raise EventError("type", kind, f"one of {', '.join(EVENT_TYPES)} is expected")
+    t = _timestamp(obj, "t", required=True)
+    assert t is not None  # required=True
+    return parser(obj, t)
