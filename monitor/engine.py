@@ -1,0 +1,316 @@
+"""The engine: events and injected time in, alert transitions out. No I/O, no wall clock.
+
+Time only moves forward. Handling an event first moves the engine's clock to the event's
+time, firing every timer that expired before it at its exact expiry (so a site check due
+at 09:03:00 is raised at 09:03:00 even if the next input arrives at 09:10). Timers due at
+the very instant of an event fire after the events of that instant (a check documented
+at exactly 60 min is on time); ``settle()`` and ``clock`` events fire them. An event older
+than the engine's clock still counts with its own timestamp where that matters (the time
+a nurse documented a check) but its transitions are stamped with the engine's clock, so
+the output is always in time order.
+
+Replay and live runs feed the same engine: replay with the events' own times, live with
+a real clock through ``tick()``; the same inputs in the same order give the same alerts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from config.library import Library
+from monitor.errors import EventError
+from monitor.events import (
+    Clock,
+    Connect,
+    Disconnect,
+    Event,
+    Line,
+    LineRemoved,
+    Medication,
+    PatencyCheck,
+    Patient,
+    Reading,
+    SiteCheck,
+)
+from monitor.model import Bed, ChannelState, LineState, Ward
+from monitor.rules import Rules
+from monitor.timers import TimerQueue
+from monitor.timeutil import format_ts
+from monitor.transitions import ActiveAlert, AlertBook, AlertTransition
+
+__all__ = ["Engine"]
+
+
+class Engine:
+    """Feed it events (``handle``) and time (``tick``); it returns alert transitions."""
+
+    def __init__(self, library: Library, *, first_alert_id: int = 1) -> None:
+        self.library = library
+        self.ward = Ward(library.rule("dose-daily").q("window").us)
+        self.book = AlertBook(library.version, first_id=first_alert_id)
+        self.timers = TimerQueue()
+        self.rules = Rules(library, self.ward, self.book, self.timers)
+        self.now: int | None = None
+        #: What became of the last handled event: accepted, duplicate or out_of_order ...
+        self.disposition = "accepted"
+        #: ... and, when it changed nothing or needs a word, why (for the log).
+        self.note: str | None = None
+        self._handlers: dict[type[Any], Callable[[Any, int], None]] = {
+            Reading: self._reading,
+            Patient: self._patient,
+            Line: self._line,
+            LineRemoved: self._line_removed,
+            Connect: self._connect,
+            Disconnect: self._disconnect,
+            PatencyCheck: self._patency,
+            SiteCheck: self._site_check,
+            Medication: self._medication,
+            Clock: self._clock,
+        }
+
+    # -- public API -----------------------------------------------------------------------
+
+    @property
+    def active(self) -> dict[Any, ActiveAlert]:
+        return self.book.active
+
+    def handle(self, event: Event) -> list[AlertTransition]:
+        """Apply one event; ``EventError`` if the event is valid JSON but unusable here."""
+        self.note, self.disposition = None, "accepted"
+        self._advance(event.t)
+        assert self.now is not None
+        self._handlers[type(event)](event, self.now)
+        return self.book.take()
+
+    def tick(self, t: int) -> list[AlertTransition]:
+        """Move time to ``t`` (live clock) and fire every timer due up to and including it."""
+        self._advance(t)
+        self._fire()
+        return self.book.take()
+
+    def settle(self) -> list[AlertTransition]:
+        """Fire the timers due at the current instant (end of a replay)."""
+        self._fire()
+        return self.book.take()
+
+    def reject(self, pump: str, channel: str, reason: str, t: int | None = None) -> list[AlertTransition]:
+        """A reading from this pump channel could not be understood: telemetry-invalid."""
+        if t is not None:
+            self._advance(t)
+        if self.now is None:
+            raise RuntimeError("the engine has no time yet; advance it before rejecting input")
+        self.rules.invalid(pump, channel, self.now, reason)
+        return self.book.take()
+
+    # -- time -----------------------------------------------------------------------------
+
+    def _advance(self, t: int) -> None:
+        if self.now is None:
+            self.now = t
+        elif t > self.now:
+            self._fire(t, inclusive=False)
+            self.now = t
+
+    def _fire(self, until: int | None = None, *, inclusive: bool = True) -> None:
+        """Fire timers due before ``until`` (default: now), each at its own expiry."""
+        assert self.now is not None
+        for due, key in self.timers.pop_due(self.now if until is None else until, inclusive=inclusive):
+            self.now = max(self.now, due)
+            self.rules.timer(key, self.now)
+
+    # -- evaluation fan-out ---------------------------------------------------------------
+
+    def _evaluate(self, now: int, channels: list[ChannelState], lines: list[LineState], beds: set[str]) -> None:
+        """Re-evaluate subjects after a change: channels, then their lines, then beds."""
+        for ch in channels:
+            old_bed = ch.dose_bed
+            self.rules.channel(ch, now)
+            if old_bed is not None:
+                beds.add(old_bed)
+            if ch.dose_bed is not None:
+                beds.add(ch.dose_bed)
+            if ch.line is not None and ch.line in self.ward.lines:
+                line = self.ward.lines[ch.line]
+                if line not in lines:
+                    lines.append(line)
+        for line in lines:
+            self.rules.line(line, now)
+            if line.bed is not None:
+                beds.add(line.bed)
+        for name in sorted(beds):
+            bed = self.ward.beds.get(name)
+            if bed is not None:
+                self.rules.bed(bed, now)
+
+    def _evaluate_bed(self, bed: Bed, now: int) -> None:
+        lines = [line for line in self.ward.lines_of(bed)]
+        channels = [c for line in lines for c in self.ward.channels_on(line)]
+        self._evaluate(now, channels, lines, {bed.bed})
+
+    def _evaluate_line(self, line: LineState, now: int, extra_beds: set[str] | None = None) -> None:
+        self._evaluate(now, self.ward.channels_on(line), [line], set(extra_beds or ()))
+
+    # -- handlers -------------------------------------------------------------------------
+
+    def _reading(self, r: Reading, now: int) -> None:
+        ch = self.ward.channel(r.pump, r.channel)
+        if r.seq is not None and ch.seen_seq(r.seq):
+            if ch.latest_t is not None and r.t <= ch.latest_t:
+                self.disposition = "duplicate"
+                self.note = f"duplicate: seq {r.seq} of {ch.name} was already received"
+                return
+            ch.seqs.clear()  # the pump restarted its counter: a new reading, not a duplicate
+        if ch.latest_t is not None and r.t < ch.latest_t:
+            self.disposition = "out_of_order"
+            self.note = (
+                f"out of order: older than the latest reading of {ch.name} ({format_ts(ch.latest_t)}); "
+                "logged, the channel's state is unchanged"
+            )
+            return
+        if r.seq is not None:
+            ch.seqs.append(r.seq)
+        ch.latest_t = r.t
+        self.rules.valid_reading(ch, now)
+        if r.drug is not None and r.drug != ch.label:
+            ch.label = r.drug
+            ch.match = self.library.match(r.drug)
+        match = ch.match
+        conc = r.concentration_mg_ml
+        if conc is None and match is not None and match.product is not None and match.product.concentration:
+            conc = match.product.concentration.value
+        ch.rate_text = r.rate_text
+        signature = (match, r.rate_ml_min, conc, r.status, r.mode, r.alarm)
+        if signature != ch.signature:
+            ch.signature = signature
+            ch.rate_ml_min, ch.concentration_mg_ml = r.rate_ml_min, conc
+            ch.status, ch.mode, ch.alarm = r.status, r.mode, r.alarm
+            ch.calcium = match is not None and match.is_calcium
+            ch.delivering = r.delivering
+            ch.stale_watch = ch.calcium_delivering
+            self._evaluate(now, [ch], [], set())
+        self.rules.stale(ch, now)
+        if r.pressure_mmhg is not None or ch.elevated_since is not None:
+            self.rules.track_pressure(ch, r.pressure_mmhg, r.t)
+            self.rules.pressure(ch, now)
+
+    def _patient(self, ev: Patient, now: int) -> None:
+        bed = self.ward.bed(ev.bed)
+        if ev.patient is not None and bed.patient is not None and ev.patient != bed.patient:
+            # A different infant in this bed: nothing of the previous one carries over.
+            bed.weight_kg = bed.birth = None
+            bed.ledger = type(bed.ledger)(bed.ledger.window_us)
+            bed.ceftriaxone_last = bed.unknown_medication = None
+        if ev.patient is not None:
+            bed.patient = ev.patient
+        if ev.weight_kg is not None:
+            bed.weight_kg = ev.weight_kg
+        if ev.birth is not None:
+            bed.birth = ev.birth
+        self._evaluate_bed(bed, now)
+
+    def _line(self, ev: Line, now: int) -> None:
+        line = self.ward.line(ev.line)
+        beds = set()
+        if line.bed is not None and line.bed != ev.bed:
+            self.ward.bed(line.bed).lines.discard(line.line)
+            beds.add(line.bed)
+        newly = not line.documented
+        line.bed, line.kind, line.site, line.tip_confirmed = ev.bed, ev.kind, ev.site, ev.tip_confirmed
+        if newly or ev.inserted is not None:
+            line.inserted = ev.inserted if ev.inserted is not None else ev.t
+        self.ward.bed(ev.bed).lines.add(line.line)
+        self._evaluate_line(line, now, beds)
+
+    def _line_removed(self, ev: LineRemoved, now: int) -> None:
+        line = self.ward.lines.pop(ev.line, None)
+        if line is None:
+            self.note = f"line {ev.line} was not known; nothing to remove"
+            return
+        self.rules.line_removed(line, now)
+        if line.bed is not None:
+            self.ward.bed(line.bed).lines.discard(line.line)
+        channels = []
+        for key in sorted(line.channels):
+            ch = self.ward.channels[key]
+            ch.line = None
+            channels.append(ch)
+        self._evaluate(now, channels, [], {line.bed} if line.bed else set())
+
+    def _connect(self, ev: Connect, now: int) -> None:
+        ch = self.ward.channel(ev.pump, ev.channel)
+        if ch.line == ev.line:
+            self.note = f"{ch.name} is already connected to line {ev.line}"
+            return
+        lines = []
+        if ch.line is not None and ch.line in self.ward.lines:
+            old = self.ward.lines[ch.line]
+            old.channels.discard(ch.key)
+            lines.append(old)
+        line = self.ward.line(ev.line)
+        line.channels.add(ch.key)
+        ch.line = ev.line
+        if not line.documented:
+            self.note = f"line {ev.line} is not documented yet (no line event): its checks wait for it"
+        self._evaluate(now, [ch], lines, set())
+
+    def _disconnect(self, ev: Disconnect, now: int) -> None:
+        ch = self.ward.channel(ev.pump, ev.channel)
+        lines = []
+        if ch.line is not None and ch.line in self.ward.lines:
+            old = self.ward.lines[ch.line]
+            old.channels.discard(ch.key)
+            lines.append(old)
+        ch.line = None
+        ch.stale_watch = False  # a documented disconnect: its silence is no longer a concern
+        self._evaluate(now, [ch], lines, set())
+        self.rules.stale(ch, now)
+
+    def _patency(self, ev: PatencyCheck, now: int) -> None:
+        line = self.ward.line(ev.line)
+        if line.last_patency_t is not None and ev.t < line.last_patency_t:
+            self.note = f"an earlier patency check of line {ev.line} than the one on record; kept in the log"
+            if ev.passed and (line.last_pass_t is None or ev.t > line.last_pass_t):
+                line.last_pass_t = ev.t
+        else:
+            line.last_patency_t, line.last_patency_result = ev.t, ev.result
+            if ev.passed:
+                line.last_pass_t = ev.t
+        self._evaluate_line(line, now)
+
+    def _site_check(self, ev: SiteCheck, now: int) -> None:
+        line = self.ward.line(ev.line)
+        if line.last_site_check_t is not None and ev.t < line.last_site_check_t:
+            self.note = f"an earlier site check of line {ev.line} than the one on record; kept in the log"
+            return
+        abnormal = ev.grade >= self.rules.min_grade or bool(ev.findings)
+        line.last_site_check_t, line.last_site_grade = ev.t, ev.grade
+        line.last_site_findings, line.last_site_abnormal = ev.findings, abnormal
+        if abnormal and line.calcium_on:
+            line.abnormal_while_calcium = True
+        self._evaluate_line(line, now)
+
+    def _medication(self, ev: Medication, now: int) -> None:
+        match = self.library.match(ev.drug)
+        product = match.product
+        if match.is_calcium and product is not None and ev.dose is None:
+            raise EventError("dose", None, "a calcium medication needs its dose (e.g. \"100 mg\") so the daily total can count it")
+        bed = self.ward.bed(ev.bed)
+        if product is not None and product.drug_class == "ceftriaxone":
+            bed.ceftriaxone_last = max(bed.ceftriaxone_last or ev.t, ev.t)
+        elif match.is_calcium and product is None:
+            bed.unknown_medication = (now, ev.drug)
+        elif product is not None and product.is_calcium and ev.dose is not None:
+            bed.ledger.add(now, self._elemental_mmol(ev, product))
+        self._evaluate_bed(bed, now)
+
+    @staticmethod
+    def _elemental_mmol(ev: Medication, product: Any) -> float:
+        assert ev.dose is not None
+        if ev.dose_kind == "amount":  # mmol: already elemental calcium
+            return ev.dose
+        mg_salt = ev.dose if ev.dose_kind == "mass" else ev.dose * product.concentration.value
+        return float(mg_salt * product.elemental_mmol_per_mg())
+
+    def _clock(self, ev: Clock, now: int) -> None:
+        self._fire()

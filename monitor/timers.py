@@ -1,0 +1,79 @@
+"""Deadlines that fire at their exact expiry, on injected time.
+
+Each timer has a key (e.g. ``("telemetry-stale", ("P7", "A"))``) and at most one
+deadline. The stale timer of every pump channel moves later with every reading (1 Hz);
+pushing a heap entry each time would grow the heap by a reading per second per channel,
+so a deadline that moves *later* only updates the target, and the queued entry, when it
+comes due, re-queues itself at the new target. A deadline that moves *earlier* queues a
+fresh entry and outdates the old one. Firing order is by time, then by scheduling order,
+so the same input always fires the same timers in the same order.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+from collections.abc import Hashable, Iterator
+
+__all__ = ["TimerQueue"]
+
+
+class TimerQueue:
+    __slots__ = ("_counter", "_heap", "_queued", "_target")
+
+    def __init__(self) -> None:
+        self._heap: list[tuple[int, int, Hashable]] = []
+        self._queued: dict[Hashable, tuple[int, int]] = {}  # key -> (due, generation) in heap
+        self._target: dict[Hashable, int] = {}
+        self._counter = itertools.count()
+
+    def __len__(self) -> int:
+        return len(self._target)
+
+    def schedule(self, key: Hashable, due: int) -> None:
+        self._target[key] = due
+        queued = self._queued.get(key)
+        if queued is None or due < queued[0]:
+            generation = next(self._counter)
+            self._queued[key] = (due, generation)
+            heapq.heappush(self._heap, (due, generation, key))
+
+    def cancel(self, key: Hashable) -> None:
+        self._target.pop(key, None)
+        self._queued.pop(key, None)
+
+    def due(self, key: Hashable) -> int | None:
+        return self._target.get(key)
+
+    def pop_due(self, until: int, *, inclusive: bool) -> Iterator[tuple[int, Hashable]]:
+        """Yield ``(due, key)`` for every deadline before ``until`` (or at it, if inclusive).
+
+        Deadlines may be scheduled while iterating; those that fall in range are yielded too.
+        """
+        heap = self._heap
+        while heap and (heap[0][0] < until or (inclusive and heap[0][0] == until)):
+            due, generation, key = heapq.heappop(heap)
+            queued = self._queued.get(key)
+            if queued is None or queued[1] != generation:
+                continue  # cancelled, or outdated by an earlier deadline
+            target = self._target[key]
+            if target > due:  # the deadline moved later since this entry was queued
+                generation = next(self._counter)
+                self._queued[key] = (target, generation)
+                heapq.heappush(heap, (target, generation, key))
+                continue
+            del self._queued[key]
+            del self._target[key]
+            yield due, key
+
+    def next_due(self) -> int | None:
+        """Earliest live deadline (for a live loop's sleep), skipping outdated entries."""
+        heap = self._heap
+        while heap:
+            due, generation, key = heap[0]
+            queued = self._queued.get(key)
+            if queued is None or queued[1] != generation:
+                heapq.heappop(heap)
+                continue
+            return due  # may be earlier than the real target; waking early is harmless
+        return None

@@ -1,0 +1,129 @@
+"""Alert transitions: what the engine emits, in the alert-line format of event-format.md.
+
+``AlertBook`` keeps one active alert per (rule, subject) and turns rule outcomes into
+``raised``, ``escalated`` (priority went up) and ``cleared`` transitions. An active alert
+never lowers its priority: if a high condition eases to a medium one, the alert stays
+high until it clears (a person should not see an unresolved alarm quietly soften).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass
+
+from monitor.timeutil import format_ts
+
+__all__ = ["PRIORITY_RANK", "ActiveAlert", "AlertBook", "AlertTransition", "Description"]
+
+PRIORITY_RANK = {"low": 0, "medium": 1, "high": 2}
+
+
+@dataclass(frozen=True, slots=True)
+class Description:
+    """What an alert says: its subject's context, the numbers compared, and the message."""
+
+    message: str
+    bed: str | None = None
+    line: str | None = None
+    pump: str | None = None
+    channel: str | None = None
+    value: str | None = None
+    limit: str | None = None
+
+
+@dataclass(slots=True)
+class ActiveAlert:
+    alert: str
+    rule: str
+    key: Hashable
+    priority: str
+    raised_t: int
+    description: Description
+
+
+@dataclass(frozen=True, slots=True)
+class AlertTransition:
+    t: int
+    state: str
+    alert: str
+    rule: str
+    priority: str
+    description: Description
+    library: str
+    latched: bool = False
+
+    def to_dict(self) -> dict[str, object]:
+        d = self.description
+        out: dict[str, object] = {
+            "t": format_ts(self.t),
+            "state": self.state,
+            "alert": self.alert,
+            "rule": self.rule,
+            "priority": self.priority,
+        }
+        for name in ("bed", "line", "pump", "channel", "value", "limit"):
+            value = getattr(d, name)
+            if value is not None:
+                out[name] = value
+        out["message"] = d.message
+        if self.latched:
+            out["latched"] = True
+        out["library"] = self.library
+        return out
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), ensure_ascii=False, separators=(",", ":"))
+
+
+Describe = Callable[[], Description]
+
+
+class AlertBook:
+    """Active alerts and the transitions of the current step."""
+
+    __slots__ = ("_active", "_next_id", "_out", "library")
+
+    def __init__(self, library: str, *, first_id: int = 1) -> None:
+        self.library = library
+        self._active: dict[Hashable, ActiveAlert] = {}
+        self._out: list[AlertTransition] = []
+        self._next_id = first_id
+
+    @property
+    def active(self) -> dict[Hashable, ActiveAlert]:
+        return self._active
+
+    @property
+    def next_id(self) -> int:
+        return self._next_id
+
+    def take(self) -> list[AlertTransition]:
+        out, self._out = self._out, []
+        return out
+
+    def is_active(self, key: Hashable) -> bool:
+        return key in self._active
+
+    def set(self, key: Hashable, rule: str, t: int, priority: str, describe: Describe) -> None:
+        """The condition of ``rule`` holds for this subject at ``t`` with ``priority``."""
+        current = self._active.get(key)
+        if current is None:
+            alert = ActiveAlert(f"a-{self._next_id:06d}", rule, key, priority, t, describe())
+            self._next_id += 1
+            self._active[key] = alert
+            self._emit(t, "raised", alert)
+        elif PRIORITY_RANK[priority] > PRIORITY_RANK[current.priority]:
+            current.priority = priority
+            current.description = describe()
+            self._emit(t, "escalated", current)
+
+    def clear(self, key: Hashable, t: int) -> None:
+        current = self._active.pop(key, None)
+        if current is not None:
+            self._emit(t, "cleared", current)
+
+    def _emit(self, t: int, state: str, alert: ActiveAlert) -> None:
+        self._out.append(
+            AlertTransition(t, state, alert.alert, alert.rule, alert.priority, alert.description, self.library)
+        )
