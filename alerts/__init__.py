@@ -1,0 +1,1 @@
+"""Everything that leaves the engine: the durable log (and, later, alarms and sinks)."""

@@ -1,0 +1,319 @@
+"""The durable log: every input (accepted or rejected, with its reason) and every alert
+transition, written in batches by one writer task and flushed on exit.
+
+``AlertLog`` is an async context manager. Producers call ``add_input`` / ``add_transition``
+(cheap, no I/O) and ``await checkpoint()`` now and then, which waits only when the writer
+has fallen far behind (back-pressure instead of unbounded memory). The writer flushes when
+a batch is full, when ``flush_interval`` has passed, and on exit. SQLite is the embedded
+default (WAL, synchronous=FULL: a committed batch survives a power cut); PostgreSQL is
+used by URL. Database errors are translated into ``LogError`` here and nowhere else.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from sqlalchemy import event, insert, text, update
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from alerts.schema import alert_transitions, inputs, library_versions, migrate, sessions
+from config.library import Library
+from monitor.errors import LogError
+from monitor.transitions import AlertTransition
+
+__all__ = ["AlertLog", "InputRecord", "default_db_url", "normalise_db_url"]
+
+log = logging.getLogger(__name__)
+_PG_MIGRATION_LOCK = 0x6361_6C67  # "calg": one migrating process at a time
+
+
+def default_data_dir() -> Path:
+    env = os.environ.get("CALGUARD_DATA_DIR")
+    if env:
+        return Path(env)
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "calguard"
+
+
+def default_db_url() -> str:
+    return f"sqlite+aiosqlite:///{default_data_dir() / 'calguard.sqlite3'}"
+
+
+def normalise_db_url(url: str) -> str:
+    """Accept plain ``sqlite:///…`` / ``postgresql://…`` and pick the async driver."""
+    for plain, driver in (
+        ("sqlite://", "sqlite+aiosqlite://"),
+        ("postgresql://", "postgresql+asyncpg://"),
+        ("postgres://", "postgresql+asyncpg://"),
+    ):
+        if url.startswith(plain):
+            return driver + url[len(plain) :]
+    return url
+
+
+def _redact(url: str) -> str:
+    """The URL without its password, for messages."""
+    head, sep, tail = url.partition("@")
+    if not sep or "://" not in head:
+        return url
+    scheme, _, credentials = head.partition("://")
+    user = credentials.split(":", 1)[0]
+    return f"{scheme}://{user}:***@{tail}"
+
+
+@dataclass(slots=True)
+class InputRecord:
+    """One input as the log keeps it."""
+
+    source: str
+    status: str
+    raw: str
+    raw_bytes: int
+    raw_sha256: str | None = None
+    t_us: int | None = None
+    line_no: int | None = None
+    reason: str | None = None
+    event_type: str | None = None
+    pump: str | None = None
+    channel: str | None = None
+    bed: str | None = None
+    line: str | None = None
+
+    @classmethod
+    def from_raw(cls, raw: bytes | str, source: str, status: str, **fields: Any) -> InputRecord:
+        """Keep the input as text; when that is not its exact bytes, keep their hash too."""
+        if isinstance(raw, str):
+            return cls(source, status, raw, len(raw.encode("utf-8")), **fields)
+        try:
+            return cls(source, status, raw.decode("utf-8"), len(raw), **fields)
+        except UnicodeDecodeError:
+            digest = hashlib.sha256(raw).hexdigest()
+            shown = raw.decode("utf-8", errors="backslashreplace")
+            return cls(source, status, shown, len(raw), digest, **fields)
+
+
+class AlertLog:
+    """Batched, durable writer of inputs and alert transitions (one per process)."""
+
+    def __init__(
+        self,
+        url: str | None = None,
+        *,
+        batch_size: int = 5000,
+        flush_interval: float = 0.25,
+        max_pending: int = 50_000,
+    ) -> None:
+        self.url = normalise_db_url(url or default_db_url())
+        self.batch_size = batch_size
+        self.flush_interval = flush_interval
+        self.max_pending = max_pending
+        self.session_id: int | None = None
+        self._engine: AsyncEngine | None = None
+        self._inputs: list[dict[str, Any]] = []
+        self._transitions: list[dict[str, Any]] = []
+        self._seq = 0
+        self._wake = asyncio.Event()
+        self._drained = asyncio.Event()
+        self._writer: asyncio.Task[None] | None = None
+        self._closing = False
+        self._failure: BaseException | None = None
+        self.written = 0
+
+    @property
+    def display_url(self) -> str:
+        return _redact(self.url)
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    async def __aenter__(self) -> AlertLog:
+        if self._engine is not None:
+            raise RuntimeError("AlertLog is not re-entrant")
+        await self._open()
+        self._writer = asyncio.create_task(self._run(), name="calguard-log-writer")
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+    async def _open(self) -> None:
+        if self.url.startswith("sqlite") and ":memory:" not in self.url:
+            path = self.url.split(":///", 1)[-1].split("?", 1)[0]
+            if path:
+                Path(path).expanduser().parent.mkdir(parents=True, exist_ok=True)
+        try:
+            engine = create_async_engine(self.url)
+        except (SQLAlchemyError, ImportError, ValueError) as exc:
+            raise LogError(f"cannot use the log database {self.display_url}: {exc}") from exc
+        if engine.dialect.name == "sqlite":
+            event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
+        try:
+            async with engine.begin() as conn:
+                if engine.dialect.name == "postgresql":
+                    await conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _PG_MIGRATION_LOCK})
+                applied = await conn.run_sync(migrate, _wall_us())
+        except (SQLAlchemyError, OSError, RuntimeError) as exc:
+            await engine.dispose()
+            raise LogError(f"cannot open the log database {self.display_url}: {_short(exc)}") from exc
+        if applied:
+            log.info("log %s: schema migrated to version %s", self.display_url, applied[-1])
+        self._engine = engine
+
+    async def close(self) -> None:
+        """Flush everything still pending and close; idempotent."""
+        if self._engine is None or self._closing:
+            return
+        self._closing = True
+        self._wake.set()
+        try:
+            if self._writer is not None:
+                await self._writer
+        finally:
+            try:
+                if self.session_id is not None and self._failure is None:
+                    await self._end_session()
+            finally:
+                await self._engine.dispose()
+                self._engine = None
+        if self._failure is not None:
+            raise LogError(f"the log {self.display_url} could not be written: {_short(self._failure)}")
+
+    # -- sessions -------------------------------------------------------------------------
+
+    async def start_session(self, mode: str, source: str, library: Library, first_alert_id: int = 1) -> int:
+        assert self._engine is not None, "use AlertLog as an async context manager"
+        now = _wall_us()
+        try:
+            async with self._engine.begin() as conn:
+                known = await conn.execute(
+                    library_versions.select().where(library_versions.c.version == library.version)
+                )
+                if known.first() is None:
+                    await conn.execute(
+                        insert(library_versions),
+                        [{"version": library.version, "name": library.name, "source": library.source,
+                          "content": library.text, "first_seen_us": now}],
+                    )
+                result = await conn.execute(
+                    insert(sessions).returning(sessions.c.id),
+                    [{"mode": mode, "source": source, "library_version": library.version,
+                      "started_us": now, "first_alert_id": first_alert_id}],
+                )
+                self.session_id = int(result.scalar_one())
+        except SQLAlchemyError as exc:
+            raise LogError(f"cannot start a session in {self.display_url}: {_short(exc)}") from exc
+        return self.session_id
+
+    async def _end_session(self) -> None:
+        assert self._engine is not None
+        try:
+            async with self._engine.begin() as conn:
+                await conn.execute(
+                    update(sessions).where(sessions.c.id == self.session_id).values(ended_us=_wall_us())
+                )
+        except SQLAlchemyError as exc:
+            raise LogError(f"cannot close the session in {self.display_url}: {_short(exc)}") from exc
+
+    # -- producers ------------------------------------------------------------------------
+
+    def add_input(self, record: InputRecord) -> None:
+        self._seq += 1
+        self._inputs.append({
+            "session_id": self.session_id, "seq": self._seq, "t_us": record.t_us, "source": record.source,
+            "line_no": record.line_no, "status": record.status, "reason": record.reason,
+            "event_type": record.event_type, "pump": record.pump, "channel": record.channel,
+            "bed": record.bed, "line": record.line, "raw": record.raw, "raw_bytes": record.raw_bytes,
+            "raw_sha256": record.raw_sha256,
+        })
+        if len(self._inputs) >= self.batch_size:
+            self._wake.set()
+
+    def add_transition(self, tr: AlertTransition, alert_line: str | None = None) -> None:
+        self._seq += 1
+        d = tr.description
+        self._transitions.append({
+            "session_id": self.session_id, "seq": self._seq, "t_us": tr.t, "state": tr.state,
+            "alert_id": tr.alert, "rule": tr.rule, "priority": tr.priority, "bed": d.bed, "line": d.line,
+            "pump": d.pump, "channel": d.channel, "value": d.value, "limit_value": d.limit,
+            "message": d.message, "library_version": tr.library, "latched": tr.latched,
+            "alert_line": alert_line if alert_line is not None else tr.to_json(),
+        })
+        self._wake.set()
+
+    @property
+    def pending(self) -> int:
+        return len(self._inputs) + len(self._transitions)
+
+    async def checkpoint(self) -> None:
+        """Wait if the writer is far behind; raise ``LogError`` if it has failed."""
+        if self._failure is not None:
+            raise LogError(f"the log {self.display_url} could not be written: {_short(self._failure)}")
+        while self.pending >= self.max_pending and self._failure is None:
+            self._drained.clear()
+            self._wake.set()
+            await self._drained.wait()
+
+    async def flush(self) -> None:
+        """Write everything pending now (used by tests and on shutdown)."""
+        while self.pending and self._failure is None:
+            self._drained.clear()
+            self._wake.set()
+            await self._drained.wait()
+        await self.checkpoint()
+
+    # -- writer ---------------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        try:
+            while True:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), self.flush_interval)
+                self._wake.clear()
+                await self._write_pending()
+                self._drained.set()
+                if self._closing and not self.pending:
+                    return
+        except BaseException as exc:  # keep it for the producers; never die silently
+            self._failure = exc
+            self._drained.set()
+            log.error("log writer stopped: %s", _short(exc))
+
+    async def _write_pending(self) -> None:
+        assert self._engine is not None
+        while self.pending:
+            batch_in, self._inputs = self._inputs[: self.batch_size], self._inputs[self.batch_size :]
+            batch_tr, self._transitions = self._transitions, []
+            async with self._engine.begin() as conn:
+                if batch_in:
+                    await conn.execute(insert(inputs), batch_in)
+                if batch_tr:
+                    await conn.execute(insert(alert_transitions), batch_tr)
+            self.written += len(batch_in) + len(batch_tr)
+
+
+def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    cursor = dbapi_conn.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=FULL")
+    cursor.execute("PRAGMA busy_timeout=5000")
+    cursor.close()
+
+
+def _wall_us() -> int:
+    return time.time_ns() // 1000
+
+
+def _short(exc: BaseException) -> str:
+    text_ = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return text_[:300]

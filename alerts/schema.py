@@ -1,0 +1,172 @@
+"""The durable log's tables and its forward-only migrations.
+
+Why not Alembic: CalGuard owns its schema and upgrades it itself at startup, on SQLite and
+PostgreSQL alike, inside one transaction, with no ini file or script directory to ship
+beside a bedside install. Migrations are numbered, applied in order, recorded in
+``calguard_schema``, never edited once released, and only ever add (tables, columns,
+indexes): a newer CalGuard upgrades an older log in place and loses nothing. Should the
+schema outgrow this, Alembic can adopt the database by stamping the last version here.
+
+Times are integer microseconds since the epoch (UTC), exactly as the engine counts them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Column,
+    Connection,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    func,
+    insert,
+    select,
+)
+
+__all__ = [
+    "MIGRATIONS",
+    "alert_transitions",
+    "inputs",
+    "library_versions",
+    "metadata",
+    "migrate",
+    "schema_version",
+    "sessions",
+]
+
+metadata = MetaData()
+# SQLite only auto-increments an INTEGER PRIMARY KEY; PostgreSQL gets a 64-bit key.
+_Id = BigInteger().with_variant(Integer(), "sqlite")
+
+schema_version = Table(
+    "calguard_schema",
+    metadata,
+    Column("version", Integer, primary_key=True, autoincrement=False),
+    Column("description", Text, nullable=False),
+    Column("applied_us", BigInteger, nullable=False),
+)
+
+library_versions = Table(
+    "library_versions",
+    metadata,
+    Column("version", String(80), primary_key=True),
+    Column("name", Text, nullable=False),
+    Column("source", Text, nullable=False),
+    Column("content", Text, nullable=False),
+    Column("first_seen_us", BigInteger, nullable=False),
+)
+
+sessions = Table(
+    "sessions",
+    metadata,
+    Column("id", _Id, primary_key=True, autoincrement=True),
+    Column("mode", String(16), nullable=False),  # replay | live
+    Column("source", Text, nullable=False),
+    Column("library_version", String(80), nullable=False),
+    Column("started_us", BigInteger, nullable=False),  # wall clock
+    Column("ended_us", BigInteger),
+    Column("first_alert_id", Integer, nullable=False),
+)
+
+inputs = Table(
+    "inputs",
+    metadata,
+    Column("id", _Id, primary_key=True, autoincrement=True),
+    Column("session_id", BigInteger, nullable=False),
+    Column("seq", BigInteger, nullable=False),  # order of arrival within the session
+    Column("t_us", BigInteger),  # the event's own time, when it had a valid one
+    Column("source", Text, nullable=False),
+    Column("line_no", Integer),
+    Column("status", String(16), nullable=False),  # accepted | rejected | duplicate | out_of_order
+    Column("reason", Text),
+    Column("event_type", String(32)),
+    Column("pump", String(64)),
+    Column("channel", String(64)),
+    Column("bed", String(64)),
+    Column("line", String(64)),
+    Column("raw", Text, nullable=False),
+    Column("raw_bytes", Integer, nullable=False),
+    Column("raw_sha256", String(64)),  # set when ``raw`` is not the exact input bytes
+    Index("ix_inputs_session_seq", "session_id", "seq"),
+    Index("ix_inputs_t", "t_us"),
+    Index("ix_inputs_pump", "pump", "channel"),
+)
+
+alert_transitions = Table(
+    "alert_transitions",
+    metadata,
+    Column("id", _Id, primary_key=True, autoincrement=True),
+    Column("session_id", BigInteger, nullable=False),
+    Column("seq", BigInteger, nullable=False),
+    Column("t_us", BigInteger, nullable=False),
+    Column("state", String(16), nullable=False),
+    Column("alert_id", String(32), nullable=False),
+    Column("rule", String(64), nullable=False),
+    Column("priority", String(8), nullable=False),
+    Column("bed", String(64)),
+    Column("line", String(64)),
+    Column("pump", String(64)),
+    Column("channel", String(64)),
+    Column("value", String(64)),
+    Column("limit_value", String(64)),
+    Column("message", Text, nullable=False),
+    Column("library_version", String(80), nullable=False),
+    Column("latched", Boolean, nullable=False, default=False),
+    Column("alert_line", Text, nullable=False),  # the exact JSON line that was emitted
+    Index("ix_transitions_session_seq", "session_id", "seq"),
+    Index("ix_transitions_alert", "alert_id"),
+    Index("ix_transitions_t", "t_us"),
+)
+
+
+@dataclass(frozen=True)
+class Migration:
+    version: int
+    description: str
+    apply: Callable[[Connection], None]
+
+
+def _v1(conn: Connection) -> None:
+    # Frozen: if a later migration changes one of these tables, give this migration its
+    # own copy of the table as it was at version 1.
+    metadata.create_all(
+        conn, tables=[library_versions, sessions, inputs, alert_transitions], checkfirst=True
+    )
+
+
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(1, "inputs, alert transitions, sessions and library versions", _v1),
+)
+
+
+def migrate(conn: Connection, now_us: int) -> list[int]:
+    """Bring the schema up to the newest version; returns the versions applied."""
+    metadata.create_all(conn, tables=[schema_version], checkfirst=True)
+    current = conn.execute(select(func.max(schema_version.c.version))).scalar() or 0
+    newest = MIGRATIONS[-1].version
+    if current > newest:
+        raise RuntimeError(
+            f"the log's schema is version {current}, newer than this CalGuard knows ({newest}); "
+            "upgrade CalGuard rather than write to it"
+        )
+    applied = []
+    for migration in MIGRATIONS:
+        if migration.version > current:
+            migration.apply(conn)
+            row: dict[str, Any] = {
+                "version": migration.version,
+                "description": migration.description,
+                "applied_us": now_us,
+            }
+            conn.execute(insert(schema_version), [row])
+            applied.append(migration.version)
+    return applied

@@ -1,0 +1,1 @@
+"""Drivers turn one wire format into event-format v1 events."""

@@ -1,0 +1,130 @@
+"""The ``calguard`` command line.
+
+    calguard replay FILE.jsonl [--config LIBRARY.toml] [--db URL | --no-db]
+    calguard config check FILE
+    calguard config show [FILE]
+    calguard config init            # print the built-in library, to copy and edit
+
+Alert lines go to standard output; diagnostics (rejected inputs, summaries) to standard
+error. Exit status: 0 done, 1 the library or an input file is unusable, 2 bad usage,
+3 the durable log failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import BinaryIO
+
+from alerts.log import AlertLog, default_db_url
+from config.loader import builtin_text, check_library
+from config.show import render_library
+from monitor.errors import ConfigError, LogError
+
+__all__ = ["main"]
+
+log = logging.getLogger("calguard")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="calguard", description="Neonatal IV calcium safety monitor")
+    parser.add_argument("-v", "--verbose", action="store_true", help="more diagnostics on standard error")
+    parser.add_argument("-q", "--quiet", action="store_true", help="only errors on standard error")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    rp = sub.add_parser("replay", help="replay a JSON Lines file of events; print alert lines")
+    rp.add_argument("file", help="event file (JSON Lines), or - for standard input")
+    rp.add_argument("--config", metavar="LIBRARY.toml", help="drug library (default: the built-in one)")
+    db = rp.add_mutually_exclusive_group()
+    db.add_argument("--db", metavar="URL", help=f"log database URL (default: {default_db_url()})")
+    db.add_argument("--no-db", action="store_true", help="do not write the durable log")
+
+    cp = sub.add_parser("config", help="check, show or start a drug library")
+    csub = cp.add_subparsers(dest="config_command", required=True)
+    check = csub.add_parser("check", help="validate a library; list every problem")
+    check.add_argument("file")
+    show = csub.add_parser("show", help="print the effective limits, converted")
+    show.add_argument("file", nargs="?")
+    csub.add_parser("init", help="print the built-in library to start your own from")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    level = logging.DEBUG if args.verbose else logging.ERROR if args.quiet else logging.INFO
+    logging.basicConfig(level=level, stream=sys.stderr, format="calguard: %(message)s")
+    if args.command == "config":
+        return _config(args)
+    if args.command == "replay":
+        return _replay(args)
+    return 2
+
+
+def _config(args: argparse.Namespace) -> int:
+    if args.config_command == "init":
+        sys.stdout.write(builtin_text())
+        return 0
+    result = check_library(args.file)
+    for warning in result.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    if result.library is None:
+        print(f"{args.file}: {len(result.problems)} problem(s):", file=sys.stderr)
+        for problem in result.problems:
+            print(f"  - {problem}", file=sys.stderr)
+        return 1
+    if args.config_command == "check":
+        lib = result.library
+        print(f"{args.file}: OK — {lib.name}, version {lib.version}, {len(lib.products)} products")
+        return 0
+    sys.stdout.write(render_library(result.library))
+    return 0
+
+
+def _replay(args: argparse.Namespace) -> int:
+    from monitor.replay import replay  # the engine is only imported when it is used
+
+    result = check_library(args.config)
+    for warning in result.warnings:
+        log.warning("warning: %s", warning)
+    if result.library is None:
+        for problem in ConfigError(result.problems).problems:
+            log.error("%s", problem)
+        return 1
+    library = result.library
+    if args.file == "-":
+        stream: BinaryIO = sys.stdin.buffer
+        source = "stdin"
+    else:
+        try:
+            stream = Path(args.file).open("rb")  # noqa: SIM115  # closed in the finally below
+        except OSError as exc:
+            log.error("%s: %s", args.file, exc.strerror)
+            return 1
+        source = args.file
+
+    async def run() -> int:
+        if args.no_db:
+            summary = await replay(stream, source=source, library=library, out=sys.stdout)
+            log.info("%s", summary.describe())
+            return 0
+        async with AlertLog(args.db) as alert_log:
+            summary = await replay(stream, source=source, library=library, out=sys.stdout, log=alert_log)
+        log.info("%s; logged to %s (session %s)", summary.describe(), alert_log.display_url, summary.session_id)
+        return 0
+
+    try:
+        return asyncio.run(run())
+    except LogError as exc:
+        log.error("%s", exc)
+        return 3
+    finally:
+        if stream is not sys.stdin.buffer:
+            stream.close()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
