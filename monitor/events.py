@@ -277,7 +277,7 @@ def _patient(d: dict[str, Any], t: int) -> Patient:
     weight = _quantity(d, "weight", units.WEIGHT)
     if weight is not None and not WEIGHT_RANGE_KG[0] <= weight <= WEIGHT_RANGE_KG[1]:
         low, high = WEIGHT_RANGE_KG
-        raise EventError("weight", d["weight"], f"an infant's weight between {low} and {high} kg is expected")
+        raise EventError("weight", d["weight"], f"an infant's weight between {low:g} and {high:g} kg is expected")
     birth = _timestamp(d, "birth")
     if birth is None:
         age = _quantity(d, "postnatal_age", units.DURATION)

@@ -26,8 +26,18 @@ from monitor.transitions import AlertBook, Description
 __all__ = ["Rules"]
 
 _DAY_US = 86_400_000_000
-# Floating-point slack when comparing the integrated dose with its limit.
-_DOSE_EPSILON = 1e-9
+# A value exactly at a limit must not alarm because unit conversion rounded it up by one
+# ulp (120 ml/h is 2 ml/min, not 2.0000000000000004): limits are "above", with this slack.
+_EPSILON = 1e-9
+
+
+def _above(value: float, limit: float) -> bool:
+    return value > limit * (1 + _EPSILON)
+
+
+# The daily dose is an integral whose crossing time is computed: a relative slack of 1e-9
+# would delay it by microseconds over hours, so it gets a slack far below a microsecond.
+_DOSE_EPSILON = 1e-12
 
 
 def _fmt(value: float, q: ConfiguredQuantity) -> str:
@@ -172,7 +182,7 @@ class Rules:
         name = f"{ch.drug_name} on {ch.name}"
 
         lim = self.rate_volume
-        self._put("rate-volume", ("rate-volume", key), ca and rate > lim.value, now, lambda: self._ch_desc(
+        self._put("rate-volume", ("rate-volume", key), ca and _above(rate, lim.value), now, lambda: self._ch_desc(
             ch,
             f"{name} runs at {_fmt(rate, lim)} ({ch.rate_text}); the limit is {lim.text}: "
             "reduce the rate or stop the pump",
@@ -181,7 +191,7 @@ class Rules:
 
         mg_min = rate * conc * product.gluconate_equivalent if product is not None and conc is not None else 0.0
         lim = self.rate_mass
-        self._put("rate-mass", ("rate-mass", key), ca and mg_min > lim.value, now, lambda: self._ch_desc(
+        self._put("rate-mass", ("rate-mass", key), ca and _above(mg_min, lim.value), now, lambda: self._ch_desc(
             ch,
             f"{name} delivers {_fmt(mg_min, self.rate_mass)} of calcium gluconate"
             f"{'' if product is None or product.is_gluconate else ' equivalent'} "
@@ -253,15 +263,15 @@ class Rules:
         salt_mg_kg_min = ch.rate_ml_min * conc * product.gluconate_equivalent / weight
         hit: tuple[str, float, ConfiguredQuantity] | None = None
         if ch.mode == "bolus":
-            if salt_mg_kg_min > self.bolus_high.value:
+            if _above(salt_mg_kg_min, self.bolus_high.value):
                 hit = ("high", salt_mg_kg_min, self.bolus_high)
-            elif salt_mg_kg_min > self.bolus_medium.value:
+            elif _above(salt_mg_kg_min, self.bolus_medium.value):
                 hit = ("medium", salt_mg_kg_min, self.bolus_medium)
         else:
             elemental = ch.rate_ml_min * conc * product.elemental_mmol_per_mg() / weight
-            if elemental > self.cont_high.value:
+            if _above(elemental, self.cont_high.value):
                 hit = ("high", elemental, self.cont_high)
-            elif salt_mg_kg_min > self.cont_medium.value:
+            elif _above(salt_mg_kg_min, self.cont_medium.value):
                 hit = ("medium", salt_mg_kg_min, self.cont_medium)
         if hit is None:
             self.book.clear(key, now)
@@ -291,10 +301,10 @@ class Rules:
             self.book.clear(key, now)
             return
         equivalent = conc * product.gluconate_equivalent
-        self._put("concentration-peripheral", key, equivalent > lim.value, now, lambda: self._ch_desc(
+        self._put("concentration-peripheral", key, _above(equivalent, lim.value), now, lambda: self._ch_desc(
             ch,
             f"{name} at {lim.show(equivalent)} (gluconate{'' if product.is_gluconate else ' equivalent'}) runs "
-            f"{ch.mode} into peripheral {line.describe()}; the limit there is {lim.text}: dilute it or use a central line",
+            f"as a {ch.mode} infusion into peripheral {line.describe()}; the limit there is {lim.text}: dilute it or use a central line",
             lim.show(equivalent), lim.text,
         ))
 
