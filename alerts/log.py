@@ -36,6 +36,17 @@ __all__ = ["AlertLog", "InputRecord", "default_db_url", "normalise_db_url"]
 log = logging.getLogger(__name__)
 _PG_MIGRATION_LOCK = 0x6361_6C67  # "calg": one migrating process at a time
 
+# Rows are kept as tuples in these column orders and inserted with statements compiled
+# once per dialect: SQLAlchemy's per-row parameter handling cost more than SQLite itself.
+INPUT_COLUMNS = (
+    "session_id", "seq", "t_us", "source", "line_no", "status", "reason", "event_type",
+    "pump", "channel", "bed", "line", "raw", "raw_bytes", "raw_sha256",
+)
+TRANSITION_COLUMNS = (
+    "session_id", "seq", "t_us", "state", "alert_id", "rule", "priority", "bed", "line", "pump",
+    "channel", "value", "limit_value", "message", "library_version", "latched", "alert_line",
+)
+
 
 def default_data_dir() -> Path:
     env = os.environ.get("CALGUARD_DATA_DIR")
@@ -119,8 +130,9 @@ class AlertLog:
         self.max_pending = max_pending
         self.session_id: int | None = None
         self._engine: AsyncEngine | None = None
-        self._inputs: list[dict[str, Any]] = []
-        self._transitions: list[dict[str, Any]] = []
+        self._inputs: list[tuple[Any, ...]] = []
+        self._transitions: list[tuple[Any, ...]] = []
+        self._insert_inputs = self._insert_transitions = ""
         self._seq = 0
         self._wake = asyncio.Event()
         self._drained = asyncio.Event()
@@ -168,6 +180,8 @@ class AlertLog:
             raise LogError(f"cannot open the log database {self.display_url}: {_short(exc)}") from exc
         if applied:
             log.info("log %s: schema migrated to version %s", self.display_url, applied[-1])
+        self._insert_inputs = _positional_insert(engine, inputs, INPUT_COLUMNS)
+        self._insert_transitions = _positional_insert(engine, alert_transitions, TRANSITION_COLUMNS)
         self._engine = engine
 
     async def close(self) -> None:
@@ -229,26 +243,22 @@ class AlertLog:
 
     def add_input(self, record: InputRecord) -> None:
         self._seq += 1
-        self._inputs.append({
-            "session_id": self.session_id, "seq": self._seq, "t_us": record.t_us, "source": record.source,
-            "line_no": record.line_no, "status": record.status, "reason": record.reason,
-            "event_type": record.event_type, "pump": record.pump, "channel": record.channel,
-            "bed": record.bed, "line": record.line, "raw": record.raw, "raw_bytes": record.raw_bytes,
-            "raw_sha256": record.raw_sha256,
-        })
+        r = record
+        self._inputs.append((
+            self.session_id, self._seq, r.t_us, r.source, r.line_no, r.status, r.reason, r.event_type,
+            r.pump, r.channel, r.bed, r.line, r.raw, r.raw_bytes, r.raw_sha256,
+        ))
         if len(self._inputs) >= self.batch_size:
             self._wake.set()
 
     def add_transition(self, tr: AlertTransition, alert_line: str | None = None) -> None:
         self._seq += 1
         d = tr.description
-        self._transitions.append({
-            "session_id": self.session_id, "seq": self._seq, "t_us": tr.t, "state": tr.state,
-            "alert_id": tr.alert, "rule": tr.rule, "priority": tr.priority, "bed": d.bed, "line": d.line,
-            "pump": d.pump, "channel": d.channel, "value": d.value, "limit_value": d.limit,
-            "message": d.message, "library_version": tr.library, "latched": tr.latched,
-            "alert_line": alert_line if alert_line is not None else tr.to_json(),
-        })
+        self._transitions.append((
+            self.session_id, self._seq, tr.t, tr.state, tr.alert, tr.rule, tr.priority, d.bed, d.line,
+            d.pump, d.channel, d.value, d.limit, d.message, tr.library, tr.latched,
+            alert_line if alert_line is not None else tr.to_json(),
+        ))
         self._wake.set()
 
     @property
@@ -296,10 +306,17 @@ class AlertLog:
             batch_tr, self._transitions = self._transitions, []
             async with self._engine.begin() as conn:
                 if batch_in:
-                    await conn.execute(insert(inputs), batch_in)
+                    await conn.exec_driver_sql(self._insert_inputs, batch_in)
                 if batch_tr:
-                    await conn.execute(insert(alert_transitions), batch_tr)
+                    await conn.exec_driver_sql(self._insert_transitions, batch_tr)
             self.written += len(batch_in) + len(batch_tr)
+
+
+def _positional_insert(engine: AsyncEngine, table: Any, columns: tuple[str, ...]) -> str:
+    compiled = insert(table).compile(dialect=engine.dialect, column_keys=list(columns))
+    if tuple(compiled.positiontup or ()) != columns:
+        raise LogError(f"cannot prepare inserts into {table.name} for {engine.dialect.name}")
+    return str(compiled)
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:

@@ -96,7 +96,8 @@ inputs = Table(
     Column("raw", Text, nullable=False),
     Column("raw_bytes", Integer, nullable=False),
     Column("raw_sha256", String(64)),  # set when ``raw`` is not the exact input bytes
-    Index("ix_inputs_session_seq", "session_id", "seq"),
+    # Inputs are the bulk of the log (one row per reading): indexed only for the questions
+    # people ask of them - when, and which pump. Rows are appended in id order.
     Index("ix_inputs_t", "t_us"),
     Index("ix_inputs_pump", "pump", "channel"),
 )

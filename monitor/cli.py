@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import logging
 import sys
 from collections.abc import Sequence
@@ -28,6 +29,14 @@ from monitor.errors import ConfigError, LogError
 __all__ = ["main"]
 
 log = logging.getLogger("calguard")
+
+
+def settle_heap() -> None:
+    """After startup, move what lives for the whole run (the pint registry, the library,
+    imported modules) out of the cyclic collector's way: otherwise every full collection
+    walks those ~130,000 objects again, which cost 40% of the throughput (measured)."""
+    gc.collect()
+    gc.freeze()
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -95,6 +104,7 @@ def _replay(args: argparse.Namespace) -> int:
             log.error("%s", problem)
         return 1
     library = result.library
+    settle_heap()
     if args.file == "-":
         stream: BinaryIO = sys.stdin.buffer
         source = "stdin"

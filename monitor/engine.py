@@ -78,9 +78,12 @@ class Engine:
     def handle(self, event: Event) -> list[AlertTransition]:
         """Apply one event; ``EventError`` if the event is valid JSON but unusable here."""
         self.note, self.disposition = None, "accepted"
-        self._advance(event.t)
-        assert self.now is not None
-        self._handlers[type(event)](event, self.now)
+        now = self.now
+        if now is None or event.t > now:
+            self._advance(event.t)
+            now = self.now
+        assert now is not None
+        self._handlers[type(event)](event, now)
         return self.book.take()
 
     def tick(self, t: int) -> list[AlertTransition]:
@@ -154,13 +157,14 @@ class Engine:
     # -- handlers -------------------------------------------------------------------------
 
     def _reading(self, r: Reading, now: int) -> None:
-        ch = self.ward.channel(r.pump, r.channel)
-        if r.seq is not None and ch.seen_seq(r.seq):
+        ch = self.ward.channels.get((r.pump, r.channel)) or self.ward.channel(r.pump, r.channel)
+        seq = r.seq
+        if seq is not None and ch.seen_seq(seq):
             if ch.latest_t is not None and r.t <= ch.latest_t:
                 self.disposition = "duplicate"
-                self.note = f"duplicate: seq {r.seq} of {ch.name} was already received"
+                self.note = f"duplicate: seq {seq} of {ch.name} was already received"
                 return
-            ch.seqs.clear()  # the pump restarted its counter: a new reading, not a duplicate
+            ch.forget_seqs()  # the pump restarted its counter: a new reading, not a duplicate
         if ch.latest_t is not None and r.t < ch.latest_t:
             self.disposition = "out_of_order"
             self.note = (
@@ -168,10 +172,12 @@ class Engine:
                 "logged, the channel's state is unchanged"
             )
             return
-        if r.seq is not None:
-            ch.seqs.append(r.seq)
+        if seq is not None:
+            ch.remember_seq(seq)
         ch.latest_t = r.t
-        self.rules.valid_reading(ch, now)
+        active = self.book.active
+        if ch.k_invalid in active:
+            self.book.clear(ch.k_invalid, now)
         if r.drug is not None and r.drug != ch.label:
             ch.label = r.drug
             ch.match = self.library.match(r.drug)
@@ -189,10 +195,14 @@ class Engine:
             ch.delivering = r.delivering
             ch.stale_watch = ch.calcium_delivering
             self._evaluate(now, [ch], [], set())
-        self.rules.stale(ch, now)
+            self.rules.stale(ch, now)
+        elif ch.stale_watch and ch.k_stale not in active:
+            self.timers.schedule(ch.k_stale, r.t + self.rules.stale_timeout.us)  # the steady state
+        else:
+            self.rules.stale(ch, now)
         if r.pressure_mmhg is not None or ch.elevated_since is not None:
-            self.rules.track_pressure(ch, r.pressure_mmhg, r.t)
-            self.rules.pressure(ch, now)
+            if self.rules.track_pressure(ch, r.pressure_mmhg, r.t) or ch.k_pressure in active:
+                self.rules.pressure(ch, now)
 
     def _patient(self, ev: Patient, now: int) -> None:
         bed = self.ward.bed(ev.bed)

@@ -82,6 +82,7 @@ class ChannelState:
     line: str | None = None
     latest_t: int | None = None
     seqs: deque[int] = field(default_factory=lambda: deque(maxlen=_SEQ_WINDOW))
+    max_seq: int = -1
     label: str | None = None
     match: LabelMatch | None = None
     rate_ml_min: float = 0.0
@@ -104,6 +105,16 @@ class ChannelState:
     pressure_baseline: float | None = None
     pressure_last: float | None = None
     elevated_since: int | None = None
+    # alert and timer keys of the per-reading rules, built once
+    k_stale: tuple[str, ChannelKey] = ("", ("", ""))
+    k_invalid: tuple[str, ChannelKey] = ("", ("", ""))
+    k_pressure: tuple[str, ChannelKey] = ("", ("", ""))
+
+    def __post_init__(self) -> None:
+        key = (self.pump, self.channel)
+        self.k_stale = ("telemetry-stale", key)
+        self.k_invalid = ("telemetry-invalid", key)
+        self.k_pressure = ("pressure-trend", key)
 
     @property
     def key(self) -> ChannelKey:
@@ -126,7 +137,17 @@ class ChannelState:
         return self.label or "an unlabelled drug"
 
     def seen_seq(self, seq: int) -> bool:
-        return seq in self.seqs
+        # Sequence numbers normally rise: only a number not above the highest needs a look.
+        return seq <= self.max_seq and seq in self.seqs
+
+    def remember_seq(self, seq: int) -> None:
+        self.seqs.append(seq)
+        if seq > self.max_seq:
+            self.max_seq = seq
+
+    def forget_seqs(self) -> None:
+        self.seqs.clear()
+        self.max_seq = -1
 
 
 class Ward:

@@ -2,15 +2,16 @@
 
 The pipeline is the one place where raw inputs (a JSON line from a file, an MQTT payload,
 a driver's event dict) become engine calls. An input that cannot be used is never
-dropped silently: it is returned as a rejected ``InputRecord`` with its reason (for the
-log), reported on the ``calguard`` logger, and - when it names a pump - raises
-``telemetry-invalid`` for that pump channel.
+dropped silently: it goes to the journal (the durable log) as a rejected record with its
+reason, is reported on the ``calguard.input`` logger, and - when it names a pump -
+raises ``telemetry-invalid`` for that pump channel. Records are only built when there is
+a journal to keep them.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from typing import Protocol
 
 from alerts.log import InputRecord
 from monitor.engine import Engine
@@ -19,29 +20,28 @@ from monitor.events import MAX_LINE_BYTES, Event, decode_json, named_pump, parse
 from monitor.timeutil import parse_ts
 from monitor.transitions import AlertTransition
 
-__all__ = ["Outcome", "Pipeline"]
+__all__ = ["InputJournal", "Pipeline"]
 
 log = logging.getLogger("calguard.input")
 
 _CONTEXT_FIELDS = ("pump", "channel", "bed", "line")
 
 
-@dataclass(slots=True)
-class Outcome:
-    record: InputRecord
-    transitions: list[AlertTransition] = field(default_factory=list)
+class InputJournal(Protocol):
+    def add_input(self, record: InputRecord) -> None: ...
 
 
 class Pipeline:
     """Feeds raw inputs to an engine; counts what happened to them."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, journal: InputJournal | None = None) -> None:
         self.engine = engine
+        self.journal = journal
         self.counts: dict[str, int] = {"accepted": 0, "rejected": 0, "duplicate": 0, "out_of_order": 0}
         # Rejections that arrive before any valid time is known wait for the first one.
         self._waiting: list[tuple[str, str, str]] = []
 
-    def feed_line(self, raw: bytes | str, *, source: str, line_no: int | None = None) -> Outcome:
+    def feed_line(self, raw: bytes | str, *, source: str, line_no: int | None = None) -> list[AlertTransition]:
         try:
             obj = decode_json(raw)
         except EventError as exc:
@@ -50,7 +50,7 @@ class Pipeline:
 
     def feed_object(
         self, obj: object, *, raw: bytes | str, source: str, line_no: int | None = None
-    ) -> Outcome:
+    ) -> list[AlertTransition]:
         try:
             event = parse_event(obj)
         except EventError as exc:
@@ -59,31 +59,38 @@ class Pipeline:
 
     def feed_event(
         self, event: Event, obj: object, *, raw: bytes | str, source: str, line_no: int | None = None
-    ) -> Outcome:
+    ) -> list[AlertTransition]:
+        engine = self.engine
         try:
-            transitions = self.engine.handle(event)
+            transitions = engine.handle(event)
         except EventError as exc:
             return self._reject(raw, source, line_no, exc, obj)
         if self._waiting:
             transitions = self._release_waiting() + transitions
-        note, status = self.engine.note, self.engine.disposition
+        note, status = engine.note, engine.disposition
         self.counts[status] += 1
         if note is not None:
             log.info("%s: %s", _where(source, line_no), note)
-        fields = obj if isinstance(obj, dict) else {}
-        record = InputRecord.from_raw(
-            raw, source, status, t_us=event.t, line_no=line_no, reason=note, event_type=event.type,
-            **{k: fields.get(k) if type(fields.get(k)) is str else None for k in _CONTEXT_FIELDS},
-        )
-        return Outcome(record, transitions)
+        if self.journal is not None:
+            self.journal.add_input(InputRecord.from_raw(
+                raw, source, status, t_us=event.t, line_no=line_no, reason=note, event_type=event.type,
+                **{k: getattr(event, k, None) for k in _CONTEXT_FIELDS},
+            ))
+        return transitions
 
-    def feed_oversize(self, head: bytes, size: int, sha256: str, *, source: str, line_no: int | None) -> Outcome:
+    def feed_oversize(
+        self, head: bytes, size: int, sha256: str, *, source: str, line_no: int | None
+    ) -> list[AlertTransition]:
         """A line over the size cap: refused unread; the log keeps its head, size and hash."""
         exc = EventError(None, None, f"the line is {size} bytes; at most {MAX_LINE_BYTES} are read")
         self.counts["rejected"] += 1
         log.warning("%s: rejected: %s", source, exc.at_line(line_no).describe() if line_no else exc.describe())
-        shown = head.decode("utf-8", errors="backslashreplace")
-        return Outcome(InputRecord(source, "rejected", shown, size, sha256, line_no=line_no, reason=exc.describe()))
+        if self.journal is not None:
+            shown = head.decode("utf-8", errors="backslashreplace")
+            self.journal.add_input(
+                InputRecord(source, "rejected", shown, size, sha256, line_no=line_no, reason=exc.describe())
+            )
+        return []
 
     def finish(self) -> list[AlertTransition]:
         """End of input: fire the timers due at the last instant."""
@@ -95,27 +102,27 @@ class Pipeline:
 
     def _reject(
         self, raw: bytes | str, source: str, line_no: int | None, exc: EventError, obj: object
-    ) -> Outcome:
+    ) -> list[AlertTransition]:
         self.counts["rejected"] += 1
         reason = exc.describe() if line_no is None else exc.at_line(line_no).describe()
         log.warning("%s: rejected: %s", source, reason)
         fields = obj if isinstance(obj, dict) else {}
         t = _valid_time(fields)
-        event_type = fields.get("type") if type(fields.get("type")) is str else None
-        record = InputRecord.from_raw(
-            raw, source, "rejected", t_us=t, line_no=line_no, reason=exc.describe(),
-            event_type=event_type[:32] if event_type else None,
-            **{k: fields.get(k)[:64] if type(fields.get(k)) is str else None for k in _CONTEXT_FIELDS},
-        )
-        transitions: list[AlertTransition] = []
+        if self.journal is not None:
+            event_type = fields.get("type") if type(fields.get("type")) is str else None
+            self.journal.add_input(InputRecord.from_raw(
+                raw, source, "rejected", t_us=t, line_no=line_no, reason=exc.describe(),
+                event_type=event_type[:32] if event_type else None,
+                **{k: fields.get(k)[:64] if type(fields.get(k)) is str else None for k in _CONTEXT_FIELDS},
+            ))
         pump = named_pump(obj)
-        if pump is not None:
-            why = exc.describe()
-            if t is None and self.engine.now is None:
-                self._waiting.append((*pump, why))
-            else:
-                transitions = self.engine.reject(pump[0], pump[1], why, t)
-        return Outcome(record, transitions)
+        if pump is None:
+            return []
+        why = exc.describe()
+        if t is None and self.engine.now is None:
+            self._waiting.append((*pump, why))
+            return []
+        return self.engine.reject(pump[0], pump[1], why, t)
 
     def _release_waiting(self) -> list[AlertTransition]:
         out: list[AlertTransition] = []

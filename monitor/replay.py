@@ -48,7 +48,7 @@ async def replay(
     log: AlertLog | None = None,
 ) -> ReplaySummary:
     engine = Engine(library)
-    pipeline = Pipeline(engine)
+    pipeline = Pipeline(engine, log)
     summary = ReplaySummary()
     if log is not None:
         summary.session_id = await log.start_session("replay", source, library)
@@ -64,15 +64,12 @@ async def replay(
     for line_no, raw in read_lines(stream):
         summary.lines = line_no
         if isinstance(raw, OversizeLine):
-            outcome = pipeline.feed_oversize(raw.head, raw.size, raw.sha256, source=source, line_no=line_no)
+            emit(pipeline.feed_oversize(raw.head, raw.size, raw.sha256, source=source, line_no=line_no))
         else:
-            outcome = pipeline.feed_line(raw, source=source, line_no=line_no)
-        emit(outcome.transitions)
-        if log is not None:
-            log.add_input(outcome.record)
-            if line_no % _YIELD_EVERY == 0:
-                await log.checkpoint()
-                await asyncio.sleep(0)
+            emit(pipeline.feed_line(raw, source=source, line_no=line_no))
+        if log is not None and line_no % _YIELD_EVERY == 0:
+            await log.checkpoint()
+            await asyncio.sleep(0)
     emit(pipeline.finish())
     out.flush()
     summary.counts = dict(pipeline.counts)

@@ -329,7 +329,7 @@ class Rules:
         ))
 
     def stale(self, ch: ChannelState, now: int) -> None:
-        key = ("telemetry-stale", ch.key)
+        key = ch.k_stale
         if not ch.stale_watch or ch.latest_t is None:
             self.book.clear(key, now)
             self.timers.cancel(key)
@@ -349,7 +349,7 @@ class Rules:
             self.timers.schedule(key, due)
 
     def pressure(self, ch: ChannelState, now: int) -> None:
-        key = ("pressure-trend", ch.key)
+        key = ch.k_pressure
         since = ch.elevated_since
         if since is None or not ch.calcium_delivering:
             self.book.clear(key, now)
@@ -371,22 +371,25 @@ class Rules:
             units.format_quantity(last - base, units.PRESSURE), self.pressure_rise.text,
         ))
 
-    def track_pressure(self, ch: ChannelState, pressure: float | None, t: int) -> None:
-        """Baseline = lowest pressure since the rate last changed; note when it rose by the limit."""
+    def track_pressure(self, ch: ChannelState, pressure: float | None, t: int) -> bool:
+        """Baseline = lowest pressure since the rate last changed; note when it rose by the
+        limit. Returns whether the elevated state changed (the rule then needs evaluating)."""
+        before = ch.elevated_since
         if not ch.calcium_delivering or pressure is None:
             if not ch.calcium_delivering:
                 ch.pressure_rate = ch.pressure_baseline = ch.elevated_since = None
-            return
+            return ch.elevated_since != before
         ch.pressure_last = pressure
         if ch.pressure_rate != ch.rate_ml_min or ch.pressure_baseline is None:
             ch.pressure_rate, ch.pressure_baseline, ch.elevated_since = ch.rate_ml_min, pressure, None
-            return
-        ch.pressure_baseline = min(ch.pressure_baseline, pressure)
-        if pressure >= ch.pressure_baseline + self.pressure_rise.value:
-            if ch.elevated_since is None:
-                ch.elevated_since = t
         else:
-            ch.elevated_since = None
+            ch.pressure_baseline = min(ch.pressure_baseline, pressure)
+            if pressure >= ch.pressure_baseline + self.pressure_rise.value:
+                if ch.elevated_since is None:
+                    ch.elevated_since = t
+            else:
+                ch.elevated_since = None
+        return ch.elevated_since != before
 
     def invalid(self, pump: str, channel: str, now: int, reason: str) -> None:
         ch = self.ward.channel(pump, channel)
@@ -395,9 +398,6 @@ class Rules:
             f"A reading from {ch.name} could not be understood: {reason}. CalGuard keeps the channel's last valid "
             "state; check the pump's configuration and connection",
         ))
-
-    def valid_reading(self, ch: ChannelState, now: int) -> None:
-        self.book.clear(("telemetry-invalid", ch.key), now)
 
     # -- line rules -----------------------------------------------------------------------
 

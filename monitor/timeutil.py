@@ -33,8 +33,23 @@ def _epoch_day(day: str) -> int:
         raise QuantityError(day, "not a calendar date") from None
 
 
+_recent: dict[str, int] = {}  # pumps reporting at 1 Hz share their timestamps
+
+
 def parse_ts(text: object) -> int:
     """Parse an RFC 3339 timestamp with an offset into microseconds since the epoch."""
+    if type(text) is str:
+        hit = _recent.get(text)
+        if hit is not None:
+            return hit
+    us = _parse_ts(text)
+    if len(_recent) >= 4096:
+        _recent.clear()
+    _recent[text] = us  # type: ignore[index]  # _parse_ts accepted it, so it is a str
+    return us
+
+
+def _parse_ts(text: object) -> int:
     if not isinstance(text, str):
         raise QuantityError(text, "an RFC 3339 timestamp string is expected")
     m = _RFC3339.match(text)

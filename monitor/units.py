@@ -45,6 +45,7 @@ __all__ = [
     "format_quantity",
     "from_canonical",
     "parse_duration_us",
+    "value_cache",
     "parse_quantity",
     "split_quantity",
     "unit_factor",
@@ -274,6 +275,11 @@ def parse_quantity(text: object, kind: Kind) -> float:
         cache_for_kind.clear()
     cache_for_kind[str(text)] = value
     return value
+
+
+def value_cache(kind: Kind) -> dict[str, float]:
+    """The cache of whole quantity strings of ``kind`` (for hot paths that look up first)."""
+    return _value_cache.setdefault(kind, {})
 
 
 def parse_duration_us(text: object) -> int:

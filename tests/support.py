@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from alerts.log import InputRecord
 from config import Library, load_library
 from monitor.engine import Engine
 from monitor.pipeline import Pipeline
@@ -39,22 +40,23 @@ class Bedside:
 
     def __init__(self, library: Library | None = None) -> None:
         self.engine = Engine(library or load_library())
-        self.pipeline = Pipeline(self.engine)
+        self.records: list[InputRecord] = []
+        self.pipeline = Pipeline(self.engine, self)
         self.alerts: list[dict[str, Any]] = []
-        self.records: list[Any] = []
+
+    def add_input(self, record: InputRecord) -> None:  # the pipeline's journal
+        self.records.append(record)
 
     def send(self, clock: str, type: str, *, day: str = DAY, **fields: Any) -> list[dict[str, Any]]:
         obj = {"t": ts(clock, day), "type": type, **fields}
-        outcome = self.pipeline.feed_object(obj, raw=json.dumps(obj), source="test")
-        self.records.append(outcome.record)
-        out = [tr.to_dict() for tr in outcome.transitions]
+        transitions = self.pipeline.feed_object(obj, raw=json.dumps(obj), source="test")
+        out = [tr.to_dict() for tr in transitions]
         self.alerts += out
         return out
 
     def raw(self, line: str | bytes) -> list[dict[str, Any]]:
-        outcome = self.pipeline.feed_line(line, source="test", line_no=len(self.records) + 1)
-        self.records.append(outcome.record)
-        out = [tr.to_dict() for tr in outcome.transitions]
+        transitions = self.pipeline.feed_line(line, source="test", line_no=len(self.records) + 1)
+        out = [tr.to_dict() for tr in transitions]
         self.alerts += out
         return out
 
