@@ -39,12 +39,40 @@ _PG_MIGRATION_LOCK = 0x6361_6C67  # "calg": one migrating process at a time
 # Rows are kept as tuples in these column orders and inserted with statements compiled
 # once per dialect: SQLAlchemy's per-row parameter handling cost more than SQLite itself.
 INPUT_COLUMNS = (
-    "session_id", "seq", "t_us", "source", "line_no", "status", "reason", "event_type",
-    "pump", "channel", "bed", "line", "raw", "raw_bytes", "raw_sha256",
+    "session_id",
+    "seq",
+    "t_us",
+    "source",
+    "line_no",
+    "status",
+    "reason",
+    "event_type",
+    "pump",
+    "channel",
+    "bed",
+    "line",
+    "raw",
+    "raw_bytes",
+    "raw_sha256",
 )
 TRANSITION_COLUMNS = (
-    "session_id", "seq", "t_us", "state", "alert_id", "rule", "priority", "bed", "line", "pump",
-    "channel", "value", "limit_value", "message", "library_version", "latched", "alert_line",
+    "session_id",
+    "seq",
+    "t_us",
+    "state",
+    "alert_id",
+    "rule",
+    "priority",
+    "bed",
+    "line",
+    "pump",
+    "channel",
+    "value",
+    "limit_value",
+    "message",
+    "library_version",
+    "latched",
+    "alert_line",
 )
 
 
@@ -155,15 +183,18 @@ class AlertLog:
         return self
 
     async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
     ) -> None:
         await self.close()
 
     async def _open(self) -> None:
         if self.url.startswith("sqlite") and ":memory:" not in self.url:
             path = self.url.split(":///", 1)[-1].split("?", 1)[0]
-            if path:
-                Path(path).expanduser().parent.mkdir(parents=True, exist_ok=True)
+            if path:  # once, at startup: a blocking mkdir is fine here
+                Path(path).expanduser().parent.mkdir(parents=True, exist_ok=True)  # noqa: ASYNC240
         try:
             engine = create_async_engine(self.url)
         except (SQLAlchemyError, ImportError, ValueError) as exc:
@@ -173,11 +204,15 @@ class AlertLog:
         try:
             async with engine.begin() as conn:
                 if engine.dialect.name == "postgresql":
-                    await conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _PG_MIGRATION_LOCK})
+                    await conn.execute(
+                        text("SELECT pg_advisory_xact_lock(:k)"), {"k": _PG_MIGRATION_LOCK}
+                    )
                 applied = await conn.run_sync(migrate, _wall_us())
         except (SQLAlchemyError, OSError, RuntimeError) as exc:
             await engine.dispose()
-            raise LogError(f"cannot open the log database {self.display_url}: {_short(exc)}") from exc
+            raise LogError(
+                f"cannot open the log database {self.display_url}: {_short(exc)}"
+            ) from exc
         if applied:
             log.info("log %s: schema migrated to version %s", self.display_url, applied[-1])
         self._insert_inputs = _positional_insert(engine, inputs, INPUT_COLUMNS)
@@ -201,11 +236,15 @@ class AlertLog:
                 await self._engine.dispose()
                 self._engine = None
         if self._failure is not None:
-            raise LogError(f"the log {self.display_url} could not be written: {_short(self._failure)}")
+            raise LogError(
+                f"the log {self.display_url} could not be written: {_short(self._failure)}"
+            )
 
     # -- sessions -------------------------------------------------------------------------
 
-    async def start_session(self, mode: str, source: str, library: Library, first_alert_id: int = 1) -> int:
+    async def start_session(
+        self, mode: str, source: str, library: Library, first_alert_id: int = 1
+    ) -> int:
         assert self._engine is not None, "use AlertLog as an async context manager"
         now = _wall_us()
         try:
@@ -216,13 +255,27 @@ class AlertLog:
                 if known.first() is None:
                     await conn.execute(
                         insert(library_versions),
-                        [{"version": library.version, "name": library.name, "source": library.source,
-                          "content": library.text, "first_seen_us": now}],
+                        [
+                            {
+                                "version": library.version,
+                                "name": library.name,
+                                "source": library.source,
+                                "content": library.text,
+                                "first_seen_us": now,
+                            }
+                        ],
                     )
                 result = await conn.execute(
                     insert(sessions).returning(sessions.c.id),
-                    [{"mode": mode, "source": source, "library_version": library.version,
-                      "started_us": now, "first_alert_id": first_alert_id}],
+                    [
+                        {
+                            "mode": mode,
+                            "source": source,
+                            "library_version": library.version,
+                            "started_us": now,
+                            "first_alert_id": first_alert_id,
+                        }
+                    ],
                 )
                 self.session_id = int(result.scalar_one())
         except SQLAlchemyError as exc:
@@ -234,31 +287,66 @@ class AlertLog:
         try:
             async with self._engine.begin() as conn:
                 await conn.execute(
-                    update(sessions).where(sessions.c.id == self.session_id).values(ended_us=_wall_us())
+                    update(sessions)
+                    .where(sessions.c.id == self.session_id)
+                    .values(ended_us=_wall_us())
                 )
         except SQLAlchemyError as exc:
-            raise LogError(f"cannot close the session in {self.display_url}: {_short(exc)}") from exc
+            raise LogError(
+                f"cannot close the session in {self.display_url}: {_short(exc)}"
+            ) from exc
 
     # -- producers ------------------------------------------------------------------------
 
     def add_input(self, record: InputRecord) -> None:
         self._seq += 1
         r = record
-        self._inputs.append((
-            self.session_id, self._seq, r.t_us, r.source, r.line_no, r.status, r.reason, r.event_type,
-            r.pump, r.channel, r.bed, r.line, r.raw, r.raw_bytes, r.raw_sha256,
-        ))
+        self._inputs.append(
+            (
+                self.session_id,
+                self._seq,
+                r.t_us,
+                r.source,
+                r.line_no,
+                r.status,
+                r.reason,
+                r.event_type,
+                r.pump,
+                r.channel,
+                r.bed,
+                r.line,
+                r.raw,
+                r.raw_bytes,
+                r.raw_sha256,
+            )
+        )
         if len(self._inputs) >= self.batch_size:
             self._wake.set()
 
     def add_transition(self, tr: AlertTransition, alert_line: str | None = None) -> None:
         self._seq += 1
         d = tr.description
-        self._transitions.append((
-            self.session_id, self._seq, tr.t, tr.state, tr.alert, tr.rule, tr.priority, d.bed, d.line,
-            d.pump, d.channel, d.value, d.limit, d.message, tr.library, tr.latched,
-            alert_line if alert_line is not None else tr.to_json(),
-        ))
+        self._transitions.append(
+            (
+                self.session_id,
+                self._seq,
+                tr.t,
+                tr.state,
+                tr.alert,
+                tr.rule,
+                tr.priority,
+                d.bed,
+                d.line,
+                d.pump,
+                d.channel,
+                d.value,
+                d.limit,
+                d.message,
+                tr.library,
+                tr.latched,
+                alert_line if alert_line is not None else tr.to_json(),
+            )
+        )
         self._wake.set()
 
     @property
@@ -268,7 +356,9 @@ class AlertLog:
     async def checkpoint(self) -> None:
         """Wait if the writer is far behind; raise ``LogError`` if it has failed."""
         if self._failure is not None:
-            raise LogError(f"the log {self.display_url} could not be written: {_short(self._failure)}")
+            raise LogError(
+                f"the log {self.display_url} could not be written: {_short(self._failure)}"
+            )
         while self.pending >= self.max_pending and self._failure is None:
             self._drained.clear()
             self._wake.set()
@@ -302,7 +392,10 @@ class AlertLog:
     async def _write_pending(self) -> None:
         assert self._engine is not None
         while self.pending:
-            batch_in, self._inputs = self._inputs[: self.batch_size], self._inputs[self.batch_size :]
+            batch_in, self._inputs = (
+                self._inputs[: self.batch_size],
+                self._inputs[self.batch_size :],
+            )
             batch_tr, self._transitions = self._transitions, []
             async with self._engine.begin() as conn:
                 if batch_in:

@@ -32,14 +32,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from alerts.log import AlertLog  # noqa: E402
-from config import load_library  # noqa: E402
-from monitor.engine import Engine  # noqa: E402
-from monitor.events import decode_json, parse_event  # noqa: E402
-from monitor.pipeline import Pipeline  # noqa: E402
-from monitor.replay import replay  # noqa: E402
-from monitor.units import ureg  # noqa: E402
-from simulators.shift import load_shift  # noqa: E402
+from alerts.log import AlertLog
+from config import load_library
+from monitor.engine import Engine
+from monitor.events import decode_json, parse_event
+from monitor.pipeline import Pipeline
+from monitor.replay import replay
+from monitor.units import ureg
+from simulators.shift import load_shift
 
 
 def naive(lines: list[bytes]) -> int:
@@ -75,7 +75,9 @@ def with_log(data: bytes, directory: str, run: int) -> int:
     async def go() -> int:
         url = f"sqlite:///{directory}/bench-{run}.sqlite3"
         async with AlertLog(url) as log:
-            summary = await replay(io.BytesIO(data), source="bench", library=load_library(), out=io.StringIO(), log=log)
+            summary = await replay(
+                io.BytesIO(data), source="bench", library=load_library(), out=io.StringIO(), log=log
+            )
         return summary.transitions
 
     return asyncio.run(go())
@@ -88,59 +90,77 @@ def timed(fn, *args):  # type: ignore[no-untyped-def]
     return time.perf_counter() - start, result
 
 
-MEMORY_PROBE = """
-import gc, json, sys
-sys.path.insert(0, {root!r})
-from config import load_library
-from monitor.engine import Engine
-from monitor.pipeline import Pipeline
-pipeline = Pipeline(Engine(load_library()))
-gc.collect(); gc.freeze()
-channels, seconds = {channels}, {seconds}
-beds = channels // 2
-for b in range(beds):
-    t = "2026-11-21T08:00:00Z"
-    pipeline.feed_line(json.dumps({{"t": t, "type": "patient", "bed": f"B{{b}}", "weight": "1.2 kg"}}), source="m")
-    pipeline.feed_line(json.dumps({{"t": t, "type": "line", "line": f"L{{b}}", "bed": f"B{{b}}", "kind": "piv"}}), source="m")
-for c in range(channels):
-    pipeline.feed_line(json.dumps({{"t": "2026-11-21T08:00:00Z", "type": "connect", "pump": f"P{{c}}", "line": f"L{{c % beds}}"}}), source="m")
-for s in range(seconds):
-    t = f"2026-11-21T08:{{1 + s // 60:02d}}:{{s % 60:02d}}Z"
+def memory_probe(channels: int, seconds: int) -> None:
+    """Run in a fresh process: a ward of ``channels`` pump channels at 1 Hz; print peak RSS."""
+    pipeline = Pipeline(Engine(load_library()))
+    gc.collect()
+    gc.freeze()
+    beds, start = channels // 2, "2026-11-21T08:00:00Z"
+
+    def feed(event: dict[str, object]) -> None:
+        pipeline.feed_line(json.dumps(event), source="memory")
+
+    for b in range(beds):
+        feed({"t": start, "type": "patient", "bed": f"B{b}", "weight": "1.2 kg"})
+        feed({"t": start, "type": "line", "line": f"L{b}", "bed": f"B{b}", "kind": "piv"})
     for c in range(channels):
-        rate = "1.2 ml/h" if (c + s // 30) % 7 else "2.4 ml/h"
-        drug = "Calcium gluconate 20 mg/ml" if c % 2 == 0 else "Dextrose 10%"
-        pipeline.feed_line(json.dumps({{"t": t, "type": "reading", "pump": f"P{{c}}", "rate": rate, "drug": drug,
-                                       "pressure": f"{{20 + c % 9}} mmHg", "seq": s}}), source="m")
-# VmHWM, not ru_maxrss: ru_maxrss survives exec and would report the parent's peak
-hwm = next(line for line in open("/proc/self/status") if line.startswith("VmHWM"))
-print(int(hwm.split()[1]) // 1024, len(pipeline.engine.ward.channels))
-"""
+        feed({"t": start, "type": "connect", "pump": f"P{c}", "line": f"L{c % beds}"})
+    for second in range(seconds):
+        t = f"2026-11-21T08:{1 + second // 60:02d}:{second % 60:02d}Z"
+        for c in range(channels):
+            feed(
+                {
+                    "t": t,
+                    "type": "reading",
+                    "pump": f"P{c}",
+                    "seq": second,
+                    "rate": "1.2 ml/h" if (c + second // 30) % 7 else "2.4 ml/h",
+                    "drug": "Calcium gluconate 20 mg/ml" if c % 2 == 0 else "Dextrose 10%",
+                    "pressure": f"{20 + c % 9} mmHg",
+                }
+            )
+    # VmHWM, not ru_maxrss: ru_maxrss survives exec and would report the parent's peak
+    with open("/proc/self/status") as status:
+        hwm = next(line for line in status if line.startswith("VmHWM"))
+    print(int(hwm.split()[1]) // 1024, len(pipeline.engine.ward.channels))
 
 
 def memory(channels: int, seconds: int) -> tuple[int, int]:
-    code = MEMORY_PROBE.format(root=str(Path(__file__).resolve().parent.parent), channels=channels, seconds=seconds)
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    command = [sys.executable, __file__, "--memory-probe", str(channels), str(seconds)]
+    out = subprocess.run(command, capture_output=True, text=True, check=True).stdout.split()
     return int(out[0]), int(out[1])
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--pumps", type=int, default=200)
     parser.add_argument("--minutes", type=float, default=10)
     parser.add_argument("--repeat", type=int, default=5)
-    parser.add_argument("--naive-sample", type=int, default=20_000, help="lines timed for the naive baseline")
+    parser.add_argument(
+        "--naive-sample", type=int, default=20_000, help="lines timed for the naive baseline"
+    )
     parser.add_argument("--memory-channels", type=int, default=5000)
     parser.add_argument("--memory-seconds", type=int, default=120)
+    parser.add_argument("--memory-probe", nargs=2, type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.memory_probe:
+        memory_probe(*args.memory_probe)
+        return 0
 
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}")
+    cpu = platform.processor() or platform.machine()
+    print(f"machine: {cpu}, {os.cpu_count()} cores, Python {platform.python_version()}")
     events = load_shift(args.pumps, args.minutes)
     lines = [json.dumps(e, separators=(",", ":")).encode() for e in events]
     data = b"\n".join(lines) + b"\n"
     readings = sum(1 for e in events if e["type"] == "reading")
     parsed = [parse_event(decode_json(line)) for line in lines]
     sample = lines[: args.naive_sample]
-    print(f"workload: {args.pumps} pumps x {args.minutes:g} min at 1 Hz = {len(lines)} lines ({readings} readings)")
+    print(
+        f"workload: {args.pumps} pumps x {args.minutes:g} min at 1 Hz = {len(lines)} lines "
+        f"({readings} readings)"
+    )
     gc.collect()
     gc.freeze()  # as the CLI does after startup: long-lived objects out of the collector's way
 
@@ -160,11 +180,19 @@ def main() -> int:
     print(f"alert transitions in the workload: {n_engine}")
     print(f"{'path':<12}{'median lines/s':>16}{'min':>12}{'max':>12}{'x naive':>10}")
     for key in ("naive", "engine", "engine+log", "events"):
-        print(f"{key:<12}{med[key]:>16,.0f}{min(rates[key]):>12,.0f}{max(rates[key]):>12,.0f}{med[key] / med['naive']:>10.1f}")
+        print(
+            f"{key:<12}{med[key]:>16,.0f}{min(rates[key]):>12,.0f}{max(rates[key]):>12,.0f}"
+            f"{med[key] / med['naive']:>10.1f}"
+        )
     peak, channels = memory(args.memory_channels, args.memory_seconds)
-    print(f"peak RSS with {channels} pump channels after {args.memory_seconds} s at 1 Hz: {peak} MB")
-    targets = [("engine >= 50,000/s", med["engine"] >= 50_000), ("engine+log >= 20,000/s", med["engine+log"] >= 20_000),
-               ("peak memory < 150 MB", peak < 150)]
+    print(
+        f"peak RSS with {channels} pump channels after {args.memory_seconds} s at 1 Hz: {peak} MB"
+    )
+    targets = [
+        ("engine >= 50,000/s", med["engine"] >= 50_000),
+        ("engine+log >= 20,000/s", med["engine+log"] >= 20_000),
+        ("peak memory < 150 MB", peak < 150),
+    ]
     print("targets: " + ", ".join(f"{name}: {'met' if ok else 'NOT met'}" for name, ok in targets))
     return 0
 

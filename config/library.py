@@ -142,7 +142,9 @@ class Library:
         norm = normalise_label(label)
         product = None
         for alias, candidate in self._aliases:
-            if norm.startswith(alias) and (len(norm) == len(alias) or not norm[len(alias)].isalpha()):
+            if norm.startswith(alias) and (
+                len(norm) == len(alias) or not norm[len(alias)].isalpha()
+            ):
                 product = candidate
                 break
         mentions = any(k in norm for k in self.calcium_keywords)

@@ -33,7 +33,14 @@ from config.schema import (
 from monitor import units
 from monitor.errors import ConfigError, ConfigProblem, QuantityError
 
-__all__ = ["BUILTIN", "LoadResult", "builtin_text", "check_library", "load_library", "parse_library"]
+__all__ = [
+    "BUILTIN",
+    "LoadResult",
+    "builtin_text",
+    "check_library",
+    "load_library",
+    "parse_library",
+]
 
 BUILTIN = "built-in"
 _ID = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}\Z")
@@ -92,7 +99,9 @@ def parse_library(text: str, source: str) -> LoadResult:
 
 def library_version(doc: dict[str, Any]) -> str:
     """Hash of the library's content: comments and layout do not change it, values do."""
-    canonical = json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
+    canonical = json.dumps(
+        doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str
+    )
     return "sha256:" + hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:16]
 
 
@@ -127,7 +136,11 @@ class _Checker:
     def build(self, doc: dict[str, Any], text: str) -> Library | None:
         for key in doc:
             if key not in _TOP_KEYS:
-                self.problem(key, f"unknown section; expected one of {', '.join(_TOP_KEYS)}{_near(key, _TOP_KEYS)}")
+                self.problem(
+                    key,
+                    f"unknown section; expected one of {', '.join(_TOP_KEYS)}"
+                    + _near(key, _TOP_KEYS),
+                )
         meta = self.table(doc, "library", required=True)
         name = self.string(meta, "library.name", "name", required=True) or "?"
         fmt = meta.get("format", 1)
@@ -200,7 +213,8 @@ class _Checker:
             found = f'"{value}"' if isinstance(value, str) else repr(value)
             self.problem(
                 path,
-                f"{found} — {exc.reason}; {kind.describe()} is expected{self.suggest(value, setting)}",
+                f"{found} — {exc.reason}; {kind.describe()} is expected"
+                + self.suggest(value, setting),
             )
             return None
         if not setting.low <= canonical <= setting.high:
@@ -242,18 +256,27 @@ class _Checker:
                 self.problem(path, "a table with elemental_calcium_fraction is expected")
                 continue
             fraction = body.get("elemental_calcium_fraction")
-            if isinstance(fraction, bool) or not isinstance(fraction, int | float) or not 0 < fraction < 1:
+            if (
+                isinstance(fraction, bool)
+                or not isinstance(fraction, int | float)
+                or not 0 < fraction < 1
+            ):
                 self.problem(
                     f"{path}.elemental_calcium_fraction",
-                    f"{fraction!r} — a fraction between 0 and 1 is expected (0.093 = 9.3 mg Ca per 100 mg)",
+                    f"{fraction!r} — a fraction between 0 and 1 is expected "
+                    "(0.093 = 9.3 mg Ca per 100 mg)",
                 )
                 continue
             for key in body:
                 if key != "elemental_calcium_fraction":
-                    self.problem(f"{path}.{key}", "unknown key; expected elemental_calcium_fraction")
+                    self.problem(
+                        f"{path}.{key}", "unknown key; expected elemental_calcium_fraction"
+                    )
             salts[name] = Salt(name, float(fraction))
         if "gluconate" not in salts:
-            self.problem("salts.gluconate", "is missing; CalGuard's limits are written for calcium gluconate")
+            self.problem(
+                "salts.gluconate", "is missing; CalGuard's limits are written for calcium gluconate"
+            )
         return salts
 
     def products(self, value: object, salts: dict[str, Salt]) -> list[Product]:
@@ -280,12 +303,15 @@ class _Checker:
                 if other is not None and other != product.id:
                     self.problem(
                         f"products[{product.id}]",
-                        f'the name "{alias}" is also used by product {other}; a pump label must mean one product',
+                        f'the name "{alias}" is also used by product {other}; '
+                        "a pump label must mean one product",
                     )
                 seen_names[norm] = product.id
             products.append(product)
         if not any(p.is_calcium for p in products):
-            self.problem("products", "no product of class calcium; CalGuard would recognise no calcium")
+            self.problem(
+                "products", "no product of class calcium; CalGuard would recognise no calcium"
+            )
         return products
 
     def product(
@@ -299,21 +325,33 @@ class _Checker:
         path = f"products[{label}]"
         before = len(self.problems)
         if not isinstance(pid, str) or not _ID.match(pid):
-            self.problem(f"{path}.id", f"{pid!r} — a short id of lower-case letters, digits and - is expected")
+            self.problem(
+                f"{path}.id",
+                f"{pid!r} — a short id of lower-case letters, digits and - is expected",
+            )
         for key in body:
             if key not in _PRODUCT_KEYS:
-                self.problem(f"{path}.{key}", f"unknown key; expected one of {', '.join(_PRODUCT_KEYS)}{_near(key, _PRODUCT_KEYS)}")
+                self.problem(
+                    f"{path}.{key}",
+                    f"unknown key; expected one of {', '.join(_PRODUCT_KEYS)}"
+                    + _near(key, _PRODUCT_KEYS),
+                )
         name = self.string(body, f"{path}.name", "name", required=True)
         aliases = self.string_list(body, f"{path}.aliases", "aliases")
         drug_class = body.get("class")
         if drug_class not in CLASSES:
-            self.problem(f"{path}.class", f"{drug_class!r} — one of {', '.join(CLASSES)} is expected")
+            self.problem(
+                f"{path}.class", f"{drug_class!r} — one of {', '.join(CLASSES)} is expected"
+            )
         salt = concentration = None
         salt_name = body.get("salt")
         if salt_name is not None:
             salt = salts.get(salt_name) if isinstance(salt_name, str) else None
             if salt is None:
-                self.problem(f"{path}.salt", f"{salt_name!r} — one of the [salts] is expected: {', '.join(salts)}")
+                self.problem(
+                    f"{path}.salt",
+                    f"{salt_name!r} — one of the [salts] is expected: {', '.join(salts)}",
+                )
         if "concentration" in body:
             concentration = self.quantity(
                 f"{path}.concentration",
@@ -322,7 +360,10 @@ class _Checker:
             )
         if drug_class == "calcium":
             if salt_name is None:
-                self.problem(f"{path}.salt", "is missing; a calcium product needs its salt (gluconate, chloride)")
+                self.problem(
+                    f"{path}.salt",
+                    "is missing; a calcium product needs its salt (gluconate, chloride)",
+                )
             if "concentration" not in body:
                 self.problem(f"{path}.concentration", 'is missing; e.g. "100 mg/ml"')
         if "elemental_calcium" in body and salt is not None and concentration is not None:
@@ -352,7 +393,8 @@ class _Checker:
             self.problem(
                 f"{path}.elemental_calcium",
                 f'"{value}" does not agree with {conc.text} of the {salt.name} salt, which carries '
-                f"{units.format_number(derived)} mmol/ml; check the concentration, the salt or this value",
+                f"{units.format_number(derived)} mmol/ml; "
+                "check the concentration, the salt or this value",
             )
 
     # -- rules ----------------------------------------------------------------------------
@@ -385,7 +427,10 @@ class _Checker:
         allowed = ["enabled", *(["priority"] if spec.priority else []), *spec.settings]
         for key in body:
             if key not in allowed:
-                self.problem(f"{base}.{key}", f"unknown key; expected one of {', '.join(allowed)}{_near(key, allowed)}")
+                self.problem(
+                    f"{base}.{key}",
+                    f"unknown key; expected one of {', '.join(allowed)}{_near(key, allowed)}",
+                )
         enabled = body.get("enabled", True)
         if not isinstance(enabled, bool):
             self.problem(f"{base}.enabled", f"{enabled!r} — true or false is expected")
@@ -393,7 +438,9 @@ class _Checker:
             self.warn(base, "this rule is DISABLED; CalGuard will not check it")
         priority = body.get("priority", spec.priority)
         if spec.priority and priority not in PRIORITIES:
-            self.problem(f"{base}.priority", f"{priority!r} — one of {', '.join(PRIORITIES)} is expected")
+            self.problem(
+                f"{base}.priority", f"{priority!r} — one of {', '.join(PRIORITIES)} is expected"
+            )
         quantities: dict[str, ConfiguredQuantity] = {}
         ints: dict[str, int] = {}
         lists: dict[str, tuple[str, ...]] = {}
@@ -409,18 +456,35 @@ class _Checker:
                 if q is not None:
                     quantities[key] = q
             elif isinstance(setting, IntSetting):
-                if isinstance(value, bool) or not isinstance(value, int) or not setting.low <= value <= setting.high:
-                    self.problem(path, f"{value!r} — a whole number from {setting.low} to {setting.high} is expected")
+                if (
+                    isinstance(value, bool)
+                    or not isinstance(value, int)
+                    or not setting.low <= value <= setting.high
+                ):
+                    self.problem(
+                        path,
+                        f"{value!r} — a whole number from {setting.low} to {setting.high} "
+                        "is expected",
+                    )
                 else:
                     ints[key] = value
             elif isinstance(setting, ClassListSetting):
                 lists[key] = self.class_list(path, value)
-        return RuleConfig(spec.rule_id, bool(enabled), priority if spec.priority else None, quantities, ints, lists)
+        return RuleConfig(
+            spec.rule_id,
+            bool(enabled),
+            priority if spec.priority else None,
+            quantities,
+            ints,
+            lists,
+        )
 
     def class_list(self, path: str, value: object) -> tuple[str, ...]:
         allowed = [c for c in CLASSES if c not in ("calcium", "neutral")]
         if not isinstance(value, list):
-            self.problem(path, f"{value!r} — a list of drug classes is expected ({', '.join(allowed)})")
+            self.problem(
+                path, f"{value!r} — a list of drug classes is expected ({', '.join(allowed)})"
+            )
             return ()
         for item in value:
             if item not in allowed:
@@ -428,26 +492,34 @@ class _Checker:
         return tuple(v for v in value if v in allowed)
 
     def cross_checks(self, rules: dict[str, RuleConfig]) -> None:
-        def both(rule_id: str, low: str, high: str, what: str) -> None:
+        def ordered(rule_id: str, low: str, high: str, what: str) -> None:
             cfg = rules.get(rule_id)
-            if cfg and low in cfg.quantities and high in cfg.quantities:
-                if cfg.q(high).value <= cfg.q(low).value:
-                    self.problem(
-                        f"rules.{rule_id}.{high}",
-                        f'"{cfg.q(high).text}" must be {what} "{cfg.q(low).text}" ({low})',
-                    )
-
-        both("site-check-overdue", "medium_after", "high_after", "later than")
-        both("rate-weight", "bolus_medium", "bolus_high", "above")
-        cp = rules.get("concentration-peripheral")
-        if cp and {"continuous_limit", "any_mode_limit"} <= cp.quantities.keys():
-            if cp.q("continuous_limit").value > cp.q("any_mode_limit").value:
+            if cfg is None or not {low, high} <= cfg.quantities.keys():
+                return  # already reported
+            if cfg.q(high).value <= cfg.q(low).value:
                 self.problem(
-                    "rules.concentration-peripheral.continuous_limit",
-                    "is above any_mode_limit; the continuous limit should be the stricter one",
+                    f"rules.{rule_id}.{high}",
+                    f'"{cfg.q(high).text}" must be {what} "{cfg.q(low).text}" ({low})',
                 )
+
+        ordered("site-check-overdue", "medium_after", "high_after", "later than")
+        ordered("rate-weight", "bolus_medium", "bolus_high", "above")
+        cp = rules.get("concentration-peripheral")
+        keys = {"continuous_limit", "any_mode_limit"}
+        if (
+            cp
+            and keys <= cp.quantities.keys()
+            and cp.q("continuous_limit").value > cp.q("any_mode_limit").value
+        ):
+            self.problem(
+                "rules.concentration-peripheral.continuous_limit",
+                "is above any_mode_limit; the continuous limit should be the stricter one",
+            )
         co = rules.get("incompatible-coinfusion")
         if co:
             overlap = set(co.class_lists.get("high", ())) & set(co.class_lists.get("medium", ()))
             if overlap:
-                self.problem("rules.incompatible-coinfusion", f"{sorted(overlap)} listed as both high and medium")
+                self.problem(
+                    "rules.incompatible-coinfusion",
+                    f"{sorted(overlap)} listed as both high and medium",
+                )

@@ -97,7 +97,9 @@ RULES: dict[str, RuleSpec] = {
                 "continuous_high": QuantitySetting(
                     units.SUBSTANCE_PER_WEIGHT_RATE, 0.0002, 0.05, "mmol/kg/h"
                 ),
-                "bolus_medium": QuantitySetting(units.SALT_PER_WEIGHT_RATE, 1.0, 100.0, "mg/kg/min"),
+                "bolus_medium": QuantitySetting(
+                    units.SALT_PER_WEIGHT_RATE, 1.0, 100.0, "mg/kg/min"
+                ),
                 "bolus_high": QuantitySetting(units.SALT_PER_WEIGHT_RATE, 1.0, 200.0, "mg/kg/min"),
             },
         ),

@@ -31,36 +31,50 @@ def _conversions(q: ConfiguredQuantity, lib: Library) -> Iterator[str]:
         yield f"= {format_number(v * 60)} ml/h"
         for p in products:
             assert p.concentration is not None
-            yield (f"= {format_number(v * p.concentration.value * p.gluconate_equivalent)} mg/min of gluconate"
-                   f"{'' if p.is_gluconate else ' equivalent'} with {p.name}")
+            yield (
+                f"= {format_number(v * p.concentration.value * p.gluconate_equivalent)} "
+                "mg/min of gluconate"
+                f"{'' if p.is_gluconate else ' equivalent'} with {p.name}"
+            )
     elif kind is units.MASS_RATE:
         yield f"= {format_number(v * 60)} mg/h of calcium gluconate"
         for p in products:
             assert p.concentration is not None
             ml_min = v / (p.concentration.value * p.gluconate_equivalent)
-            yield f"= {format_number(ml_min)} ml/min = {format_number(ml_min * 60)} ml/h of {p.name}"
+            ml_h = format_number(ml_min * 60)
+            yield f"= {format_number(ml_min)} ml/min = {ml_h} ml/h of {p.name}"
     elif kind is units.SALT_PER_WEIGHT_RATE:
-        yield f"= {format_number(v * 60)} mg/kg/h = {format_number(v)} mg/kg/min of calcium gluconate"
-        yield f"= {format_number(v * 60 * gluconate / CALCIUM_MG_PER_MMOL)} mmol/kg/h elemental calcium"
+        yield f"= {format_number(v * 60)} mg/kg/h = {format_number(v)} mg/kg/min of gluconate"
+        elemental = format_number(v * 60 * gluconate / CALCIUM_MG_PER_MMOL)
+        yield f"= {elemental} mmol/kg/h elemental calcium"
         for p in products:
             assert p.concentration is not None
-            yield f"= {format_number(v * 60 / (p.concentration.value * p.gluconate_equivalent))} ml/kg/h of {p.name}"
+            ml = v * 60 / (p.concentration.value * p.gluconate_equivalent)
+            yield f"= {format_number(ml)} ml/kg/h of {p.name}"
     elif kind is units.SUBSTANCE_PER_WEIGHT_RATE:
         yield f"= {format_number(v * 60)} mmol/kg/h elemental calcium"
-        yield f"= {format_number(v * 60 * CALCIUM_MG_PER_MMOL / gluconate)} mg/kg/h of calcium gluconate"
+        salt = format_number(v * 60 * CALCIUM_MG_PER_MMOL / gluconate)
+        yield f"= {salt} mg/kg/h of calcium gluconate"
         for p in products:
             assert p.concentration is not None
-            yield f"= {format_number(v * 60 / (p.concentration.value * p.elemental_mmol_per_mg()))} ml/kg/h of {p.name}"
+            ml = v * 60 / (p.concentration.value * p.elemental_mmol_per_mg())
+            yield f"= {format_number(ml)} ml/kg/h of {p.name}"
     elif kind is units.SUBSTANCE_PER_WEIGHT:
         yield f"= {format_number(v * CALCIUM_MG_PER_MMOL / gluconate)} mg/kg of calcium gluconate"
         for p in products:
             assert p.concentration is not None
-            yield f"= {format_number(v / (p.concentration.value * p.elemental_mmol_per_mg()))} ml/kg of {p.name}"
+            ml = v / (p.concentration.value * p.elemental_mmol_per_mg())
+            yield f"= {format_number(ml)} ml/kg of {p.name}"
     elif kind is units.CONCENTRATION:
-        yield f"= {format_number(v * gluconate / CALCIUM_MG_PER_MMOL)} mmol/ml elemental calcium (gluconate)"
+        elemental = format_number(v * gluconate / CALCIUM_MG_PER_MMOL)
+        yield f"= {elemental} mmol/ml elemental calcium (gluconate)"
         yield f"= {format_number(v / 10)} % w/v"
     elif kind is units.DURATION:
-        shown = [f"{format_number(v / f)} {u}" for u, f in _US.items() if u != q.unit and 0.01 <= v / f < 10_000]
+        shown = [
+            f"{format_number(v / f)} {u}"
+            for u, f in _US.items()
+            if u != q.unit and 0.01 <= v / f < 10_000
+        ]
         if shown:
             yield "= " + " = ".join(shown)
     elif kind is units.PRESSURE:
@@ -78,11 +92,16 @@ def render_library(lib: Library) -> str:
             c = p.concentration.value
             detail.append(f"{p.concentration.text}")
             if p.salt:
-                detail.append(f"{format_number(c * p.elemental_mmol_per_mg())} mmol/ml elemental Ca")
+                detail.append(
+                    f"{format_number(c * p.elemental_mmol_per_mg())} mmol/ml elemental Ca"
+                )
         out.append(f"  {p.name}  [{', '.join(detail)}]")
         if p.aliases:
             out.append(f"      aliases: {', '.join(p.aliases)}")
-    out.append(f"  Labels containing {', '.join(repr(k) for k in lib.calcium_keywords)} that match no product: product-unknown")
+    out.append(
+        f"  Labels containing {', '.join(repr(k) for k in lib.calcium_keywords)} "
+        "that match no product: product-unknown"
+    )
     out.append("")
     out.append("Rules:")
     for rule_id in RULES:

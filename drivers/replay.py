@@ -27,7 +27,9 @@ class OversizeLine:
     sha256: str
 
 
-def read_lines(stream: BinaryIO, max_bytes: int = MAX_LINE_BYTES) -> Iterator[tuple[int, bytes | OversizeLine]]:
+def read_lines(
+    stream: BinaryIO, max_bytes: int = MAX_LINE_BYTES
+) -> Iterator[tuple[int, bytes | OversizeLine]]:
     """Yield ``(line_number, line)`` for every non-blank line, without its line ending."""
     line_no = 0
     while True:

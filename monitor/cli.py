@@ -40,14 +40,20 @@ def settle_heap() -> None:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="calguard", description="Neonatal IV calcium safety monitor")
-    parser.add_argument("-v", "--verbose", action="store_true", help="more diagnostics on standard error")
+    parser = argparse.ArgumentParser(
+        prog="calguard", description="Neonatal IV calcium safety monitor"
+    )
+    parser.add_argument(
+        "-v", "--verbose", action="store_true", help="more diagnostics on standard error"
+    )
     parser.add_argument("-q", "--quiet", action="store_true", help="only errors on standard error")
     sub = parser.add_subparsers(dest="command", required=True)
 
     rp = sub.add_parser("replay", help="replay a JSON Lines file of events; print alert lines")
     rp.add_argument("file", help="event file (JSON Lines), or - for standard input")
-    rp.add_argument("--config", metavar="LIBRARY.toml", help="drug library (default: the built-in one)")
+    rp.add_argument(
+        "--config", metavar="LIBRARY.toml", help="drug library (default: the built-in one)"
+    )
     db = rp.add_mutually_exclusive_group()
     db.add_argument("--db", metavar="URL", help=f"log database URL (default: {default_db_url()})")
     db.add_argument("--no-db", action="store_true", help="do not write the durable log")
@@ -122,8 +128,15 @@ def _replay(args: argparse.Namespace) -> int:
             log.info("%s", summary.describe())
             return 0
         async with AlertLog(args.db) as alert_log:
-            summary = await replay(stream, source=source, library=library, out=sys.stdout, log=alert_log)
-        log.info("%s; logged to %s (session %s)", summary.describe(), alert_log.display_url, summary.session_id)
+            summary = await replay(
+                stream, source=source, library=library, out=sys.stdout, log=alert_log
+            )
+        log.info(
+            "%s; logged to %s (session %s)",
+            summary.describe(),
+            alert_log.display_url,
+            summary.session_id,
+        )
         return 0
 
     try:

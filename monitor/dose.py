@@ -75,7 +75,7 @@ class DoseLedger:
         rate continues; None if it never changes."""
         if not self._t:
             return None
-        t, c, s, w = self._t, self._c, self._s, self.window_us
+        t, s, w = self._t, self._s, self.window_us
         slope_now = s[-1]
         c_now = self.cumulative(now)
         j = bisect_right(t, now - w)  # next breakpoint to leave the window

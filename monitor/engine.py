@@ -97,7 +97,9 @@ class Engine:
         self._fire()
         return self.book.take()
 
-    def reject(self, pump: str, channel: str, reason: str, t: int | None = None) -> list[AlertTransition]:
+    def reject(
+        self, pump: str, channel: str, reason: str, t: int | None = None
+    ) -> list[AlertTransition]:
         """A reading from this pump channel could not be understood: telemetry-invalid."""
         if t is not None:
             self._advance(t)
@@ -118,13 +120,17 @@ class Engine:
     def _fire(self, until: int | None = None, *, inclusive: bool = True) -> None:
         """Fire timers due before ``until`` (default: now), each at its own expiry."""
         assert self.now is not None
-        for due, key in self.timers.pop_due(self.now if until is None else until, inclusive=inclusive):
+        for due, key in self.timers.pop_due(
+            self.now if until is None else until, inclusive=inclusive
+        ):
             self.now = max(self.now, due)
             self.rules.timer(key, self.now)
 
     # -- evaluation fan-out ---------------------------------------------------------------
 
-    def _evaluate(self, now: int, channels: list[ChannelState], lines: list[LineState], beds: set[str]) -> None:
+    def _evaluate(
+        self, now: int, channels: list[ChannelState], lines: list[LineState], beds: set[str]
+    ) -> None:
         """Re-evaluate subjects after a change: channels, then their lines, then beds."""
         for ch in channels:
             old_bed = ch.dose_bed
@@ -168,7 +174,8 @@ class Engine:
         if ch.latest_t is not None and r.t < ch.latest_t:
             self.disposition = "out_of_order"
             self.note = (
-                f"out of order: older than the latest reading of {ch.name} ({format_ts(ch.latest_t)}); "
+                f"out of order: older than the latest reading of {ch.name} "
+                f"({format_ts(ch.latest_t)}); "
                 "logged, the channel's state is unchanged"
             )
             return
@@ -183,7 +190,12 @@ class Engine:
             ch.match = self.library.match(r.drug)
         match = ch.match
         conc = r.concentration_mg_ml
-        if conc is None and match is not None and match.product is not None and match.product.concentration:
+        if (
+            conc is None
+            and match is not None
+            and match.product is not None
+            and match.product.concentration
+        ):
             conc = match.product.concentration.value
         ch.rate_text = r.rate_text
         signature = (match, r.rate_ml_min, conc, r.status, r.mode, r.alarm)
@@ -200,9 +212,10 @@ class Engine:
             self.timers.schedule(ch.k_stale, r.t + self.rules.stale_timeout.us)  # the steady state
         else:
             self.rules.stale(ch, now)
-        if r.pressure_mmhg is not None or ch.elevated_since is not None:
-            if self.rules.track_pressure(ch, r.pressure_mmhg, r.t) or ch.k_pressure in active:
-                self.rules.pressure(ch, now)
+        if (r.pressure_mmhg is not None or ch.elevated_since is not None) and (
+            self.rules.track_pressure(ch, r.pressure_mmhg, r.t) or ch.k_pressure in active
+        ):
+            self.rules.pressure(ch, now)
 
     def _patient(self, ev: Patient, now: int) -> None:
         bed = self.ward.bed(ev.bed)
@@ -226,7 +239,12 @@ class Engine:
             self.ward.bed(line.bed).lines.discard(line.line)
             beds.add(line.bed)
         newly = not line.documented
-        line.bed, line.kind, line.site, line.tip_confirmed = ev.bed, ev.kind, ev.site, ev.tip_confirmed
+        line.bed, line.kind, line.site, line.tip_confirmed = (
+            ev.bed,
+            ev.kind,
+            ev.site,
+            ev.tip_confirmed,
+        )
         if newly or ev.inserted is not None:
             line.inserted = ev.inserted if ev.inserted is not None else ev.t
         self.ward.bed(ev.bed).lines.add(line.line)
@@ -261,7 +279,9 @@ class Engine:
         line.channels.add(ch.key)
         ch.line = ev.line
         if not line.documented:
-            self.note = f"line {ev.line} is not documented yet (no line event): its checks wait for it"
+            self.note = (
+                f"line {ev.line} is not documented yet (no line event): its checks wait for it"
+            )
         self._evaluate(now, [ch], lines, set())
 
     def _disconnect(self, ev: Disconnect, now: int) -> None:
@@ -279,7 +299,7 @@ class Engine:
     def _patency(self, ev: PatencyCheck, now: int) -> None:
         line = self.ward.line(ev.line)
         if line.last_patency_t is not None and ev.t < line.last_patency_t:
-            self.note = f"an earlier patency check of line {ev.line} than the one on record; kept in the log"
+            self.note = f"an earlier patency check of line {ev.line} than the one on record"
             if ev.passed and (line.last_pass_t is None or ev.t > line.last_pass_t):
                 line.last_pass_t = ev.t
         else:
@@ -291,7 +311,9 @@ class Engine:
     def _site_check(self, ev: SiteCheck, now: int) -> None:
         line = self.ward.line(ev.line)
         if line.last_site_check_t is not None and ev.t < line.last_site_check_t:
-            self.note = f"an earlier site check of line {ev.line} than the one on record; kept in the log"
+            self.note = (
+                f"an earlier site check of line {ev.line} than the one on record; kept in the log"
+            )
             return
         abnormal = ev.grade >= self.rules.min_grade or bool(ev.findings)
         line.last_site_check_t, line.last_site_grade = ev.t, ev.grade
@@ -304,7 +326,12 @@ class Engine:
         match = self.library.match(ev.drug)
         product = match.product
         if match.is_calcium and product is not None and ev.dose is None:
-            raise EventError("dose", None, "a calcium medication needs its dose (e.g. \"100 mg\") so the daily total can count it")
+            raise EventError(
+                "dose",
+                None,
+                'a calcium medication needs its dose (e.g. "100 mg") so the daily total '
+                "can count it",
+            )
         bed = self.ward.bed(ev.bed)
         if product is not None and product.drug_class == "ceftriaxone":
             bed.ceftriaxone_last = max(bed.ceftriaxone_last or ev.t, ev.t)

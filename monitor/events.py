@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, ClassVar, NamedTuple
+from typing import Any, ClassVar, NamedTuple, TypeGuard
 
 import orjson
 
@@ -184,7 +184,9 @@ def decode_json(text: str | bytes) -> object:
     """Decode one JSON line (strict RFC 8259: no NaN or Infinity); ``EventError`` for
     oversize, non-UTF-8 or malformed input."""
     if len(text) > MAX_LINE_BYTES:
-        raise EventError(None, None, f"the line is {len(text)} bytes; at most {MAX_LINE_BYTES} are read")
+        raise EventError(
+            None, None, f"the line is {len(text)} bytes; at most {MAX_LINE_BYTES} are read"
+        )
     try:
         return orjson.loads(text)
     except orjson.JSONDecodeError as exc:
@@ -198,16 +200,21 @@ def named_pump(obj: object) -> tuple[str, str] | None:
     if not isinstance(obj, dict):
         return None
     pump, channel = obj.get("pump"), obj.get("channel", "A")
-    if _is_id(pump):
-        return pump, channel if _is_id(channel) else "A"
-    return None
+    if not _is_id(pump):
+        return None
+    return pump, channel if _is_id(channel) else "A"
 
 
 # -- field readers ------------------------------------------------------------------------
 
 
-def _is_id(value: object) -> bool:
-    return type(value) is str and 0 < len(value) <= _MAX_ID and value.isprintable() and value.strip() == value
+def _is_id(value: object) -> TypeGuard[str]:
+    return (
+        type(value) is str
+        and 0 < len(value) <= _MAX_ID
+        and value.isprintable()
+        and value.strip() == value
+    )
 
 
 _known_ids: set[str] = set()  # identifiers already found valid (pump ids repeat every second)
@@ -216,28 +223,37 @@ _known_labels: set[str] = set()  # drug labels already found valid
 
 def _ident(d: dict[str, Any], key: str, default: str | None = None) -> str:
     value = d.get(key, default)
-    if type(value) is str and value in _known_ids:
-        return value  # type: ignore[no-any-return]  # only strs are ever added
+    if isinstance(value, str) and value in _known_ids:
+        return value
     if _is_id(value):
         if len(_known_ids) >= 65536:
             _known_ids.clear()
-        _known_ids.add(value)  # type: ignore[arg-type]  # _is_id checked the type
-        return value  # type: ignore[no-any-return]
+        _known_ids.add(value)
+        return value
     if value is None:
         raise EventError(key, None, "an identifier is required")
-    raise EventError(key, value, f"an identifier is expected (text of 1-{_MAX_ID} printable characters)")
+    raise EventError(
+        key, value, f"an identifier is expected (text of 1-{_MAX_ID} printable characters)"
+    )
 
 
 def _opt_text(d: dict[str, Any], key: str) -> str | None:
     value = d.get(key)
     if value is None:
         return None
-    if type(value) is not str or not value.strip() or len(value) > _MAX_TEXT or not value.isprintable():
+    if (
+        type(value) is not str
+        or not value.strip()
+        or len(value) > _MAX_TEXT
+        or not value.isprintable()
+    ):
         raise EventError(key, value, f"a text of 1-{_MAX_TEXT} printable characters is expected")
     return value
 
 
-def _quantity(d: dict[str, Any], key: str, kind: units.Kind, *, required: bool = False) -> float | None:
+def _quantity(
+    d: dict[str, Any], key: str, kind: units.Kind, *, required: bool = False
+) -> float | None:
     value = d.get(key)
     if value is None:
         if required:
@@ -246,14 +262,22 @@ def _quantity(d: dict[str, Any], key: str, kind: units.Kind, *, required: bool =
     try:
         return units.parse_quantity(value, kind)
     except QuantityError as exc:
-        raise EventError(key, value, exc.explain() if exc.expected else f"{exc.reason}; {kind.describe()} is expected") from None
+        raise EventError(
+            key,
+            value,
+            exc.explain() if exc.expected else f"{exc.reason}; {kind.describe()} is expected",
+        ) from None
 
 
 def _timestamp(d: dict[str, Any], key: str, *, required: bool = False) -> int | None:
     value = d.get(key)
     if value is None:
         if required:
-            raise EventError(key, None, 'an RFC 3339 timestamp with an offset is required, e.g. "2026-11-21T08:00:00Z"')
+            raise EventError(
+                key,
+                None,
+                'an RFC 3339 timestamp with an offset is required, e.g. "2026-11-21T08:00:00Z"',
+            )
         return None
     try:
         return parse_ts(value)
@@ -261,10 +285,12 @@ def _timestamp(d: dict[str, Any], key: str, *, required: bool = False) -> int | 
         raise EventError(key, value, exc.reason) from None
 
 
-def _choice(d: dict[str, Any], key: str, options: tuple[str, ...], default: str | None = None) -> str:
+def _choice(
+    d: dict[str, Any], key: str, options: tuple[str, ...], default: str | None = None
+) -> str:
     value = d.get(key, default)
-    if value in options:
-        return value  # type: ignore[return-value]  # membership in a tuple of str
+    if isinstance(value, str) and value in options:
+        return value
     if value is None:
         raise EventError(key, None, f"one of {', '.join(options)} is required")
     raise EventError(key, value, f"one of {', '.join(options)} is expected")
@@ -284,7 +310,9 @@ def _patient(d: dict[str, Any], t: int) -> Patient:
     weight = _quantity(d, "weight", units.WEIGHT)
     if weight is not None and not WEIGHT_RANGE_KG[0] <= weight <= WEIGHT_RANGE_KG[1]:
         low, high = WEIGHT_RANGE_KG
-        raise EventError("weight", d["weight"], f"an infant's weight between {low:g} and {high:g} kg is expected")
+        raise EventError(
+            "weight", d["weight"], f"an infant's weight between {low:g} and {high:g} kg is expected"
+        )
     birth = _timestamp(d, "birth")
     if birth is None:
         age = _quantity(d, "postnatal_age", units.DURATION)
@@ -325,15 +353,21 @@ def _disconnect(d: dict[str, Any], t: int) -> Disconnect:
 
 
 def _patency(d: dict[str, Any], t: int) -> PatencyCheck:
-    return PatencyCheck(t, _ident(d, "line"), _choice(d, "result", PATENCY_RESULTS), _opt_text(d, "by"))
+    return PatencyCheck(
+        t, _ident(d, "line"), _choice(d, "result", PATENCY_RESULTS), _opt_text(d, "by")
+    )
 
 
 def _site_check(d: dict[str, Any], t: int) -> SiteCheck:
     grade = d.get("grade")
     if type(grade) is not int or not 0 <= grade <= 4:
-        raise EventError("grade", grade, "a whole number 0-4 (paediatric PIV infiltration scale) is expected")
+        raise EventError(
+            "grade", grade, "a whole number 0-4 (paediatric PIV infiltration scale) is expected"
+        )
     findings = d.get("findings", [])
-    if not isinstance(findings, list) or not all(type(f) is str and len(f) <= _MAX_TEXT for f in findings):
+    if not isinstance(findings, list) or not all(
+        type(f) is str and len(f) <= _MAX_TEXT for f in findings
+    ):
         raise EventError("findings", findings, "a list of texts is expected")
     cleaned = tuple(f.strip() for f in findings if f.strip())
     return SiteCheck(t, _ident(d, "line"), grade, cleaned, _opt_text(d, "by"))
@@ -383,6 +417,7 @@ def _reading(d: dict[str, Any], t: int) -> Reading:
     if rate is None:
         rate = _quantity(d, "rate", units.VOLUME_RATE, required=True)
         assert rate is not None  # required=True
+    assert isinstance(rate_text, str)  # only a string parses as a quantity
     status = get("status")
     if status is None:
         status = "infusing" if rate > 0 else "stopped"
@@ -397,7 +432,7 @@ def _reading(d: dict[str, Any], t: int) -> Reading:
     alarm = get("alarm")
     if alarm is not None:
         if type(alarm) is not str or not alarm.strip() or len(alarm) > _MAX_ID:
-            raise EventError("alarm", alarm, "the pump alarm's name is expected, e.g. \"occlusion\"")
+            raise EventError("alarm", alarm, 'the pump alarm\'s name is expected, e.g. "occlusion"')
         alarm = alarm.strip().lower()
     pressure_text = get("pressure")
     pressure = _PRESSURES.get(pressure_text) if type(pressure_text) is str else None
@@ -416,7 +451,9 @@ def _reading(d: dict[str, Any], t: int) -> Reading:
         rate,
         rate_text,
         drug,
-        None if get("concentration") is None else _quantity(d, "concentration", units.CONCENTRATION),
+        None
+        if get("concentration") is None
+        else _quantity(d, "concentration", units.CONCENTRATION),
         status,
         mode,
         None if get("volume_infused") is None else _quantity(d, "volume_infused", units.VOLUME),

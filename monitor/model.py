@@ -13,7 +13,15 @@ from dataclasses import dataclass, field
 from config.library import LabelMatch
 from monitor.dose import DoseLedger
 
-__all__ = ["CENTRAL_KINDS", "PERIPHERAL_KINDS", "Bed", "ChannelKey", "ChannelState", "LineState", "Ward"]
+__all__ = [
+    "CENTRAL_KINDS",
+    "PERIPHERAL_KINDS",
+    "Bed",
+    "ChannelKey",
+    "ChannelState",
+    "LineState",
+    "Ward",
+]
 
 PERIPHERAL_KINDS = frozenset({"piv", "midline", "io"})
 CENTRAL_KINDS = frozenset({"picc", "uvc", "cvc"})
@@ -64,7 +72,9 @@ class LineState:
     @property
     def peripheral(self) -> bool:
         """Peripheral for calcium: piv, midline, io, or a central kind whose tip is unconfirmed."""
-        return self.kind in PERIPHERAL_KINDS or (self.kind in CENTRAL_KINDS and not self.tip_confirmed)
+        return self.kind in PERIPHERAL_KINDS or (
+            self.kind in CENTRAL_KINDS and not self.tip_confirmed
+        )
 
     @property
     def arterial(self) -> bool:

@@ -37,11 +37,18 @@ class Pipeline:
     def __init__(self, engine: Engine, journal: InputJournal | None = None) -> None:
         self.engine = engine
         self.journal = journal
-        self.counts: dict[str, int] = {"accepted": 0, "rejected": 0, "duplicate": 0, "out_of_order": 0}
+        self.counts: dict[str, int] = {
+            "accepted": 0,
+            "rejected": 0,
+            "duplicate": 0,
+            "out_of_order": 0,
+        }
         # Rejections that arrive before any valid time is known wait for the first one.
         self._waiting: list[tuple[str, str, str]] = []
 
-    def feed_line(self, raw: bytes | str, *, source: str, line_no: int | None = None) -> list[AlertTransition]:
+    def feed_line(
+        self, raw: bytes | str, *, source: str, line_no: int | None = None
+    ) -> list[AlertTransition]:
         try:
             obj = decode_json(raw)
         except EventError as exc:
@@ -58,7 +65,13 @@ class Pipeline:
         return self.feed_event(event, obj, raw=raw, source=source, line_no=line_no)
 
     def feed_event(
-        self, event: Event, obj: object, *, raw: bytes | str, source: str, line_no: int | None = None
+        self,
+        event: Event,
+        obj: object,
+        *,
+        raw: bytes | str,
+        source: str,
+        line_no: int | None = None,
     ) -> list[AlertTransition]:
         engine = self.engine
         try:
@@ -72,10 +85,18 @@ class Pipeline:
         if note is not None:
             log.info("%s: %s", _where(source, line_no), note)
         if self.journal is not None:
-            self.journal.add_input(InputRecord.from_raw(
-                raw, source, status, t_us=event.t, line_no=line_no, reason=note, event_type=event.type,
-                **{k: getattr(event, k, None) for k in _CONTEXT_FIELDS},
-            ))
+            self.journal.add_input(
+                InputRecord.from_raw(
+                    raw,
+                    source,
+                    status,
+                    t_us=event.t,
+                    line_no=line_no,
+                    reason=note,
+                    event_type=event.type,
+                    **{k: getattr(event, k, None) for k in _CONTEXT_FIELDS},
+                )
+            )
         return transitions
 
     def feed_oversize(
@@ -84,11 +105,17 @@ class Pipeline:
         """A line over the size cap: refused unread; the log keeps its head, size and hash."""
         exc = EventError(None, None, f"the line is {size} bytes; at most {MAX_LINE_BYTES} are read")
         self.counts["rejected"] += 1
-        log.warning("%s: rejected: %s", source, exc.at_line(line_no).describe() if line_no else exc.describe())
+        log.warning(
+            "%s: rejected: %s",
+            source,
+            exc.at_line(line_no).describe() if line_no else exc.describe(),
+        )
         if self.journal is not None:
             shown = head.decode("utf-8", errors="backslashreplace")
             self.journal.add_input(
-                InputRecord(source, "rejected", shown, size, sha256, line_no=line_no, reason=exc.describe())
+                InputRecord(
+                    source, "rejected", shown, size, sha256, line_no=line_no, reason=exc.describe()
+                )
             )
         return []
 
@@ -96,7 +123,10 @@ class Pipeline:
         """End of input: fire the timers due at the last instant."""
         if self.engine.now is None:
             if self._waiting:
-                log.warning("%d rejected reading(s) arrived with no valid time at all; logged only", len(self._waiting))
+                log.warning(
+                    "%d rejected reading(s) arrived with no valid time at all; logged only",
+                    len(self._waiting),
+                )
             return []
         return self.engine.settle()
 
@@ -109,12 +139,18 @@ class Pipeline:
         fields = obj if isinstance(obj, dict) else {}
         t = _valid_time(fields)
         if self.journal is not None:
-            event_type = fields.get("type") if type(fields.get("type")) is str else None
-            self.journal.add_input(InputRecord.from_raw(
-                raw, source, "rejected", t_us=t, line_no=line_no, reason=exc.describe(),
-                event_type=event_type[:32] if event_type else None,
-                **{k: fields.get(k)[:64] if type(fields.get(k)) is str else None for k in _CONTEXT_FIELDS},
-            ))
+            self.journal.add_input(
+                InputRecord.from_raw(
+                    raw,
+                    source,
+                    "rejected",
+                    t_us=t,
+                    line_no=line_no,
+                    reason=exc.describe(),
+                    event_type=_text(fields, "type", 32),
+                    **{k: _text(fields, k, 64) for k in _CONTEXT_FIELDS},
+                )
+            )
         pump = named_pump(obj)
         if pump is None:
             return []
@@ -130,6 +166,12 @@ class Pipeline:
             out += self.engine.reject(pump, channel, why)
         self._waiting.clear()
         return out
+
+
+def _text(fields: dict[str, object], key: str, limit: int) -> str | None:
+    """A context field of a rejected input, kept (shortened) if it is text."""
+    value = fields.get(key)
+    return value[:limit] if isinstance(value, str) else None
 
 
 def _valid_time(fields: dict[str, object]) -> int | None:

@@ -33,7 +33,8 @@ class ReplaySummary:
     def describe(self) -> str:
         c = self.counts
         return (
-            f"{self.lines} lines: {c.get('accepted', 0)} accepted, {c.get('rejected', 0)} rejected, "
+            f"{self.lines} lines: {c.get('accepted', 0)} accepted, "
+            f"{c.get('rejected', 0)} rejected, "
             f"{c.get('duplicate', 0)} duplicate, {c.get('out_of_order', 0)} out of order; "
             f"{self.transitions} alert transitions"
         )
@@ -64,7 +65,11 @@ async def replay(
     for line_no, raw in read_lines(stream):
         summary.lines = line_no
         if isinstance(raw, OversizeLine):
-            emit(pipeline.feed_oversize(raw.head, raw.size, raw.sha256, source=source, line_no=line_no))
+            emit(
+                pipeline.feed_oversize(
+                    raw.head, raw.size, raw.sha256, source=source, line_no=line_no
+                )
+            )
         else:
             emit(pipeline.feed_line(raw, source=source, line_no=line_no))
         if log is not None and line_no % _YIELD_EVERY == 0:

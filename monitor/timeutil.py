@@ -20,7 +20,8 @@ MINUTE_US = 60 * SECOND_US
 _DAY_US = 86_400 * SECOND_US
 
 _RFC3339 = re.compile(
-    r"(\d{4}-\d{2}-\d{2})[Tt ](\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,9}))?(?:([Zz])|([+-])(\d{2}):(\d{2}))\Z"
+    r"(\d{4}-\d{2}-\d{2})[Tt ](\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,9}))?"
+    r"(?:([Zz])|([+-])(\d{2}):(\d{2}))\Z"
 )
 _NAIVE = re.compile(r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}(?::\d{2}(?:\.\d+)?)?\Z")
 
@@ -55,9 +56,7 @@ def _parse_ts(text: object) -> int:
     m = _RFC3339.match(text)
     if m is None:
         if _NAIVE.match(text.strip()):
-            raise QuantityError(
-                text, 'the timestamp has no offset; add one, e.g. "Z" or "+01:00"'
-            )
+            raise QuantityError(text, 'the timestamp has no offset; add one, e.g. "Z" or "+01:00"')
         raise QuantityError(text, 'not an RFC 3339 timestamp such as "2026-11-21T08:00:00Z"')
     day, hh, mm, ss, frac, _z, sign, oh, om = m.groups()
     hour, minute, second = int(hh), int(mm), int(ss)

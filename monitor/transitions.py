@@ -125,5 +125,7 @@ class AlertBook:
 
     def _emit(self, t: int, state: str, alert: ActiveAlert) -> None:
         self._out.append(
-            AlertTransition(t, state, alert.alert, alert.rule, alert.priority, alert.description, self.library)
+            AlertTransition(
+                t, state, alert.alert, alert.rule, alert.priority, alert.description, self.library
+            )
         )

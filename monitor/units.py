@@ -45,10 +45,10 @@ __all__ = [
     "format_quantity",
     "from_canonical",
     "parse_duration_us",
-    "value_cache",
     "parse_quantity",
     "split_quantity",
     "unit_factor",
+    "value_cache",
 ]
 
 #: The one registry. pint quantities from different registries cannot be mixed, so every
@@ -79,7 +79,9 @@ class Kind:
         return f'{self.expected} (e.g. "{self.example}")'
 
 
-VOLUME_RATE = Kind("volume rate", "ml/min", "a volume per time", "30 ml/h", "[length] ** 3 / [time]")
+VOLUME_RATE = Kind(
+    "volume rate", "ml/min", "a volume per time", "30 ml/h", "[length] ** 3 / [time]"
+)
 CONCENTRATION = Kind(
     "concentration", "mg/ml", "a mass per volume", "100 mg/ml", "[mass] / [length] ** 3"
 )
@@ -232,7 +234,9 @@ def _check_per_body_weight(unit: str, units: Any, kind: Kind) -> None:
     else:
         if len(ups) == len(downs) == len(times) == 1 and len(units._units) == 3:
             return
-    raise QuantityError(unit, f"{unit!r} is not an amount per body weight per time", kind.describe())
+    raise QuantityError(
+        unit, f"{unit!r} is not an amount per body weight per time", kind.describe()
+    )
 
 
 @cache

@@ -25,7 +25,9 @@ __all__ = ["ShiftBuilder", "day_shift", "load_shift"]
 
 @dataclass
 class _PumpScript:
-    changes: list[tuple[int, dict[str, Any] | None]] = field(default_factory=list)  # None = unplugged
+    changes: list[tuple[int, dict[str, Any] | None]] = field(
+        default_factory=list
+    )  # None = unplugged
 
 
 class ShiftBuilder:
@@ -39,7 +41,11 @@ class ShiftBuilder:
         self._order = 0
 
     def t(self, clock: str) -> int:
-        return parse_ts(clock if "T" in clock else f"{self.day}T{clock if clock.count(':') == 2 else clock + ':00'}Z")
+        return parse_ts(
+            clock
+            if "T" in clock
+            else f"{self.day}T{clock if clock.count(':') == 2 else clock + ':00'}Z"
+        )
 
     def at(self, clock: str, type: str, **fields: Any) -> ShiftBuilder:
         self._order += 1
@@ -48,7 +54,9 @@ class ShiftBuilder:
 
     def pump(self, clock: str, pump: str, channel: str = "A", **settings: Any) -> ShiftBuilder:
         """From ``clock`` on, the pump channel reports these settings (rate, drug, status...)."""
-        self._pumps.setdefault((pump, channel), _PumpScript()).changes.append((self.t(clock), settings))
+        self._pumps.setdefault((pump, channel), _PumpScript()).changes.append(
+            (self.t(clock), settings)
+        )
         return self
 
     def unplug(self, clock: str, pump: str, channel: str = "A") -> ShiftBuilder:
@@ -61,7 +69,9 @@ class ShiftBuilder:
         rows: list[tuple[int, int, int, dict[str, Any]]] = []
         for (pump, channel), script in sorted(self._pumps.items()):
             for t, settings in self._readings(script, end):
-                rows.append((t, 0, 0, {"type": "reading", "pump": pump, "channel": channel, **settings}))
+                rows.append(
+                    (t, 0, 0, {"type": "reading", "pump": pump, "channel": channel, **settings})
+                )
         rows += [(t, 1, order, event) for t, order, event in self._docs]
         rows.sort(key=lambda row: row[:3])  # at one instant: pump readings, then documentation
         seqs: dict[tuple[str, str], int] = {}
@@ -92,9 +102,18 @@ def day_shift() -> list[dict[str, Any]]:
     s = ShiftBuilder("2026-11-21")
     ca10 = {"drug": "Calcium gluconate 10 mg/ml", "concentration": "10 mg/ml"}
 
-    # B1: 1.1 kg, 4 days. PIV in the right hand since the day before yesterday, 09:00 (48 h at 09:00 today).
+    # B1: 1.1 kg, 4 days. PIV in the right hand since 09:00 the day before yesterday:
+    # 48 h at 09:00 today.
     s.at("07:00", "patient", bed="B1", weight="1.1 kg", postnatal_age="4 day", patient="nhi-0001")
-    s.at("07:00", "line", line="L1", bed="B1", kind="piv", site="right dorsal hand", inserted="2026-11-19T09:00:00Z")
+    s.at(
+        "07:00",
+        "line",
+        line="L1",
+        bed="B1",
+        kind="piv",
+        site="right dorsal hand",
+        inserted="2026-11-19T09:00:00Z",
+    )
     s.at("07:05", "connect", pump="P1", channel="A", line="L1")
     s.at("07:06", "patency_check", line="L1", result="blood_return", by="rn11")
     s.pump("07:10", "P1", rate="0.5 ml/h", status="infusing", **ca10)
@@ -118,8 +137,16 @@ def day_shift() -> list[dict[str, Any]]:
 
     # B2: 0.9 kg, 2 days. UVC with its tip confirmed on X-ray: a central line.
     s.at("07:00", "patient", bed="B2", weight="0.9 kg", postnatal_age="2 day", patient="nhi-0002")
-    s.at("07:00", "line", line="L3", bed="B2", kind="uvc", site="umbilical venous", tip_confirmed=True,
-         inserted="2026-11-19T20:00:00Z")
+    s.at(
+        "07:00",
+        "line",
+        line="L3",
+        bed="B2",
+        kind="uvc",
+        site="umbilical venous",
+        tip_confirmed=True,
+        inserted="2026-11-19T20:00:00Z",
+    )
     s.at("07:00", "connect", pump="P2", channel="A", line="L3")
     s.at("07:25", "patency_check", line="L3", result="flush_ok", by="rn12")
     s.pump("07:30", "P2", rate="0.9 ml/h", status="infusing", drug="Calcium gluconate 20 mg/ml")
@@ -127,12 +154,29 @@ def day_shift() -> list[dict[str, Any]]:
     s.pump("09:15", "P2", rate="9 ml/h", status="infusing", drug="Calcium gluconate 20 mg/ml")
     s.pump("09:20", "P2", rate="0.9 ml/h", status="infusing", drug="Calcium gluconate 20 mg/ml")
     # 12:00 ceftriaxone pushed while calcium runs -> ceftriaxone-neonate; calcium stopped at 12:10
-    s.at("12:00", "medication", bed="B2", drug="Ceftriaxone", route="iv", dose="50 mg", line="L3", by="rn12")
+    s.at(
+        "12:00",
+        "medication",
+        bed="B2",
+        drug="Ceftriaxone",
+        route="iv",
+        dose="50 mg",
+        line="L3",
+        by="rn12",
+    )
     s.pump("12:10", "P2", rate="0 ml/h", status="stopped", drug="Calcium gluconate 20 mg/ml")
 
     # B3: 1.4 kg, 10 days. PIV at the left saphenous, dextrose maintenance on P4.
     s.at("07:00", "patient", bed="B3", weight="1.4 kg", postnatal_age="10 day", patient="nhi-0003")
-    s.at("07:00", "line", line="L4", bed="B3", kind="piv", site="left saphenous (ankle)", inserted="2026-11-21T06:30:00Z")
+    s.at(
+        "07:00",
+        "line",
+        line="L4",
+        bed="B3",
+        kind="piv",
+        site="left saphenous (ankle)",
+        inserted="2026-11-21T06:30:00Z",
+    )
     s.at("07:00", "connect", pump="P3", channel="A", line="L4")
     s.at("07:00", "connect", pump="P4", channel="A", line="L4")
     s.pump("07:00", "P4", rate="5 ml/h", status="infusing", drug="Dextrose 10%")
@@ -164,7 +208,9 @@ def day_shift() -> list[dict[str, Any]]:
     return s.events("15:00")
 
 
-def load_shift(pumps: int = 200, minutes: float = 10, *, interval_s: float = 1, seed: int = 7) -> list[dict[str, Any]]:
+def load_shift(
+    pumps: int = 200, minutes: float = 10, *, interval_s: float = 1, seed: int = 7
+) -> list[dict[str, Any]]:
     """A whole unit at 1 Hz, for benchmarks: half the pumps run calcium, half other drugs;
     every pump changes its rate now and then, some past a limit."""
     rng = random.Random(seed)
@@ -172,20 +218,42 @@ def load_shift(pumps: int = 200, minutes: float = 10, *, interval_s: float = 1, 
     beds = max(1, pumps // 2)
     for b in range(beds):
         bed = f"B{b + 1}"
-        s.at("08:00", "patient", bed=bed, weight=f"{rng.uniform(0.6, 3.5):.2f} kg", postnatal_age=f"{rng.randint(1, 40)} day")
-        s.at("08:00", "line", line=f"L{b + 1}", bed=bed, kind=rng.choice(["piv", "piv", "picc", "uvc"]),
-             tip_confirmed=rng.random() < 0.5)
+        s.at(
+            "08:00",
+            "patient",
+            bed=bed,
+            weight=f"{rng.uniform(0.6, 3.5):.2f} kg",
+            postnatal_age=f"{rng.randint(1, 40)} day",
+        )
+        s.at(
+            "08:00",
+            "line",
+            line=f"L{b + 1}",
+            bed=bed,
+            kind=rng.choice(["piv", "piv", "picc", "uvc"]),
+            tip_confirmed=rng.random() < 0.5,
+        )
         s.at("08:00", "patency_check", line=f"L{b + 1}", result="blood_return")
     for p in range(pumps):
         pump, line = f"P{p + 1}", f"L{p % beds + 1}"
         s.at("08:00", "connect", pump=pump, channel="A", line=line)
         calcium = p < pumps // 2
-        drug = "Calcium gluconate 20 mg/ml" if calcium else rng.choice(["Dextrose 10%", "Normal saline", "Morphine"])
+        drug = (
+            "Calcium gluconate 20 mg/ml"
+            if calcium
+            else rng.choice(["Dextrose 10%", "Normal saline", "Morphine"])
+        )
         elapsed = 0.0
         while elapsed < minutes:
             rate = rng.choice([0.5, 0.8, 1.0, 1.2, 2.0]) * (10 if rng.random() < 0.05 else 1)
-            s.pump(format_ts(s.t("08:00") + round(elapsed * 60 * SECOND_US)), pump, rate=f"{rate} ml/h",
-                   status="infusing", drug=drug, pressure=f"{rng.randint(15, 40)} mmHg")
+            s.pump(
+                format_ts(s.t("08:00") + round(elapsed * 60 * SECOND_US)),
+                pump,
+                rate=f"{rate} ml/h",
+                status="infusing",
+                drug=drug,
+                pressure=f"{rng.randint(15, 40)} mmHg",
+            )
             elapsed += rng.uniform(1, 6)
     end = format_ts(s.t("08:00") + round(minutes * 60 * SECOND_US))
     return s.events(end)

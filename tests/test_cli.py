@@ -19,8 +19,13 @@ EXAMPLE = ROOT / "examples" / "quickstart.jsonl"
 def calguard(*args: str, stdin: bytes | None = None, tmp: Path) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "CALGUARD_DATA_DIR": str(tmp / "data")}
     return subprocess.run(
-        [sys.executable, "-m", "monitor.cli", *args], input=stdin.decode() if stdin else None,
-        capture_output=True, text=True, env=env, cwd=ROOT, timeout=120,
+        [sys.executable, "-m", "monitor.cli", *args],
+        input=stdin.decode() if stdin else None,
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+        timeout=120,
     )
 
 
@@ -37,7 +42,9 @@ def test_replay_of_the_readme_example(tmp_path: Path) -> None:
         ("08:08:20.214624Z", "raised", "dose-daily", "high"),
         ("09:03:00Z", "raised", "site-check-overdue", "medium"),
     ]
-    assert alerts[2]["message"].startswith("Calcium gluconate 10% on P7/A runs at 3 ml/min (180 ml/h)")
+    assert alerts[2]["message"].startswith(
+        "Calcium gluconate 10% on P7/A runs at 3 ml/min (180 ml/h)"
+    )
     assert "7 accepted, 0 rejected" in result.stderr
     assert (tmp_path / "data" / "calguard.sqlite3").exists()
 
@@ -68,11 +75,18 @@ def test_config_check_passes_the_built_in_library(tmp_path: Path) -> None:
 
 def test_config_check_lists_every_problem_and_fails(tmp_path: Path) -> None:
     path = tmp_path / "nicu.toml"
-    path.write_text(builtin_text().replace('limit = "2 ml/min"', 'limit = "2 ml/h"').replace("min_grade = 1", "min_grade = 9"))
+    path.write_text(
+        builtin_text()
+        .replace('limit = "2 ml/min"', 'limit = "2 ml/h"')
+        .replace("min_grade = 1", "min_grade = 9")
+    )
     result = calguard("config", "check", str(path), tmp=tmp_path)
     assert result.returncode == 1
     assert "2 problem(s)" in result.stderr
-    assert 'rules.rate-volume.limit: "2 ml/h"' in result.stderr and 'did you mean "2 ml/min"?' in result.stderr
+    assert (
+        'rules.rate-volume.limit: "2 ml/h"' in result.stderr
+        and 'did you mean "2 ml/min"?' in result.stderr
+    )
     assert "rules.site-abnormal.min_grade" in result.stderr
 
 
@@ -95,9 +109,15 @@ def test_config_init_writes_a_library_that_checks(tmp_path: Path) -> None:
     [
         (("replay", "missing.jsonl", "--no-db"), 1, "No such file"),
         (("replay", str(EXAMPLE), "--config", "missing.toml"), 1, "file not found"),
-        (("replay", str(EXAMPLE), "--db", "postgresql://nobody@127.0.0.1:1/x"), 3, "cannot open the log database"),
+        (
+            ("replay", str(EXAMPLE), "--db", "postgresql://nobody@127.0.0.1:1/x"),
+            3,
+            "cannot open the log database",
+        ),
     ],
 )
-def test_unusable_inputs_exit_with_a_reason(args: tuple[str, ...], code: int, message: str, tmp_path: Path) -> None:
+def test_unusable_inputs_exit_with_a_reason(
+    args: tuple[str, ...], code: int, message: str, tmp_path: Path
+) -> None:
     result = calguard(*args, tmp=tmp_path)
     assert result.returncode == code and message in result.stderr

@@ -14,11 +14,21 @@ from monitor import units
 RULE_TABLE = {
     "rate-volume": ("high", {"limit": "2 ml/min"}),
     "rate-mass": ("high", {"limit": "100 mg/min"}),
-    "rate-weight": (None, {"continuous_medium": "33 mg/kg/h", "continuous_high": "0.125 mmol/kg/h",
-                           "bolus_medium": "10 mg/kg/min", "bolus_high": "20 mg/kg/min"}),
+    "rate-weight": (
+        None,
+        {
+            "continuous_medium": "33 mg/kg/h",
+            "continuous_high": "0.125 mmol/kg/h",
+            "bolus_medium": "10 mg/kg/min",
+            "bolus_high": "20 mg/kg/min",
+        },
+    ),
     "dose-daily": ("high", {"limit": "3 mmol/kg", "window": "24 h"}),
     "salt-not-gluconate": ("high", {}),
-    "concentration-peripheral": ("medium", {"continuous_limit": "10 mg/ml", "any_mode_limit": "50 mg/ml"}),
+    "concentration-peripheral": (
+        "medium",
+        {"continuous_limit": "10 mg/ml", "any_mode_limit": "50 mg/ml"},
+    ),
     "line-arterial": ("high", {}),
     "incompatible-coinfusion": (None, {}),
     "ceftriaxone-neonate": ("high", {"max_postnatal_age": "28 day", "lookback": "48 h"}),
@@ -45,7 +55,9 @@ def test_the_built_in_library_is_the_rule_table_of_the_clinical_reference() -> N
         for key, text in defaults.items():
             assert cfg.q(key).text == text, (rule_id, key)
     assert lib.rule("incompatible-coinfusion").class_lists == {
-        "high": ("bicarbonate", "phosphate", "ceftriaxone"), "medium": ("sulfate",)}
+        "high": ("bicarbonate", "phosphate", "ceftriaxone"),
+        "medium": ("sulfate",),
+    }
     assert lib.rule("site-abnormal").ints == {"min_grade": 1}
 
 
@@ -57,7 +69,13 @@ def test_built_in_products_and_elemental_calcium() -> None:
     assert ten.concentration.value * ten.elemental_mmol_per_mg() == pytest.approx(0.2325, rel=0.01)
     chloride = by_name["Calcium chloride 10%"]
     assert chloride.gluconate_equivalent == pytest.approx(0.273 / 0.093)
-    assert {p.drug_class for p in lib.products} >= {"calcium", "bicarbonate", "phosphate", "sulfate", "ceftriaxone"}
+    assert {p.drug_class for p in lib.products} >= {
+        "calcium",
+        "bicarbonate",
+        "phosphate",
+        "sulfate",
+        "ceftriaxone",
+    }
 
 
 @pytest.mark.parametrize(
@@ -99,18 +117,50 @@ def test_a_rate_written_in_the_wrong_unit_is_caught_with_a_suggestion() -> None:
 @pytest.mark.parametrize(
     ("old", "new", "expected"),
     [
-        ('limit = "100 mg/min"', 'limit = "100 ml/min"', "'ml/min' is a volume per time; a mass per time"),
-        ('timeout = "60 s"', "timeout = 60", 'a bare number; a time span (e.g. "60 min") is expected; did you mean "60 s"?'),
-        ('continuous_medium = "33 mg/kg/h"', 'continuous_medium = "33 ml/kg/h"', "continuous_medium"),
+        (
+            'limit = "100 mg/min"',
+            'limit = "100 ml/min"',
+            "'ml/min' is a volume per time; a mass per time",
+        ),
+        (
+            'timeout = "60 s"',
+            "timeout = 60",
+            'a bare number; a time span (e.g. "60 min") is expected; did you mean "60 s"?',
+        ),
+        (
+            'continuous_medium = "33 mg/kg/h"',
+            'continuous_medium = "33 ml/kg/h"',
+            "continuous_medium",
+        ),
         ("min_grade = 1", "min_grade = 7", "a whole number from 1 to 4"),
         ("[rules.occlusion]", "[rules.occlusoin]", 'unknown rule id; did you mean "occlusion"?'),
-        ('[rules.telemetry-invalid]\npriority = "medium"', '[rules.telemetry-invalid]\npriority = "urgent"', "one of low, medium, high"),
+        (
+            '[rules.telemetry-invalid]\npriority = "medium"',
+            '[rules.telemetry-invalid]\npriority = "urgent"',
+            "one of low, medium, high",
+        ),
         ('high_after = "90 min"', 'high_after = "45 min"', 'must be later than "60 min"'),
-        ('concentration = "20 mg/ml"', 'concentration = "200 mg/ml"', "does not agree with 200 mg/ml"),
+        (
+            'concentration = "20 mg/ml"',
+            'concentration = "200 mg/ml"',
+            "does not agree with 200 mg/ml",
+        ),
         ('class = "sulfate"', 'class = "sulphate"', "one of calcium, bicarbonate"),
-        ('aliases = ["rocephin", "ceftriaxone sodium"]', 'aliases = ["rocephin", "bicarbonate"]', "also used by product"),
-        ('limit = "2 ml/min"', 'limt = "2 ml/min"', 'unknown key; expected one of enabled, priority, limit; did you mean "limit"?'),
-        ("[salts.gluconate]\nelemental_calcium_fraction = 0.093", "[salts.gluconate]\nelemental_calcium_fraction = 9.3", "between 0 and 1"),
+        (
+            'aliases = ["rocephin", "ceftriaxone sodium"]',
+            'aliases = ["rocephin", "bicarbonate"]',
+            "also used by product",
+        ),
+        (
+            'limit = "2 ml/min"',
+            'limt = "2 ml/min"',
+            'unknown key; expected one of enabled, priority, limit; did you mean "limit"?',
+        ),
+        (
+            "[salts.gluconate]\nelemental_calcium_fraction = 0.093",
+            "[salts.gluconate]\nelemental_calcium_fraction = 9.3",
+            "between 0 and 1",
+        ),
     ],
 )
 def test_library_problems_a_pharmacist_can_act_on(old: str, new: str, expected: str) -> None:
@@ -121,7 +171,11 @@ def test_library_problems_a_pharmacist_can_act_on(old: str, new: str, expected: 
 
 
 def test_every_problem_is_listed_not_just_the_first() -> None:
-    text = builtin_text().replace('limit = "2 ml/min"', 'limit = "2 ml/h"').replace("min_grade = 1", "min_grade = 0")
+    text = (
+        builtin_text()
+        .replace('limit = "2 ml/min"', 'limit = "2 ml/h"')
+        .replace("min_grade = 1", "min_grade = 0")
+    )
     assert len(problems_of(text)) == 2
 
 
@@ -131,10 +185,14 @@ def test_a_missing_rule_section_is_an_error_not_a_silent_default() -> None:
 
 
 def test_disabling_a_rule_is_allowed_but_warned() -> None:
-    text = builtin_text().replace('[rules.pressure-trend]\n', '[rules.pressure-trend]\nenabled = false\n')
+    text = builtin_text().replace(
+        "[rules.pressure-trend]\n", "[rules.pressure-trend]\nenabled = false\n"
+    )
     result = parse_library(text, "nicu.toml")
     assert result.library is not None and not result.library.rule("pressure-trend").enabled
-    assert [str(w) for w in result.warnings] == ["nicu.toml: rules.pressure-trend: this rule is DISABLED; CalGuard will not check it"]
+    assert [str(w) for w in result.warnings] == [
+        "nicu.toml: rules.pressure-trend: this rule is DISABLED; CalGuard will not check it"
+    ]
 
 
 def test_syntax_errors_and_missing_files(tmp_path: Path) -> None:
@@ -145,7 +203,9 @@ def test_syntax_errors_and_missing_files(tmp_path: Path) -> None:
 def test_the_version_changes_with_values_not_with_comments() -> None:
     base = load_library().version
     commented = parse_library(builtin_text() + "\n# reviewed by pharmacy 2026-11-20\n", "x").library
-    changed = parse_library(builtin_text().replace('limit = "2 ml/min"', 'limit = "1.5 ml/min"'), "x").library
+    changed = parse_library(
+        builtin_text().replace('limit = "2 ml/min"', 'limit = "1.5 ml/min"'), "x"
+    ).library
     assert commented is not None and changed is not None
     assert commented.version == base != changed.version
     assert base.startswith("sha256:")

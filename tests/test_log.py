@@ -11,7 +11,14 @@ import pytest
 from sqlalchemy import create_engine, func, inspect, select, text
 
 from alerts.log import AlertLog, normalise_db_url
-from alerts.schema import MIGRATIONS, alert_transitions, inputs, library_versions, metadata, sessions
+from alerts.schema import (
+    MIGRATIONS,
+    alert_transitions,
+    inputs,
+    library_versions,
+    metadata,
+    sessions,
+)
 from config import load_library
 from monitor.errors import LogError
 from monitor.replay import replay
@@ -20,8 +27,8 @@ EXAMPLE = (Path(__file__).parent.parent / "examples" / "quickstart.jsonl").read_
 BAD_LINES = (
     b'{"t":"2026-11-21T08:04:00Z","type":"reading","pump":"P7","rate":"30"}\n'
     b"not json at all\n"
-    b'{"t":"2026-11-21T08:03:10Z","type":"reading","pump":"P7","channel":"A","drug":"Calcium gluconate 10%",'
-    b'"rate":"180 ml/h","seq":2}\n'
+    b'{"t":"2026-11-21T08:03:10Z","type":"reading","pump":"P7","channel":"A",'
+    b'"drug":"Calcium gluconate 10%","rate":"180 ml/h","seq":2}\n'
 )
 
 
@@ -46,27 +53,44 @@ async def query(url: str, statement):  # type: ignore[no-untyped-def]
 async def replay_into(url: str, data: bytes) -> tuple[list[str], int | None]:
     out = io.StringIO()
     async with AlertLog(url) as log:
-        summary = await replay(io.BytesIO(data), source="test.jsonl", library=load_library(), out=out, log=log)
+        summary = await replay(
+            io.BytesIO(data), source="test.jsonl", library=load_library(), out=out, log=log
+        )
     return out.getvalue().splitlines(), summary.session_id
 
 
 async def test_every_input_and_transition_is_logged(db_url: str) -> None:
     lines, session = await replay_into(db_url, EXAMPLE + BAD_LINES)
-    rows = await query(db_url, select(inputs.c.line_no, inputs.c.status, inputs.c.reason, inputs.c.pump,
-                                      inputs.c.event_type).order_by(inputs.c.seq))
+    rows = await query(
+        db_url,
+        select(
+            inputs.c.line_no, inputs.c.status, inputs.c.reason, inputs.c.pump, inputs.c.event_type
+        ).order_by(inputs.c.seq),
+    )
     assert [r.line_no for r in rows] == list(range(1, 11))
     statuses = [r.status for r in rows]
     assert statuses == ["accepted"] * 7 + ["rejected", "rejected", "duplicate"]
-    assert "bare number" in rows[7].reason and rows[7].pump == "P7" and rows[7].event_type == "reading"
+    assert (
+        "bare number" in rows[7].reason and rows[7].pump == "P7" and rows[7].event_type == "reading"
+    )
     assert "not valid JSON" in rows[8].reason
     assert "duplicate" in rows[9].reason
-    logged = await query(db_url, select(alert_transitions.c.alert_line).order_by(alert_transitions.c.seq))
+    logged = await query(
+        db_url, select(alert_transitions.c.alert_line).order_by(alert_transitions.c.seq)
+    )
     assert [r.alert_line for r in logged] == lines
     assert any(json.loads(line)["rule"] == "telemetry-invalid" for line in lines)
     versions = await query(db_url, select(library_versions.c.version, library_versions.c.content))
-    assert versions[0].version == load_library().version and "[rules.rate-volume]" in versions[0].content
+    assert (
+        versions[0].version == load_library().version
+        and "[rules.rate-volume]" in versions[0].content
+    )
     (sess,) = await query(db_url, select(sessions).where(sessions.c.id == session))
-    assert sess.mode == "replay" and sess.ended_us is not None and sess.library_version == versions[0].version
+    assert (
+        sess.mode == "replay"
+        and sess.ended_us is not None
+        and sess.library_version == versions[0].version
+    )
 
 
 async def test_a_second_run_appends_and_the_schema_is_migrated_once(db_url: str) -> None:
@@ -87,16 +111,22 @@ async def test_the_migrated_schema_is_the_declared_schema(db_url: str) -> None:
     engine = create_async_engine(normalise_db_url(db_url))
     async with engine.connect() as conn:
         columns = await conn.run_sync(
-            lambda sync: {t: {c["name"] for c in inspect(sync).get_columns(t)} for t in metadata.tables}
+            lambda sync: {
+                t: {c["name"] for c in inspect(sync).get_columns(t)} for t in metadata.tables
+            }
         )
     await engine.dispose()
-    assert columns == {name: {c.name for c in table.columns} for name, table in metadata.tables.items()}
+    assert columns == {
+        name: {c.name for c in table.columns} for name, table in metadata.tables.items()
+    }
 
 
 async def test_batches_are_flushed_on_exit_even_when_small(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'log.sqlite3'}"
     async with AlertLog(url, batch_size=100_000, flush_interval=3600) as log:
-        await replay(io.BytesIO(EXAMPLE), source="x", library=load_library(), out=io.StringIO(), log=log)
+        await replay(
+            io.BytesIO(EXAMPLE), source="x", library=load_library(), out=io.StringIO(), log=log
+        )
     (count,) = await query(url, select(func.count()).select_from(inputs))
     assert count[0] == 7
 
@@ -107,7 +137,9 @@ async def test_back_pressure_keeps_memory_bounded(tmp_path: Path) -> None:
 
     data = "".join(json.dumps(e) + "\n" for e in day_shift()).encode()
     async with AlertLog(url, batch_size=100, max_pending=200) as log:
-        await replay(io.BytesIO(data), source="x", library=load_library(), out=io.StringIO(), log=log)
+        await replay(
+            io.BytesIO(data), source="x", library=load_library(), out=io.StringIO(), log=log
+        )
         assert log.pending == 0
     (count,) = await query(url, select(func.count()).select_from(inputs))
     assert count[0] == len(day_shift())

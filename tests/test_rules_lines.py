@@ -83,7 +83,9 @@ def test_starting_calcium_without_a_patency_check() -> None:
     ("check_at", "alarms"),
     [("07:50:00", False), ("07:49:59", True), ("08:04:59", False)],
 )
-def test_the_patency_check_must_be_within_15_min_before_the_start(check_at: str, alarms: bool) -> None:
+def test_the_patency_check_must_be_within_15_min_before_the_start(
+    check_at: str, alarms: bool
+) -> None:
     bay = Bedside()
     bay.admit("07:30", patency=None)
     bay.send(check_at, "patency_check", line="L1", result="blood_return")
@@ -184,7 +186,9 @@ def test_no_site_timer_for_a_confirmed_central_line_or_after_calcium_stops() -> 
     ("grade", "findings", "alarms"),
     [(0, [], False), (1, [], True), (3, ["swelling", "blanching"], True), (0, ["blanching"], True)],
 )
-def test_an_abnormal_site_while_calcium_infuses(grade: int, findings: list[str], alarms: bool) -> None:
+def test_an_abnormal_site_while_calcium_infuses(
+    grade: int, findings: list[str], alarms: bool
+) -> None:
     bay = infusing()
     bay.send("08:30", "site_check", line="L1", grade=grade, findings=findings)
     assert ("site-abnormal" in bay.active_rules()) is alarms
@@ -214,7 +218,9 @@ def test_starting_calcium_on_a_site_last_found_abnormal() -> None:
 
 
 def test_the_abnormal_grade_threshold_is_the_pharmacists_setting() -> None:
-    library = parse_library(builtin_text().replace("min_grade = 1", "min_grade = 2"), "lib.toml").library
+    library = parse_library(
+        builtin_text().replace("min_grade = 1", "min_grade = 2"), "lib.toml"
+    ).library
     assert library is not None
     bay = Bedside(library)
     bay.admit()
@@ -262,7 +268,9 @@ def test_no_rotation_timer_without_calcium_or_on_a_confirmed_central_line() -> N
 
 def test_updating_a_line_does_not_reset_its_insertion_time() -> None:
     bay = infusing("08:05", kind="picc")
-    bay.send("10:00", "line", line="L1", bed="B1", kind="picc", tip_confirmed=False, site="right arm")
+    bay.send(
+        "10:00", "line", line="L1", bed="B1", kind="picc", tip_confirmed=False, site="right arm"
+    )
     bay.clock("08:10", day="2026-11-23")
     assert bay.states("cannula-dwell") == [("2026-11-23T08:00:00Z", "raised", "medium")]
 
@@ -284,7 +292,9 @@ def test_an_occlusion_on_a_calcium_channel() -> None:
 def test_an_occlusion_on_another_channel_sharing_the_calcium_line() -> None:
     bay = infusing()
     bay.send("08:06", "connect", pump="P2", line="L1")
-    bay.reading("08:20", pump="P2", rate="2 ml/h", drug="Dextrose 10%", status="alarm", alarm="Occlusion")
+    bay.reading(
+        "08:20", pump="P2", rate="2 ml/h", drug="Dextrose 10%", status="alarm", alarm="Occlusion"
+    )
     (alert,) = bay.of("occlusion")
     assert alert["pump"] == "P2" and "carries calcium" in alert["message"]
 
@@ -293,5 +303,7 @@ def test_an_occlusion_far_from_calcium_is_not_a_calcium_alarm() -> None:
     bay = infusing()
     bay.send("08:06", "line", line="L2", bed="B1", kind="piv")
     bay.send("08:06", "connect", pump="P2", line="L2")
-    bay.reading("08:20", pump="P2", rate="2 ml/h", drug="Dextrose 10%", status="alarm", alarm="occlusion")
+    bay.reading(
+        "08:20", pump="P2", rate="2 ml/h", drug="Dextrose 10%", status="alarm", alarm="occlusion"
+    )
     assert bay.of("occlusion") == []

@@ -85,7 +85,9 @@ def test_all_channels_and_documented_doses_count_towards_the_total() -> None:
     bay.reading("08:00", rate="3 ml/h", drug=TEN_PERCENT)
     bay.reading("08:00", pump="P2", rate="3 ml/h", drug=TEN_PERCENT)
     # an IV push of 500 mg calcium gluconate (1.16 mmol) at 08:30
-    bay.send("08:30", "medication", bed="B1", drug="Calcium gluconate 10%", dose="500 mg", route="iv")
+    bay.send(
+        "08:30", "medication", bed="B1", drug="Calcium gluconate 10%", dose="500 mg", route="iv"
+    )
     bay.clock("12:00")
     pushed = 500 * GLUCONATE_CA / CA_MG_PER_MMOL
     # 6 ml/h in all; the push brings the crossing forward by pushed/rate
@@ -113,9 +115,13 @@ def test_a_calcium_medication_without_its_dose_is_refused_with_a_reason() -> Non
 def test_a_new_infant_in_the_bed_does_not_inherit_the_dose() -> None:
     bay = Bedside()
     bay.send("08:00", "patient", bed="B1", weight="1 kg", patient="p-1")
-    bay.send("08:00", "medication", bed="B1", drug="Calcium gluconate 10%", dose="1400 mg")  # 3.25 mmol
+    bay.send(
+        "08:00", "medication", bed="B1", drug="Calcium gluconate 10%", dose="1400 mg"
+    )  # 3.25 mmol
     bay.send("09:00", "patient", bed="B1", weight="1 kg", patient="p-2")
-    bay.send("09:00", "medication", bed="B1", drug="Calcium gluconate 10%", dose="800 mg")  # 1.86 mmol
+    bay.send(
+        "09:00", "medication", bed="B1", drug="Calcium gluconate 10%", dose="800 mg"
+    )  # 1.86 mmol
     assert bay.states("dose-daily") == [
         ("2026-11-21T08:00:00Z", "raised", "high"),
         ("2026-11-21T09:00:00Z", "cleared", "high"),  # p-1's alert ends with p-1's stay
@@ -125,7 +131,9 @@ def test_a_new_infant_in_the_bed_does_not_inherit_the_dose() -> None:
 # -- ceftriaxone in neonates -----------------------------------------------------------------------
 
 
-def ceftriaxone_then_calcium(given: str, age: str | None = "5 day", day: str = "2026-11-21") -> Bedside:
+def ceftriaxone_then_calcium(
+    given: str, age: str | None = "5 day", day: str = "2026-11-21"
+) -> Bedside:
     bay = Bedside()
     bay.send(given, "medication", day=day, bed="B1", drug="Ceftriaxone", route="iv", dose="50 mg")
     bay.admit("08:00", age=age)
@@ -155,7 +163,9 @@ def test_the_ceftriaxone_alert_clears_exactly_48_h_after_the_dose() -> None:
     ]
 
 
-@pytest.mark.parametrize(("age", "alarms"), [("28 day", True), ("28.9 day", True), ("29 day", False)])
+@pytest.mark.parametrize(
+    ("age", "alarms"), [("28 day", True), ("28.9 day", True), ("29 day", False)]
+)
 def test_ceftriaxone_rule_covers_infants_up_to_28_completed_days(age: str, alarms: bool) -> None:
     bay = ceftriaxone_then_calcium("06:00", age=age)
     assert ("ceftriaxone-neonate" in bay.active_rules()) is alarms

@@ -94,7 +94,9 @@ def test_no_volumetric_alarm_for_a_drug_that_is_not_calcium() -> None:
         ("121 ml/h", {"concentration": "50 mg/ml"}, True),
     ],
 )
-def test_rate_mass_at_below_and_above_100_mg_min(rate: str, extra: dict[str, str], alarms: bool) -> None:
+def test_rate_mass_at_below_and_above_100_mg_min(
+    rate: str, extra: dict[str, str], alarms: bool
+) -> None:
     bay = Bedside()
     bay.admit()
     bay.reading("08:05", rate=rate, drug=TEN_PERCENT, **extra)
@@ -137,7 +139,9 @@ def test_rate_weight_continuous_levels(rate_ml_h: float, priority: str | None) -
 
 def test_rate_weight_scales_with_the_infants_weight() -> None:
     assert "rate-weight" not in started(f"{2 * MEDIUM_ML_H} ml/h", weight="2 kg").active_rules()
-    assert "rate-weight" in started(f"{2 * MEDIUM_ML_H * 1.01} ml/h", weight="2000 g").active_rules()
+    assert (
+        "rate-weight" in started(f"{2 * MEDIUM_ML_H * 1.01} ml/h", weight="2000 g").active_rules()
+    )
 
 
 def test_rate_weight_escalates_and_never_silently_softens() -> None:
@@ -199,10 +203,14 @@ def test_without_a_weight_the_weight_rules_are_suspended_and_that_is_said() -> N
         ("1 %", "continuous", None),  # not a mass per volume: the reading is refused
     ],
 )
-def test_concentration_on_a_peripheral_line(concentration: str, mode: str, alarms: bool | None) -> None:
+def test_concentration_on_a_peripheral_line(
+    concentration: str, mode: str, alarms: bool | None
+) -> None:
     bay = Bedside()
     bay.admit()
-    bay.reading("08:05", rate="1 ml/h", drug="Calcium gluconate", concentration=concentration, mode=mode)
+    bay.reading(
+        "08:05", rate="1 ml/h", drug="Calcium gluconate", concentration=concentration, mode=mode
+    )
     if alarms is None:
         assert bay.active_rules() == {"telemetry-invalid"}
     else:

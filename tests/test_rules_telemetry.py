@@ -24,7 +24,11 @@ def test_a_silent_calcium_pump_is_stale_exactly_60_s_after_its_last_reading() ->
     assert bay.of("telemetry-stale") == []
     bay.clock("08:30")
     (alert,) = bay.of("telemetry-stale")
-    assert (alert["t"], alert["state"], alert["priority"]) == ("2026-11-21T08:06:00Z", "raised", "medium")
+    assert (alert["t"], alert["state"], alert["priority"]) == (
+        "2026-11-21T08:06:00Z",
+        "raised",
+        "medium",
+    )
     assert "No reading from P1/A" in alert["message"]
 
 
@@ -189,10 +193,15 @@ def pressures(values: list[tuple[str, str, str]]) -> Bedside:
 
 
 def test_a_sustained_pressure_rise_is_an_advisory_that_says_what_it_is_not() -> None:
-    bay = pressures([
-        ("08:00", "1 ml/h", "20 mmHg"), ("08:03", "1 ml/h", "22 mmHg"),
-        ("08:06", "1 ml/h", "70 mmHg"), ("08:11", "1 ml/h", "72 mmHg"), ("08:16", "1 ml/h", "75 mmHg"),
-    ])
+    bay = pressures(
+        [
+            ("08:00", "1 ml/h", "20 mmHg"),
+            ("08:03", "1 ml/h", "22 mmHg"),
+            ("08:06", "1 ml/h", "70 mmHg"),
+            ("08:11", "1 ml/h", "72 mmHg"),
+            ("08:16", "1 ml/h", "75 mmHg"),
+        ]
+    )
     bay.reading("08:20", rate="1 ml/h", drug=CA, pressure="76 mmHg")
     bay.clock("08:20:30")
     assert bay.of("pressure-trend") == []
@@ -203,18 +212,36 @@ def test_a_sustained_pressure_rise_is_an_advisory_that_says_what_it_is_not() -> 
 
 
 def test_a_rise_of_49_mmhg_is_not_a_trend() -> None:
-    bay = pressures([("08:00", "1 ml/h", "20 mmHg"), ("08:05", "1 ml/h", "69 mmHg"), ("08:20", "1 ml/h", "69 mmHg")])
+    bay = pressures(
+        [
+            ("08:00", "1 ml/h", "20 mmHg"),
+            ("08:05", "1 ml/h", "69 mmHg"),
+            ("08:20", "1 ml/h", "69 mmHg"),
+        ]
+    )
     bay.clock("08:40")
     assert bay.of("pressure-trend") == []
 
 
 def test_a_rate_change_starts_a_new_baseline() -> None:
     # elevated from 08:05 (would fire at 08:20), but the rate changes at 08:10
-    bay = pressures([("08:00", "1 ml/h", "20 mmHg"), ("08:05", "1 ml/h", "70 mmHg"), ("08:10", "2 ml/h", "75 mmHg")])
+    bay = pressures(
+        [
+            ("08:00", "1 ml/h", "20 mmHg"),
+            ("08:05", "1 ml/h", "70 mmHg"),
+            ("08:10", "2 ml/h", "75 mmHg"),
+        ]
+    )
     bay.reading("08:20", rate="2 ml/h", drug=CA, pressure="76 mmHg")
     bay.clock("08:40")
     assert bay.of("pressure-trend") == []
-    control = pressures([("08:00", "1 ml/h", "20 mmHg"), ("08:05", "1 ml/h", "70 mmHg"), ("08:10", "1 ml/h", "75 mmHg")])
+    control = pressures(
+        [
+            ("08:00", "1 ml/h", "20 mmHg"),
+            ("08:05", "1 ml/h", "70 mmHg"),
+            ("08:10", "1 ml/h", "75 mmHg"),
+        ]
+    )
     control.reading("08:20", rate="1 ml/h", drug=CA, pressure="76 mmHg")
     control.clock("08:40")
     assert control.states("pressure-trend") == [("2026-11-21T08:20:00Z", "raised", "low")]

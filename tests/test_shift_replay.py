@@ -65,7 +65,15 @@ async def run(text: bytes) -> list[dict[str, object]]:
 async def test_the_day_shift_gives_exactly_the_expected_alerts() -> None:
     alerts = await run(SHIFT.read_bytes())
     got = [
-        (a["t"][11:19], a["state"], a["rule"], a["priority"], a.get("bed"), a.get("line"), a.get("pump"))
+        (
+            a["t"][11:19],
+            a["state"],
+            a["rule"],
+            a["priority"],
+            a.get("bed"),
+            a.get("line"),
+            a.get("pump"),
+        )
         for a in alerts
     ]
     assert got == EXPECTED
