@@ -13,11 +13,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import logging
 import os
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -29,9 +27,10 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from alerts.schema import alert_transitions, inputs, library_versions, migrate, sessions
 from config.library import Library
 from monitor.errors import LogError
+from monitor.records import InputRecord
 from monitor.transitions import AlertTransition
 
-__all__ = ["AlertLog", "InputRecord", "default_db_url", "normalise_db_url"]
+__all__ = ["AlertLog", "default_db_url", "normalise_db_url"]
 
 log = logging.getLogger(__name__)
 _PG_MIGRATION_LOCK = 0x6361_6C67  # "calg": one migrating process at a time
@@ -110,37 +109,6 @@ def _redact(url: str) -> str:
     return f"{scheme}://{user}:***@{tail}"
 
 
-@dataclass(slots=True)
-class InputRecord:
-    """One input as the log keeps it."""
-
-    source: str
-    status: str
-    raw: str
-    raw_bytes: int
-    raw_sha256: str | None = None
-    t_us: int | None = None
-    line_no: int | None = None
-    reason: str | None = None
-    event_type: str | None = None
-    pump: str | None = None
-    channel: str | None = None
-    bed: str | None = None
-    line: str | None = None
-
-    @classmethod
-    def from_raw(cls, raw: bytes | str, source: str, status: str, **fields: Any) -> InputRecord:
-        """Keep the input as text; when that is not its exact bytes, keep their hash too."""
-        if isinstance(raw, str):
-            return cls(source, status, raw, len(raw.encode("utf-8")), **fields)
-        try:
-            return cls(source, status, raw.decode("utf-8"), len(raw), **fields)
-        except UnicodeDecodeError:
-            digest = hashlib.sha256(raw).hexdigest()
-            shown = raw.decode("utf-8", errors="backslashreplace")
-            return cls(source, status, shown, len(raw), digest, **fields)
-
-
 class AlertLog:
     """Batched, durable writer of inputs and alert transitions (one per process)."""
 
@@ -178,6 +146,8 @@ class AlertLog:
     async def __aenter__(self) -> AlertLog:
         if self._engine is not None:
             raise RuntimeError("AlertLog is not re-entrant")
+        self._closing, self._failure = False, None
+        self._wake, self._drained = asyncio.Event(), asyncio.Event()
         await self._open()
         self._writer = asyncio.create_task(self._run(), name="calguard-log-writer")
         return self

@@ -86,6 +86,11 @@ class Engine:
         self._handlers[type(event)](event, now)
         return self.book.take()
 
+    def take(self) -> list[AlertTransition]:
+        """Transitions not yet handed out: those of timers that fired while time moved to an
+        event the engine then refused (``handle`` raised ``EventError``)."""
+        return self.book.take()
+
     def tick(self, t: int) -> list[AlertTransition]:
         """Move time to ``t`` (live clock) and fire every timer due up to and including it."""
         self._advance(t)

@@ -13,10 +13,10 @@ from __future__ import annotations
 import logging
 from typing import Protocol
 
-from alerts.log import InputRecord
 from monitor.engine import Engine
 from monitor.errors import EventError, QuantityError
 from monitor.events import MAX_LINE_BYTES, Event, decode_json, named_pump, parse_event
+from monitor.records import InputRecord
 from monitor.timeutil import parse_ts
 from monitor.transitions import AlertTransition
 
@@ -134,6 +134,7 @@ class Pipeline:
         self, raw: bytes | str, source: str, line_no: int | None, exc: EventError, obj: object
     ) -> list[AlertTransition]:
         self.counts["rejected"] += 1
+        already = self.engine.take()  # timers that fired on the way to a refused event
         reason = exc.describe() if line_no is None else exc.at_line(line_no).describe()
         log.warning("%s: rejected: %s", source, reason)
         fields = obj if isinstance(obj, dict) else {}
@@ -153,12 +154,12 @@ class Pipeline:
             )
         pump = named_pump(obj)
         if pump is None:
-            return []
+            return already
         why = exc.describe()
         if t is None and self.engine.now is None:
             self._waiting.append((*pump, why))
-            return []
-        return self.engine.reject(pump[0], pump[1], why, t)
+            return already
+        return already + self.engine.reject(pump[0], pump[1], why, t)
 
     def _release_waiting(self) -> list[AlertTransition]:
         out: list[AlertTransition] = []

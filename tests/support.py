@@ -13,10 +13,10 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from alerts.log import InputRecord
 from config import Library, load_library
 from monitor.engine import Engine
 from monitor.pipeline import Pipeline
+from monitor.records import InputRecord
 from monitor.timeutil import parse_ts
 
 DAY = "2026-11-21"

@@ -85,3 +85,14 @@ def test_finish_fires_what_is_due_at_the_last_instant() -> None:
     assert bay.of("telemetry-stale") == []
     bay.finish()
     assert bay.states("telemetry-stale") == [("2026-11-21T08:06:00Z", "raised", "medium")]
+
+
+def test_timers_due_before_a_refused_event_are_not_held_back() -> None:
+    bay = Bedside()
+    bay.admit()
+    bay.reading("08:05", rate="1 ml/h", drug=CA)
+    # a calcium medication without its dose is refused; the stale alert due at 08:06 must
+    # still come out now, not with some later event
+    out = bay.send("08:10", "medication", bed="B1", drug="Calcium gluconate 10%")
+    assert bay.records[-1].status == "rejected"
+    assert [(a["t"][11:19], a["rule"]) for a in out] == [("08:06:00", "telemetry-stale")]

@@ -245,3 +245,19 @@ def test_a_rate_change_starts_a_new_baseline() -> None:
     control.reading("08:20", rate="1 ml/h", drug=CA, pressure="76 mmHg")
     control.clock("08:40")
     assert control.states("pressure-trend") == [("2026-11-21T08:20:00Z", "raised", "low")]
+
+
+def test_an_unlabelled_pump_infusing_into_a_patients_line_is_not_silently_neutral() -> None:
+    bay = Bedside()
+    bay.admit()
+    bay.send("08:05", "reading", pump="P1", channel="A", rate="5 ml/h")
+    (alert,) = bay.of("context-missing")
+    assert alert["priority"] == "medium" and "no drug label" in alert["message"]
+    bay.reading("08:06", rate="5 ml/h", drug="Dextrose 10%")
+    assert bay.states("context-missing")[-1] == ("2026-11-21T08:06:00Z", "cleared", "medium")
+
+
+def test_an_unlabelled_pump_on_no_line_is_left_alone() -> None:
+    bay = Bedside()
+    bay.send("08:05", "reading", pump="P9", channel="A", rate="5 ml/h")
+    assert bay.active_rules() == set()

@@ -90,6 +90,16 @@ class ChannelRules:
             now,
             lambda: ctx.channel_description(ch, say.no_line(name, ch.line)),
         )
+        # A pump with no drug label at all could be carrying calcium: say so, never assume.
+        ctx.put(
+            "context-missing",
+            ("context-missing", ch.key, "drug"),
+            ch.delivering and ch.label is None and line is not None,
+            now,
+            lambda: ctx.channel_description(
+                ch, say.no_drug(ch.name, ch.rate_text, _describe(line))
+            ),
+        )
         bed_name = line.bed if line is not None and line.bed is not None else "?"
         ctx.put(
             "context-missing",

@@ -15,6 +15,7 @@ __all__ = [
     "incompatible",
     "line_arterial",
     "medication_unknown",
+    "no_drug",
     "no_line",
     "no_weight",
     "occlusion",
@@ -108,6 +109,14 @@ def no_line(name: str, undocumented: str | None) -> str:
     return (
         f"{name} infuses calcium but no documented line is connected to it{note}: line, "
         "patency, site and co-infusion checks are suspended. Document the line and connect the pump"
+    )
+
+
+def no_drug(channel: str, rate: str, line: str) -> str:
+    return (
+        f"{channel} infuses {rate} into {line} with no drug label: CalGuard cannot tell whether "
+        "it carries calcium, so no calcium rule checks it. Set the drug on the pump or map it "
+        "in the site configuration"
     )
 
 
