@@ -30,6 +30,7 @@ from monitor.events import (
     Medication,
     PatencyCheck,
     Patient,
+    PumpStatus,
     Reading,
     SiteCheck,
 )
@@ -66,6 +67,7 @@ class Engine:
             PatencyCheck: self._patency,
             SiteCheck: self._site_check,
             Medication: self._medication,
+            PumpStatus: self._pump_status,
             Clock: self._clock,
         }
 
@@ -187,6 +189,7 @@ class Engine:
         if seq is not None:
             ch.remember_seq(seq)
         ch.latest_t = r.t
+        ch.offline = False
         active = self.book.active
         if ch.k_invalid in active:
             self.book.clear(ch.k_invalid, now)
@@ -353,6 +356,14 @@ class Engine:
             return ev.dose
         mg_salt = ev.dose if ev.dose_kind == "mass" else ev.dose * product.concentration.value
         return float(mg_salt * product.elemental_mmol_per_mg())
+
+    def _pump_status(self, ev: PumpStatus, now: int) -> None:
+        channels = [ch for key, ch in self.ward.channels.items() if key[0] == ev.pump]
+        if not channels:
+            self.note = f"pump {ev.pump} is {'online' if ev.online else 'offline'}; no channel of it is known"
+        for ch in channels:
+            ch.offline = not ev.online
+            self.rules.stale(ch, now)
 
     def _clock(self, ev: Clock, now: int) -> None:
         self._fire()

@@ -30,6 +30,7 @@ __all__ = [
     "Medication",
     "PatencyCheck",
     "Patient",
+    "PumpStatus",
     "Reading",
     "SiteCheck",
     "decode_json",
@@ -161,6 +162,17 @@ class Reading(_ReadingFields):
 
 
 @dataclass(frozen=True, slots=True)
+class PumpStatus:
+    """Extension of the format: a pump's presence (MQTT birth and Will). Offline while
+    infusing calcium is an alert at once."""
+
+    type: ClassVar[str] = "pump_status"
+    t: int
+    pump: str
+    online: bool
+
+
+@dataclass(frozen=True, slots=True)
 class Clock:
     type: ClassVar[str] = "clock"
     t: int
@@ -176,6 +188,7 @@ Event = (
     | SiteCheck
     | Medication
     | Reading
+    | PumpStatus
     | Clock
 )
 
@@ -463,6 +476,13 @@ def _reading(d: dict[str, Any], t: int) -> Reading:
     )
 
 
+def _pump_status(d: dict[str, Any], t: int) -> PumpStatus:
+    online = d.get("online")
+    if type(online) is not bool:
+        raise EventError("online", online, "true or false is required")
+    return PumpStatus(t, _ident(d, "pump"), online)
+
+
 def _clock(d: dict[str, Any], t: int) -> Clock:
     return Clock(t)
 
@@ -477,6 +497,7 @@ _PARSERS: dict[str, Callable[[dict[str, Any], int], Event]] = {
     "patency_check": _patency,
     "site_check": _site_check,
     "medication": _medication,
+    "pump_status": _pump_status,
     "clock": _clock,
 }
 EVENT_TYPES = tuple(_PARSERS)

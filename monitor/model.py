@@ -109,6 +109,7 @@ class ChannelState:
     run_line: str | None = None
     stopped_t: int | None = None  # when calcium last stopped on this channel
     stale_watch: bool = False  # the last reading was infusing calcium
+    offline: bool = False  # the pump said so (MQTT Will); a reading says otherwise
     dose_bed: str | None = None  # the bed this channel's calcium is counted for
     # pressure trend
     pressure_rate: float | None = None

@@ -261,3 +261,25 @@ def test_an_unlabelled_pump_on_no_line_is_left_alone() -> None:
     bay = Bedside()
     bay.send("08:05", "reading", pump="P9", channel="A", rate="5 ml/h")
     assert bay.active_rules() == set()
+
+
+def test_a_pump_going_offline_while_infusing_calcium_is_stale_at_once() -> None:
+    bay = infusing("08:05")
+    bay.send("08:05:20", "pump_status", pump="P1", online=False)
+    # back online: the offline cause ends; the 60 s silence limit has not been reached yet
+    bay.send("08:05:40", "pump_status", pump="P1", online=True)
+    # ... but if no reading follows, 60 s of silence after 08:05:00 makes it stale again
+    bay.clock("08:07")
+    assert bay.states("telemetry-stale") == [
+        ("2026-11-21T08:05:20Z", "raised", "medium"),
+        ("2026-11-21T08:05:40Z", "cleared", "medium"),
+        ("2026-11-21T08:06:00Z", "raised", "medium"),
+    ]
+    assert "went offline" in bay.of("telemetry-stale")[0]["message"]
+
+
+def test_a_pump_going_offline_after_calcium_stopped_is_not_an_alert() -> None:
+    bay = infusing("08:05")
+    bay.reading("08:06", rate="0 ml/h", drug=CA, status="stopped")
+    bay.send("08:07", "pump_status", pump="P1", online=False)
+    assert bay.of("telemetry-stale") == []

@@ -271,7 +271,7 @@ class ChannelRules:
             return
         last = ch.latest_t
         due = last + timeout.us
-        if now < due:
+        if now < due and not ch.offline:
             ctx.book.clear(key, now)
             ctx.timers.schedule(key, due)
             return
@@ -283,7 +283,9 @@ class ChannelRules:
             now,
             lambda: ctx.channel_description(
                 ch,
-                say.stale(ch.name, ch.drug_name, timeout.text, ch.rate_text, format_ts(last)),
+                say.stale(
+                    ch.name, ch.drug_name, timeout.text, ch.rate_text, format_ts(last), ch.offline
+                ),
                 timeout.show(float(now - last)),
                 timeout.text,
             ),

@@ -135,11 +135,15 @@ def occlusion(channel: str, drug: str, calcium_line: str | None) -> str:
     )
 
 
-def stale(channel: str, drug: str, timeout: str, rate: str, last: str) -> str:
+def stale(channel: str, drug: str, timeout: str, rate: str, last: str, offline: bool) -> str:
+    what = (
+        f"{channel} ({drug}) went offline"
+        if offline
+        else f"No reading from {channel} ({drug}) for {timeout}"
+    )
     return (
-        f"No reading from {channel} ({drug}) for {timeout} while it was infusing calcium at "
-        f"{rate}; last reading {last}. CalGuard cannot check this infusion until readings "
-        "return: check the pump and its connection"
+        f"{what} while it was infusing calcium at {rate}; last reading {last}. CalGuard cannot "
+        "check this infusion until readings return: check the pump and its connection"
     )
 
 

@@ -1,0 +1,178 @@
+"""The one small driver base class.
+
+A driver turns one wire into event-format v1 inputs. The base owns the public API and the
+lifecycle; a backend overrides three hooks::
+
+    async with driver:                    # _open(); reusable, not re-entrant
+        items = await driver.read()       # _read(): one or more Inbound
+    await driver.close()                  # _close(); idempotent
+
+    async for item in driver.inputs():    # the above in a loop that reconnects with
+        ...                               # jittered exponential backoff, for ever
+
+Backends translate their library's exceptions into ``DriverError`` inside their hooks;
+nothing above ``drivers/`` sees pyserial, aiomqtt or HL7 types.
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import logging
+import random
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any, ClassVar
+from urllib.parse import urlsplit
+
+from monitor.clock import Clock, SystemClock
+from monitor.errors import DriverError
+
+__all__ = ["Backoff", "Driver", "DriverStats", "Inbound", "OptionSpec"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Inbound:
+    """One input from a wire: an event-format object, or a problem with what arrived.
+
+    ``raw`` is what the log keeps. A problem that concerns a known pump channel names it in
+    ``pump`` (it then raises telemetry-invalid for that channel).
+    """
+
+    source: str
+    raw: bytes | str
+    obj: object | None = None
+    problem: str | None = None
+    pump: tuple[str, str] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class OptionSpec:
+    """One option a driver accepts in the site config: its type, default and meaning."""
+
+    kind: type
+    default: Any
+    help: str
+
+
+@dataclass
+class DriverStats:
+    opened: int = 0
+    items: int = 0
+    problems: int = 0
+    reconnects: int = 0
+    counters: dict[str, int] = field(default_factory=dict)
+
+    def count(self, name: str, n: int = 1) -> None:
+        self.counters[name] = self.counters.get(name, 0) + n
+
+
+class Backoff:
+    """Jittered exponential backoff: 0.5 s, 1 s, 2 s ... up to ``maximum``, each +-25%."""
+
+    def __init__(self, initial: float = 0.5, maximum: float = 30.0) -> None:
+        self.initial, self.maximum = initial, maximum
+        self._next = initial
+
+    def reset(self) -> None:
+        self._next = self.initial
+
+    def next(self) -> float:
+        delay = self._next * random.uniform(0.75, 1.25)  # noqa: S311 - jitter, not crypto
+        self._next = min(self._next * 2, self.maximum)
+        return delay
+
+
+class Driver(abc.ABC):
+    """Base of every driver: URL, options, clock, lifecycle, stats and reconnects."""
+
+    scheme: ClassVar[str]
+    #: The options this driver accepts (besides the URL), for the site config's validation.
+    options: ClassVar[Mapping[str, OptionSpec]] = {}
+
+    def __init__(self, url: str, *, clock: Clock | None = None, **options: Any) -> None:
+        self.url = url
+        self.parts = urlsplit(url)
+        self.clock: Clock = clock or SystemClock()
+        unknown = set(options) - set(self.options)
+        if unknown:
+            raise DriverError(f"unknown option(s) {sorted(unknown)}; expected {sorted(self.options)}", source=url)
+        self.config = {key: options.get(key, spec.default) for key, spec in self.options.items()}
+        self.stats = DriverStats()
+        self._open_now = False
+        self.backoff = Backoff()
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.url}>"
+
+    @property
+    def is_open(self) -> bool:
+        return self._open_now
+
+    async def __aenter__(self) -> Driver:
+        if self._open_now:
+            raise RuntimeError(f"{self!r} is already open (drivers are reusable, not re-entrant)")
+        await self._open()
+        self._open_now = True
+        self.stats.opened += 1
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        """Close the wire; calling it again does nothing."""
+        if not self._open_now:
+            return
+        self._open_now = False
+        try:
+            await self._close()
+        except DriverError as error:
+            log.warning("%s: while closing: %s", self.url, error)
+
+    async def read(self) -> list[Inbound]:
+        if not self._open_now:
+            raise RuntimeError(f"{self!r} is not open")
+        items = await self._read()
+        self.stats.items += len(items)
+        self.stats.problems += sum(1 for item in items if item.problem is not None)
+        return items
+
+    async def inputs(self) -> AsyncIterator[Inbound]:
+        """Every input, for ever: reconnects with jittered exponential backoff."""
+        while True:
+            try:
+                async with self:
+                    log.info("%s: connected", self.url)
+                    self.backoff.reset()
+                    while True:
+                        for item in await self.read():
+                            yield item
+            except DriverError as error:
+                delay = self.backoff.next()
+                self.stats.reconnects += 1
+                log.warning("%s: %s; reconnecting in %.1f s", self.url, error, delay)
+                await asyncio.sleep(delay)
+            except (asyncio.CancelledError, GeneratorExit):
+                raise
+            except Exception:  # a bug in one driver must not stop the others: log it, retry
+                delay = self.backoff.next()
+                self.stats.reconnects += 1
+                log.exception("%s: unexpected failure; reconnecting in %.1f s", self.url, delay)
+                await asyncio.sleep(delay)
+
+    # -- the hooks a backend implements ----------------------------------------------------
+
+    @abc.abstractmethod
+    async def _open(self) -> None: ...
+
+    @abc.abstractmethod
+    async def _read(self) -> list[Inbound]: ...
+
+    @abc.abstractmethod
+    async def _close(self) -> None: ...
