@@ -20,7 +20,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from sqlalchemy import event, insert, text, update
+from sqlalchemy import event, func, insert, select, text, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
@@ -251,6 +251,20 @@ class AlertLog:
         except SQLAlchemyError as exc:
             raise LogError(f"cannot start a session in {self.display_url}: {_short(exc)}") from exc
         return self.session_id
+
+    async def next_alert_id(self) -> int:
+        """The number after the highest alert id in the log, so ids stay unique across runs."""
+        assert self._engine is not None, "use AlertLog as an async context manager"
+        try:
+            async with self._engine.connect() as conn:
+                ids = alert_transitions.c.alert_id  # a-000123; longer is higher past a-999999
+                result = await conn.execute(
+                    select(ids).order_by(func.length(ids).desc(), ids.desc()).limit(1)
+                )
+                highest = result.scalar()
+        except SQLAlchemyError as exc:
+            raise LogError(f"cannot read {self.display_url}: {_short(exc)}") from exc
+        return int(highest[2:]) + 1 if highest and highest[2:].isdigit() else 1
 
     async def _end_session(self) -> None:
         assert self._engine is not None

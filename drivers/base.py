@@ -81,7 +81,7 @@ class Backoff:
         self._next = self.initial
 
     def next(self) -> float:
-        delay = self._next * random.uniform(0.75, 1.25)  # noqa: S311 - jitter, not crypto
+        delay = self._next * random.uniform(0.75, 1.25)  # jitter, not cryptography
         self._next = min(self._next * 2, self.maximum)
         return delay
 
@@ -99,7 +99,9 @@ class Driver(abc.ABC):
         self.clock: Clock = clock or SystemClock()
         unknown = set(options) - set(self.options)
         if unknown:
-            raise DriverError(f"unknown option(s) {sorted(unknown)}; expected {sorted(self.options)}", source=url)
+            raise DriverError(
+                f"unknown option(s) {sorted(unknown)}; expected {sorted(self.options)}", source=url
+            )
         self.config = {key: options.get(key, spec.default) for key, spec in self.options.items()}
         self.stats = DriverStats()
         self._open_now = False
@@ -121,7 +123,10 @@ class Driver(abc.ABC):
         return self
 
     async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
     ) -> None:
         await self.close()
 

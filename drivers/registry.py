@@ -34,12 +34,16 @@ def driver_class(url: str) -> type[Driver]:
     known = {**_plugins(), **BUILTIN_DRIVERS}
     target = known.get(scheme)
     if target is None:
-        raise DriverError(f"no driver for the scheme {scheme!r}; known: {', '.join(sorted(known))}", source=url)
+        raise DriverError(
+            f"no driver for the scheme {scheme!r}; known: {', '.join(sorted(known))}", source=url
+        )
     module_name, _, class_name = target.partition(":")
     try:
         cls = getattr(importlib.import_module(module_name), class_name)
     except (ImportError, AttributeError) as exc:
-        raise DriverError(f"the {scheme!r} driver ({target}) cannot be loaded: {exc}", source=url) from exc
+        raise DriverError(
+            f"the {scheme!r} driver ({target}) cannot be loaded: {exc}", source=url
+        ) from exc
     if not (isinstance(cls, type) and issubclass(cls, Driver)):
         raise DriverError(f"{target} is not a CalGuard driver", source=url)
     return cls

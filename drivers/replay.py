@@ -6,14 +6,20 @@ binary file by mistake) is refused without ever being held in memory whole.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import BinaryIO
+from pathlib import Path
+from typing import Any, BinaryIO, ClassVar
 
+import orjson
+
+from drivers.base import Driver, Inbound, OptionSpec
+from monitor.errors import DriverError
 from monitor.events import MAX_LINE_BYTES
 
-__all__ = ["OversizeLine", "read_lines"]
+__all__ = ["OversizeLine", "ReplayDriver", "read_lines"]
 
 _KEEP = 64 * 1024  # what the log keeps of an oversize line (plus its size and hash)
 
@@ -56,3 +62,61 @@ def _drain(stream: BinaryIO, first: bytes, max_bytes: int) -> OversizeLine:
         digest.update(first)
         size += len(first)
     return OversizeLine(head, size, digest.hexdigest())
+
+
+class ReplayDriver(Driver):
+    """``replay:///path/file.jsonl``: a JSON Lines file as live input. With ``follow`` the
+    file is read like ``tail -f`` (bedside documentation exported by another system);
+    without it, the driver ends at the end of the file."""
+
+    scheme = "replay"
+    options: ClassVar[dict[str, OptionSpec]] = {
+        "follow": OptionSpec(bool, True, "keep reading lines appended to the file"),
+        "poll": OptionSpec(float, 0.2, "seconds between looks for new lines when following"),
+    }
+
+    def __init__(self, url: str, **kwargs: Any) -> None:
+        super().__init__(url, **kwargs)
+        self.path = Path(self.parts.path)
+        self._stream: BinaryIO | None = None
+        self._offset = 0  # where to resume after a reconnect
+        self._partial = b""
+        self._line_no = 0
+
+    async def _open(self) -> None:
+        try:
+            self._stream = self.path.open("rb")  # closed in _close
+        except OSError as exc:
+            raise DriverError(f"cannot open {self.path}: {exc.strerror}", source=self.url) from exc
+        self._stream.seek(self._offset)
+
+    async def _read(self) -> list[Inbound]:
+        assert self._stream is not None
+        while True:
+            chunk = self._stream.readline(MAX_LINE_BYTES + 1)
+            self._offset = self._stream.tell()
+            if not chunk or not (chunk.endswith(b"\n") or len(chunk) > MAX_LINE_BYTES):
+                self._partial += chunk  # a line still being written: wait for its end
+                if not self.config["follow"]:
+                    raise DriverError("end of the file", source=self.url)
+                await asyncio.sleep(self.config["poll"])
+                continue
+            line = (self._partial + chunk).rstrip(b"\r\n")
+            self._partial = b""
+            self._line_no += 1
+            if line.strip():
+                return [self._inbound(line)]
+
+    def _inbound(self, line: bytes) -> Inbound:
+        source = f"{self.path}:{self._line_no}"
+        if len(line) > MAX_LINE_BYTES:
+            return Inbound(source, line[:1024], problem=f"the line is over {MAX_LINE_BYTES} bytes")
+        try:
+            return Inbound(source, line, orjson.loads(line))
+        except orjson.JSONDecodeError as exc:
+            return Inbound(source, line, problem=f"not valid JSON ({exc})")
+
+    async def _close(self) -> None:
+        if self._stream is not None:
+            self._stream.close()
+            self._stream = None

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import gc
 import logging
 import sys
@@ -65,6 +66,30 @@ def _parser() -> argparse.ArgumentParser:
     show = csub.add_parser("show", help="print the effective limits, converted")
     show.add_argument("file", nargs="?")
     csub.add_parser("init", help="print the built-in library to start your own from")
+
+    run = sub.add_parser("run", help="monitor live pumps as the site config says")
+    run.add_argument("--config", required=True, metavar="SITE.toml", help="the site config")
+    run.add_argument(
+        "--view", action="store_true", help="show the live terminal view instead of alert lines"
+    )
+    run.add_argument("--db", metavar="URL", help="log database (overrides the site config)")
+
+    demo = sub.add_parser(
+        "demo", help="simulated pumps and a scenario, no broker or hardware needed"
+    )
+    demo.add_argument("--scenario", default="demo", help="a shipped scenario or a scenario file")
+    demo.add_argument(
+        "--speed", type=float, default=60.0, help="clock speed-up (default 60: an hour a minute)"
+    )
+    view = demo.add_mutually_exclusive_group()
+    view.add_argument(
+        "--view", dest="view", action="store_true", default=None, help="the live terminal view"
+    )
+    view.add_argument(
+        "--no-view", dest="view", action="store_false", help="alert lines instead of the view"
+    )
+    demo.add_argument("--db", metavar="URL", help="log database (default: the local SQLite file)")
+    demo.add_argument("--no-db", action="store_true", help="do not write the durable log")
     return parser
 
 
@@ -76,7 +101,52 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _config(args)
     if args.command == "replay":
         return _replay(args)
+    if args.command == "run":
+        return _run(args)
+    if args.command == "demo":
+        return _demo(args)
     return 2
+
+
+def _run(args: argparse.Namespace) -> int:
+    from config.site import load_site
+    from monitor.live import run_site
+
+    try:
+        site = load_site(args.config)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            log.error("%s", problem)
+        return 1
+    if args.db is not None:
+        site = dataclasses.replace(site, db=args.db)
+    settle_heap()
+    try:
+        return asyncio.run(run_site(site, view=args.view))
+    except LogError as exc:
+        log.error("%s", exc)
+        return 3
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from config.loader import load_library
+    from monitor.live import run_demo
+    from simulators.scenario import load_scenario
+
+    try:
+        scenario = load_scenario(args.scenario)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            log.error("%s", problem)
+        return 1
+    view = sys.stdout.isatty() if args.view is None else args.view
+    db = None if args.no_db else (args.db or "")
+    settle_heap()
+    try:
+        return asyncio.run(run_demo(load_library(), scenario, speed=args.speed, view=view, db=db))
+    except LogError as exc:
+        log.error("%s", exc)
+        return 3
 
 
 def _config(args: argparse.Namespace) -> int:

@@ -360,7 +360,8 @@ class Engine:
     def _pump_status(self, ev: PumpStatus, now: int) -> None:
         channels = [ch for key, ch in self.ward.channels.items() if key[0] == ev.pump]
         if not channels:
-            self.note = f"pump {ev.pump} is {'online' if ev.online else 'offline'}; no channel of it is known"
+            state = "online" if ev.online else "offline"
+            self.note = f"pump {ev.pump} is {state}; no channel of it is known"
         for ch in channels:
             ch.offline = not ev.online
             self.rules.stale(ch, now)

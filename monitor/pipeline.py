@@ -119,6 +119,20 @@ class Pipeline:
             )
         return []
 
+    def feed_problem(
+        self,
+        raw: bytes | str,
+        reason: str,
+        *,
+        source: str,
+        pump: tuple[str, str] | None = None,
+        t: int | None = None,
+    ) -> list[AlertTransition]:
+        """Something arrived that a driver could not turn into an event (a corrupted frame,
+        an unusable answer): logged with the reason; telemetry-invalid if a pump is known."""
+        obj = {"pump": pump[0], "channel": pump[1]} if pump else None
+        return self._reject(raw, source, None, EventError(None, None, reason), obj, t)
+
     def finish(self) -> list[AlertTransition]:
         """End of input: fire the timers due at the last instant."""
         if self.engine.now is None:
@@ -131,14 +145,20 @@ class Pipeline:
         return self.engine.settle()
 
     def _reject(
-        self, raw: bytes | str, source: str, line_no: int | None, exc: EventError, obj: object
+        self,
+        raw: bytes | str,
+        source: str,
+        line_no: int | None,
+        exc: EventError,
+        obj: object,
+        at: int | None = None,
     ) -> list[AlertTransition]:
         self.counts["rejected"] += 1
         already = self.engine.take()  # timers that fired on the way to a refused event
         reason = exc.describe() if line_no is None else exc.at_line(line_no).describe()
         log.warning("%s: rejected: %s", source, reason)
         fields = obj if isinstance(obj, dict) else {}
-        t = _valid_time(fields)
+        t = _valid_time(fields) if at is None else at
         if self.journal is not None:
             self.journal.add_input(
                 InputRecord.from_raw(

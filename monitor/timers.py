@@ -67,7 +67,8 @@ class TimerQueue:
             yield due, key
 
     def next_due(self) -> int | None:
-        """Earliest live deadline (for a live loop's sleep), skipping outdated entries."""
+        """The earliest deadline, exactly (for a live loop's sleep). Entries whose deadline
+        moved later are re-queued on the way, as ``pop_due`` would."""
         heap = self._heap
         while heap:
             due, generation, key = heap[0]
@@ -75,5 +76,12 @@ class TimerQueue:
             if queued is None or queued[1] != generation:
                 heapq.heappop(heap)
                 continue
-            return due  # may be earlier than the real target; waking early is harmless
+            target = self._target[key]
+            if target > due:
+                heapq.heappop(heap)
+                generation = next(self._counter)
+                self._queued[key] = (target, generation)
+                heapq.heappush(heap, (target, generation, key))
+                continue
+            return due
         return None

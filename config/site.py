@@ -1,0 +1,153 @@
+"""The site config: which drug library, which log, which drivers with which options.
+
+    [site]
+    name = "NICU North"
+    library = "nicu-library.toml"   # relative to this file; default: the built-in library
+    db = "postgresql://calguard@127.0.0.1/calguard"   # default: the local SQLite file; "none"
+    speed = 1.0                     # training only: the clock runs this many times faster
+
+    [[drivers]]
+    url = "mqtt://127.0.0.1:1883/calguard/nicu"
+    client_id = "calguard-nicu-north"
+
+    [[drivers]]
+    url = "serial:///dev/ttyUSB0?baud=19200&mode=safe"
+    [[drivers.pumps]]
+    address = 0
+    pump = "P1"
+    drug = "Calcium gluconate 20 mg/ml"
+    concentration = "20 mg/ml"
+
+Each driver declares the options it takes (``Driver.options``); they are checked here, with
+the library, so that every problem is reported at once, with file and key.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from config.library import Library
+from config.loader import check_library
+from monitor.errors import ConfigError, ConfigProblem, DriverError
+
+__all__ = ["DriverConfig", "Site", "load_site"]
+
+_SITE_KEYS = ("name", "library", "db", "speed")
+
+
+@dataclass(frozen=True)
+class DriverConfig:
+    url: str
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Site:
+    name: str
+    library: Library
+    db: str | None  # None: no durable log; "": the default SQLite file; else a URL
+    drivers: tuple[DriverConfig, ...]
+    speed: float = 1.0
+    source: str = ""
+
+
+def load_site(path: str | Path, *, db_default: str | None = "default") -> Site:
+    """Read and check a site config; ``ConfigError`` listing every problem."""
+    source = str(path)
+    problems: list[ConfigProblem] = []
+
+    def problem(key: str, message: str) -> None:
+        problems.append(ConfigProblem(source, key, message))
+
+    try:
+        doc = tomllib.loads(Path(path).read_text("utf-8"))
+    except FileNotFoundError:
+        raise ConfigError([ConfigProblem(source, "", "file not found")]) from None
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError([ConfigProblem(source, "", f"cannot be read: {exc}")]) from None
+    for key in doc:
+        if key not in ("site", "drivers"):
+            problem(key, "unknown section; expected [site] and [[drivers]]")
+    site = doc.get("site", {})
+    if not isinstance(site, dict):
+        site = {}
+        problem("site", "a table is expected")
+    for key in site:
+        if key not in _SITE_KEYS:
+            problem(f"site.{key}", f"unknown key; expected one of {', '.join(_SITE_KEYS)}")
+    library_path = site.get("library")
+    if library_path is not None and not isinstance(library_path, str):
+        problem("site.library", "a file name is expected")
+        library_path = None
+    if library_path is not None:
+        library_path = str((Path(path).parent / library_path).resolve())
+    result = check_library(library_path)
+    problems += result.problems
+    speed = site.get("speed", 1.0)
+    if isinstance(speed, bool) or not isinstance(speed, int | float) or not 0 < speed <= 10_000:
+        problem("site.speed", f"{speed!r} — a number above 0 (1 = real time) is expected")
+        speed = 1.0
+    db = site.get("db", db_default)
+    if db is not None and not isinstance(db, str):
+        problem("site.db", 'a database URL, or "none", is expected')
+    drivers = _drivers(doc.get("drivers", []), problem)
+    if problems:
+        raise ConfigError(problems)
+    assert result.library is not None
+    return Site(
+        name=str(site.get("name", Path(path).stem)),
+        library=result.library,
+        db=_db(db),
+        drivers=tuple(drivers),
+        speed=float(speed),
+        source=source,
+    )
+
+
+def _db(db: object) -> str | None:
+    """None: no durable log; "": the default SQLite file; otherwise a database URL."""
+    if db is None or db == "none":
+        return None
+    return "" if db == "default" else str(db)
+
+
+def _drivers(items: object, problem: Any) -> list[DriverConfig]:
+    from drivers.registry import driver_class  # drivers are only imported when configured
+
+    if not isinstance(items, list) or not items:
+        problem("drivers", "at least one [[drivers]] entry with a url is expected")
+        return []
+    out = []
+    for index, item in enumerate(items):
+        key = f"drivers[{index}]"
+        if not isinstance(item, dict) or not isinstance(item.get("url"), str):
+            problem(key, "a table with a url is expected")
+            continue
+        url, options = item["url"], {k: v for k, v in item.items() if k != "url"}
+        try:
+            cls = driver_class(url)
+        except DriverError as exc:
+            problem(f"{key}.url", str(exc))
+            continue
+        for name, value in options.items():
+            spec = cls.options.get(name)
+            if spec is None:
+                problem(
+                    f"{key}.{name}",
+                    f"unknown option for {cls.scheme}; expected one of {', '.join(cls.options)}",
+                )
+            elif not _fits(value, spec.kind):
+                problem(f"{key}.{name}", f"{value!r} — {spec.kind.__name__} expected ({spec.help})")
+        out.append(DriverConfig(url, options))
+    return out
+
+
+def _fits(value: object, kind: type) -> bool:
+    if kind is float:
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    if kind is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, kind)

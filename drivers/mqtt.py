@@ -1,0 +1,218 @@
+"""MQTT driver (aiomqtt >= 2.5): pump telemetry, presence and bedside events.
+
+    mqtt://127.0.0.1:1883/calguard/nicu          (mqtts:// for TLS, default port 8883)
+
+Topics under the URL's prefix (protocols.md section 3):
+
+    <prefix>/pumps/<pump>/telemetry   readings (one event, or a list), QoS 1
+    <prefix>/pumps/<pump>/status      presence {"online": true|false}, retained; the Will
+    <prefix>/events                   bedside documentation events, QoS 1
+
+The monitor connects with a fixed client id and a persistent session (MQTT 5, clean start
+off, a long session expiry), so QoS 1 messages published while it is away are delivered
+when it returns. Duplicates (QoS 1 redelivery) are dropped by the engine on ``seq``. A
+payload that cannot be used is a problem naming the topic's pump (telemetry-invalid), never
+a crash. Losing the broker is a ``DriverError``: the base class reconnects with backoff, and
+meanwhile the engine's stale timers speak for the silent pumps.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import ssl
+from collections.abc import AsyncIterator
+from typing import Any, ClassVar
+
+import aiomqtt
+import orjson
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from drivers.base import Driver, Inbound, OptionSpec
+from monitor.errors import DriverError
+from monitor.timeutil import format_ts
+
+__all__ = ["MqttDriver", "topics"]
+
+_SESSION_EXPIRY_S = 7 * 24 * 3600  # keep queued messages a week while the monitor is away
+
+
+def topics(prefix: str) -> dict[str, str]:
+    return {
+        "telemetry": f"{prefix}/pumps/+/telemetry",
+        "status": f"{prefix}/pumps/+/status",
+        "events": f"{prefix}/events",
+    }
+
+
+class MqttDriver(Driver):
+    scheme = "mqtt"
+    options: ClassVar[dict[str, OptionSpec]] = {
+        "client_id": OptionSpec(
+            str, "calguard-monitor", "fixed client id: the persistent session's name"
+        ),
+        "username": OptionSpec(str, None, "broker user"),
+        "password_env": OptionSpec(str, None, "environment variable holding the password"),
+        "ca_file": OptionSpec(str, None, "CA certificate(s) to verify the broker (TLS)"),
+        "cert_file": OptionSpec(str, None, "client certificate (TLS)"),
+        "key_file": OptionSpec(str, None, "client key (TLS)"),
+        "keepalive": OptionSpec(int, 15, "seconds between keepalive pings"),
+        "persistent": OptionSpec(bool, True, "persistent session (clean start off)"),
+    }
+
+    def __init__(self, url: str, **kwargs: Any) -> None:
+        super().__init__(url, **kwargs)
+        self.tls = self.parts.scheme == "mqtts" or self.config["ca_file"] is not None
+        self.host = self.parts.hostname or "127.0.0.1"
+        self.port = self.parts.port or (8883 if self.tls else 1883)
+        self.prefix = self.parts.path.strip("/")
+        if not self.prefix:
+            raise DriverError(
+                "the URL needs a topic prefix, e.g. mqtt://host:1883/calguard/nicu", source=url
+            )
+        self._client: aiomqtt.Client | None = None
+        self._messages: AsyncIterator[aiomqtt.Message] | None = None
+
+    # -- lifecycle ----------------------------------------------------------------------
+
+    def _tls_context(self) -> ssl.SSLContext | None:
+        if not self.tls:
+            return None
+        try:
+            context = ssl.create_default_context(cafile=self.config["ca_file"])
+            if self.config["cert_file"]:
+                context.load_cert_chain(self.config["cert_file"], self.config["key_file"])
+        except (OSError, ssl.SSLError) as exc:
+            raise DriverError(f"TLS set-up failed: {exc}", source=self.url) from exc
+        return context
+
+    def _password(self) -> str | None:
+        name = self.config["password_env"]
+        if name is None:
+            return None
+        value = os.environ.get(name)
+        if value is None:
+            raise DriverError(
+                f"the environment variable {name} (the MQTT password) is not set", source=self.url
+            )
+        return value
+
+    async def _open(self) -> None:
+        properties = Properties(PacketTypes.CONNECT)
+        properties.SessionExpiryInterval = _SESSION_EXPIRY_S if self.config["persistent"] else 0
+        client = aiomqtt.Client(
+            self.host,
+            self.port,
+            identifier=self.config["client_id"],
+            username=self.config["username"],
+            password=self._password(),
+            protocol=aiomqtt.ProtocolVersion.V5,
+            clean_start=not self.config["persistent"],
+            properties=properties,
+            keepalive=self.config["keepalive"],
+            tls_context=self._tls_context(),
+            timeout=10,
+        )
+        try:
+            await client.__aenter__()
+            for topic in topics(self.prefix).values():
+                await client.subscribe(topic, qos=1)
+        except aiomqtt.MqttError as exc:
+            await _quietly_exit(client)
+            raise DriverError(
+                f"cannot connect to the broker {self.host}:{self.port}: {exc}", source=self.url
+            ) from exc
+        self._client = client
+        self._messages = aiter(client.messages)
+
+    async def _close(self) -> None:
+        client, self._client, self._messages = self._client, None, None
+        if client is not None:
+            await _quietly_exit(client)
+
+    # -- reading ------------------------------------------------------------------------
+
+    async def _read(self) -> list[Inbound]:
+        assert self._messages is not None
+        try:
+            message = await anext(self._messages)
+        except aiomqtt.MqttError as exc:
+            raise DriverError(f"lost the broker: {exc}", source=self.url) from exc
+        return self.translate(str(message.topic), _payload_bytes(message.payload))
+
+    def translate(self, topic: str, payload: bytes) -> list[Inbound]:
+        """One MQTT message -> inputs (public for tests of the topic convention)."""
+        source = f"{self.url}#{topic}"
+        rest = topic[len(self.prefix) + 1 :] if topic.startswith(self.prefix + "/") else ""
+        parts = rest.split("/")
+        if rest == "events":
+            return self._events(source, payload, pump=None, kind=None)
+        if len(parts) == 3 and parts[0] == "pumps" and parts[2] in ("telemetry", "status"):
+            pump = (parts[1], "A")
+            if parts[2] == "telemetry":
+                return self._events(source, payload, pump=pump, kind="reading")
+            return [self._status(source, payload, parts[1])]
+        self.stats.count("unknown_topic")
+        return [Inbound(source, payload, problem=f"unexpected topic {topic!r}")]
+
+    def _events(
+        self, source: str, payload: bytes, *, pump: tuple[str, str] | None, kind: str | None
+    ) -> list[Inbound]:
+        try:
+            decoded = orjson.loads(payload)
+        except orjson.JSONDecodeError as exc:
+            return [Inbound(source, payload, problem=f"not valid JSON ({exc})", pump=pump)]
+        items = decoded if isinstance(decoded, list) else [decoded]
+        out = []
+        for obj in items:
+            problem = _mismatch(obj, pump, kind)
+            if problem is not None:
+                channel = obj.get("channel") if isinstance(obj, dict) else None
+                named = (pump[0], channel if isinstance(channel, str) else "A") if pump else None
+                out.append(Inbound(source, orjson.dumps(obj), problem=problem, pump=named))
+                continue
+            out.append(Inbound(source, payload if len(items) == 1 else orjson.dumps(obj), obj))
+        return out
+
+    def _status(self, source: str, payload: bytes, pump: str) -> Inbound:
+        try:
+            obj = orjson.loads(payload)
+        except orjson.JSONDecodeError:
+            obj = None
+        online = obj.get("online") if isinstance(obj, dict) else None
+        if type(online) is not bool:
+            return Inbound(
+                source, payload, problem='a presence payload {"online": true|false} is expected'
+            )
+        t = obj.get("t") if isinstance(obj, dict) and isinstance(obj.get("t"), str) else None
+        event = {
+            "t": t or format_ts(self.clock.now_us()),
+            "type": "pump_status",
+            "pump": pump,
+            "online": online,
+        }
+        return Inbound(source, orjson.dumps(event), event)
+
+
+def _mismatch(obj: object, pump: tuple[str, str] | None, kind: str | None) -> str | None:
+    if not isinstance(obj, dict):
+        return "an event (a JSON object) is expected"
+    if kind is not None and obj.get("type") != kind:
+        return f"a {kind} is expected on a telemetry topic, not {obj.get('type')!r}"
+    if pump is not None and obj.get("pump") != pump[0]:
+        return f"the topic names pump {pump[0]!r} but the reading names {obj.get('pump')!r}"
+    return None
+
+
+def _payload_bytes(payload: object) -> bytes:
+    if isinstance(payload, bytes | bytearray):
+        return bytes(payload)
+    if isinstance(payload, str):
+        return payload.encode("utf-8")
+    return b"" if payload is None else str(payload).encode("utf-8")
+
+
+async def _quietly_exit(client: aiomqtt.Client) -> None:
+    with contextlib.suppress(aiomqtt.MqttError, OSError):
+        await client.__aexit__(None, None, None)

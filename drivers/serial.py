@@ -1,0 +1,371 @@
+"""Serial driver for New Era NE-500/NE-1000 syringe pumps (RS-232, up to 100 on a line).
+
+    serial:///dev/ttyUSB0?baud=19200&mode=safe
+
+Every ``poll_interval`` each configured address is asked for its status, its rate (``RAT``)
+and its dispensed volume (``DIS``); the answers become one reading, stamped with the
+injected clock. A pump carries no drug name: the site config maps each address to its pump
+id, channel, drug and concentration. Between polls the driver listens, so the unprompted
+alarm packets of safe mode are reported at once.
+
+A motor stall (``A?S``) is an ``occlusion`` alarm. The pump reports an alarm only once and
+stops, so the driver keeps reporting the occlusion until the pump runs again. Garbage,
+split frames, CRC errors and time outs are counted and retried once; a pump that still
+does not answer produces no reading, so the engine's ``telemetry-stale`` fires; an answer
+that cannot be understood raises ``telemetry-invalid``. A port that fails or disappears is
+a ``DriverError``: the base class reconnects with backoff.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass
+from typing import Any, ClassVar
+from urllib.parse import parse_qs
+
+import orjson
+import serial
+import serial_asyncio_fast
+
+from drivers.base import Driver, Inbound, OptionSpec
+from drivers.ne1000 import (
+    FrameParser,
+    Garbage,
+    Response,
+    encode_basic_command,
+    encode_safe_packet,
+    parse_response,
+    parse_volume,
+)
+from monitor.errors import DriverError
+from monitor.timeutil import format_ts
+
+__all__ = ["PumpMapping", "SerialDriver"]
+
+log = logging.getLogger(__name__)
+_STATUS = {
+    "infusing": "infusing",
+    "purging": "infusing",  # delivering (fast): never "not infusing"
+    "withdrawing": "stopped",
+    "stopped": "stopped",
+    "paused": "paused",
+    "pause phase": "paused",
+    "waiting for user trigger": "paused",
+}
+_INTER_BYTE_TIMEOUT = 0.5  # the manual's packet inter-byte time out
+
+
+@dataclass(frozen=True, slots=True)
+class PumpMapping:
+    """Which pump answers at an address, and what it carries (from the site config)."""
+
+    address: int
+    pump: str
+    channel: str = "A"
+    drug: str | None = None
+    concentration: str | None = None
+
+    @classmethod
+    def from_config(cls, item: dict[str, Any]) -> PumpMapping:
+        address = item.get("address")
+        if not isinstance(address, int) or not 0 <= address <= 99:
+            raise DriverError(f"pump address {address!r}: a number 0-99 is expected")
+        pump = item.get("pump", f"NE{address:02d}")
+        return cls(
+            address,
+            str(pump),
+            str(item.get("channel", "A")),
+            item.get("drug"),
+            item.get("concentration"),
+        )
+
+
+def _fits(command: str, response: Response) -> bool:
+    """Whether a response can be the answer to this command."""
+    if response.alarm is not None or response.error is not None:
+        return True  # an alarm replaces any answer once; an error answers any command
+    if command == "RAT":
+        return response.rate() is not None
+    if command == "DIS":
+        return parse_volume(response.data) is not None
+    if command == "":
+        return response.data == ""
+    return True
+
+
+class SerialDriver(Driver):
+    scheme = "serial"
+    options: ClassVar[dict[str, OptionSpec]] = {
+        "pumps": OptionSpec(
+            list, [], "each address: {address, pump, channel, drug, concentration}"
+        ),
+        "poll_interval": OptionSpec(float, 2.0, "seconds between polls of all pumps"),
+        "response_timeout": OptionSpec(float, 0.5, "seconds to wait for each answer"),
+        "safe_timeout": OptionSpec(int, 0, "safe mode: arm the pump's communications time out (s)"),
+    }
+
+    def __init__(self, url: str, **kwargs: Any) -> None:
+        super().__init__(url, **kwargs)
+        query = {k: v[-1] for k, v in parse_qs(self.parts.query).items()}
+        self.path = self.parts.path
+        self.baud = int(query.get("baud", "19200"))
+        self.safe = query.get("mode", "basic") == "safe"
+        if query.get("protocol", "ne1000") not in ("ne1000", "ne500"):
+            raise DriverError(
+                f"unknown serial protocol {query['protocol']!r}; ne1000 is supported", source=url
+            )
+        self.pumps = [PumpMapping.from_config(item) for item in self.config["pumps"]]
+        if not self.pumps:
+            raise DriverError("no pumps configured on this port", source=url)
+        self._reader: asyncio.StreamReader | None = None
+        self._writer: asyncio.StreamWriter | None = None
+        self._parser = FrameParser(safe=self.safe)
+        self._frames: list[bytes | Garbage] = []
+        self._latched: dict[int, str] = {}
+        self._answering: dict[int, bool] = {}
+        self._seq: dict[int, int] = {}
+        self._next_poll_us = 0  # on the injected clock: a training speed-up polls faster
+
+    # -- lifecycle ----------------------------------------------------------------------
+
+    async def _open(self) -> None:
+        try:
+            self._reader, self._writer = await serial_asyncio_fast.open_serial_connection(
+                url=self.path, baudrate=self.baud
+            )
+        except (serial.SerialException, OSError, ValueError) as exc:
+            raise DriverError(f"cannot open the port: {exc}", source=self.url) from exc
+        self._parser = FrameParser(safe=self.safe)
+        self._frames.clear()
+        self._next_poll_us = self.clock.now_us()
+        if self.safe and self.config["safe_timeout"]:
+            for pump in self.pumps:  # put each pump in safe mode with the time out armed
+                self._write(encode_basic_command(pump.address, f"SAF{self.config['safe_timeout']}"))
+                await self._answer(pump.address)
+
+    async def _close(self) -> None:
+        writer, self._writer, self._reader = self._writer, None, None
+        if writer is None:
+            return
+        if self.safe and self.config["safe_timeout"]:
+            # a clean stop must not make the pumps alarm and stop: leave safe mode (SAF0)
+            for pump in self.pumps:
+                self._write(encode_safe_packet(f"{pump.address}SAF0".encode("ascii")), writer)
+        writer.close()
+        with contextlib.suppress(OSError, serial.SerialException, TimeoutError):
+            await asyncio.wait_for(writer.wait_closed(), 1.0)
+
+    # -- reading ------------------------------------------------------------------------
+
+    async def _read(self) -> list[Inbound]:
+        clock = self.clock
+        while True:  # listen for unprompted alarm packets until the next poll is due
+            wait = (self._next_poll_us - clock.now_us()) / 1e6 / clock.speed
+            if wait <= 0:
+                break
+            frame = await self._frame(wait)
+            if isinstance(frame, bytes):
+                unprompted = self._unprompted(frame)
+                if unprompted:
+                    return unprompted
+        interval_us = round(self.config["poll_interval"] * 1e6)
+        self._next_poll_us = max(self._next_poll_us + interval_us, clock.now_us())
+        items: list[Inbound] = []
+        for pump in self.pumps:
+            items += await self._poll(pump)
+        return items
+
+    async def _poll(self, pump: PumpMapping) -> list[Inbound]:
+        status = await self._ask(pump, "")
+        rate = await self._ask(pump, "RAT") if isinstance(status, Response) else status
+        volume = await self._ask(pump, "DIS") if isinstance(rate, Response) else rate
+        answers = [status, rate, volume]
+        for answer in answers:
+            if isinstance(answer, str):  # garbage twice: the pump said something unusable
+                return [self._problem(pump, answer)]
+        if None in answers:
+            self._note_answering(pump, False)
+            return []  # silence: no reading, so the engine's stale timer runs
+        self._note_answering(pump, True)
+        assert (
+            isinstance(status, Response)
+            and isinstance(rate, Response)
+            and isinstance(volume, Response)
+        )
+        if rate.error or rate.rate() is None:
+            return [self._problem(pump, f"RAT answered {rate.data!r}, which is not a rate")]
+        alarm = status.alarm or rate.alarm or volume.alarm
+        return [
+            self._reading(pump, status, rate.rate() or "0 ml/h", parse_volume(volume.data), alarm)
+        ]
+
+    async def _ask(self, pump: PumpMapping, command: str) -> Response | str | None:
+        """Ask once, and once more after garbage or silence. Returns the response, None
+        for silence, or the reason the answer was unusable."""
+        problem: str | None = None
+        for _attempt in range(2):
+            if self.safe:
+                self._write(encode_safe_packet(f"{pump.address}{command}".encode("ascii")))
+            else:
+                self._write(encode_basic_command(pump.address, command))
+            answer = await self._answer(pump.address, command)
+            if isinstance(answer, Response):
+                return answer
+            problem = answer if isinstance(answer, str) else problem
+            self.stats.count("retries")
+        return problem
+
+    async def _answer(self, address: int, command: str = "") -> Response | str | None:
+        """The answer of ``address`` to ``command``. The protocol has no sequence numbers:
+        an answer that does not fit the command is a late answer to an earlier, timed-out
+        one, and is dropped instead of being taken for this one."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.config["response_timeout"]
+        problem: str | None = None
+        while (left := deadline - loop.time()) > 0:
+            frame = await self._frame(left)
+            if frame is None:
+                break
+            if isinstance(frame, Garbage):
+                problem = f"{frame.reason}: {frame.data[:40]!r}"
+                continue
+            try:
+                response = parse_response(frame)
+            except ValueError as exc:
+                self.stats.count("unparseable")
+                problem = str(exc)
+                continue
+            if response.address != address:
+                self._note_alarm(response)  # another pump's unprompted alarm: keep it
+                continue
+            if _fits(command, response):
+                return response
+            self._note_alarm(response)
+            self.stats.count("late_answers")
+        if problem is None:
+            self.stats.count("timeouts")
+        return problem
+
+    async def _frame(self, wait: float) -> bytes | Garbage | None:
+        """The next frame or garbage from the line, or None if nothing came in ``wait`` s."""
+        assert self._reader is not None
+        while not self._frames:
+            try:
+                chunk = await asyncio.wait_for(
+                    self._reader.read(512), min(wait, _INTER_BYTE_TIMEOUT)
+                )
+            except TimeoutError:
+                if self._parser.pending:  # half a frame and then nothing: it will not come
+                    junk = self._parser.discard()
+                    if junk is not None:
+                        self.stats.count("garbage")
+                        return junk
+                wait -= _INTER_BYTE_TIMEOUT
+                if wait <= 0:
+                    return None
+                continue
+            except (OSError, serial.SerialException) as exc:
+                raise DriverError(f"the port failed: {exc}", source=self.url) from exc
+            if not chunk:
+                raise DriverError("the port was closed (unplugged?)", source=self.url)
+            for item in self._parser.feed(chunk):
+                if isinstance(item, Garbage):
+                    self.stats.count("crc_errors" if item.reason == "CRC error" else "garbage")
+                    log.debug("%s: %s", self.url, item.reason)
+                self._frames.append(item)
+        return self._frames.pop(0)
+
+    def _write(self, data: bytes, writer: asyncio.StreamWriter | None = None) -> None:
+        for frame in self._frames:  # answers nobody waits for any more: too late to use
+            if isinstance(frame, bytes):
+                with contextlib.suppress(ValueError):
+                    self._note_alarm(parse_response(frame))
+        self._frames.clear()
+        writer = writer or self._writer
+        if writer is None:
+            raise DriverError("the port is not open", source=self.url)
+        try:
+            writer.write(data)
+        except (OSError, serial.SerialException) as exc:
+            raise DriverError(f"cannot write to the port: {exc}", source=self.url) from exc
+
+    # -- turning answers into events ------------------------------------------------------
+
+    def _unprompted(self, frame: bytes) -> list[Inbound]:
+        try:
+            response = parse_response(frame)
+        except ValueError:
+            self.stats.count("unparseable")
+            return []
+        self._note_alarm(response)
+        pump = next((p for p in self.pumps if p.address == response.address), None)
+        if pump is None or response.alarm is None:
+            return []
+        return [self._reading(pump, response, "0 ml/h", None, response.alarm)]
+
+    def _note_alarm(self, response: Response) -> None:
+        if response.alarm == "occlusion":
+            self._latched[response.address] = "occlusion"
+            log.warning(
+                "%s: pump %02d reports a motor stall (occlusion)", self.url, response.address
+            )
+        elif response.alarm is not None:
+            log.warning(
+                "%s: pump %02d reports alarm %s", self.url, response.address, response.alarm
+            )
+
+    def _note_answering(self, pump: PumpMapping, answering: bool) -> None:
+        if self._answering.get(pump.address, True) != answering:
+            level = logging.INFO if answering else logging.WARNING
+            log.log(
+                level,
+                "%s: pump %02d (%s) %s",
+                self.url,
+                pump.address,
+                pump.pump,
+                "answers again" if answering else "does not answer",
+            )
+        self._answering[pump.address] = answering
+
+    def _reading(
+        self, pump: PumpMapping, status: Response, rate: str, volume: str | None, alarm: str | None
+    ) -> Inbound:
+        if status.status == "infusing":
+            self._latched.pop(pump.address, None)  # running again: the stall is over
+        if alarm == "occlusion":
+            self._latched[pump.address] = "occlusion"
+        alarm = alarm or self._latched.get(pump.address)
+        if status.status == "purging":
+            alarm = alarm or "purging"
+        state = (
+            "alarm"
+            if alarm and alarm not in ("reset", "purging")
+            else _STATUS.get(status.status or "", "stopped")
+        )
+        self._seq[pump.address] = self._seq.get(pump.address, 0) + 1
+        event: dict[str, Any] = {
+            "t": format_ts(self.clock.now_us()),
+            "type": "reading",
+            "pump": pump.pump,
+            "channel": pump.channel,
+            "rate": rate,
+            "status": state,
+            "seq": self._seq[pump.address],
+        }
+        for key, value in (
+            ("drug", pump.drug),
+            ("concentration", pump.concentration),
+            ("volume_infused", volume),
+            ("alarm", alarm),
+        ):
+            if value is not None:
+                event[key] = value
+        return Inbound(f"{self.url}#{pump.address:02d}", orjson.dumps(event), event)
+
+    def _problem(self, pump: PumpMapping, reason: str) -> Inbound:
+        self.stats.count("invalid")
+        return Inbound(
+            f"{self.url}#{pump.address:02d}", reason, problem=reason, pump=(pump.pump, pump.channel)
+        )

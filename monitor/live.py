@@ -1,0 +1,185 @@
+"""``calguard run`` and ``calguard demo``: the live monitor wired to its parts.
+
+Both run one ``asyncio.TaskGroup``: the monitor (drivers and engine), the alert output
+(JSON lines, or the terminal view), and for the demo the simulated pumps and the scenario.
+SIGINT and SIGTERM stop the drivers, let the engine finish what arrived, and flush the
+durable log before the process exits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+from collections import Counter
+from collections.abc import AsyncIterator, Callable
+from typing import TextIO
+
+from alerts.log import AlertLog
+from config.library import Library
+from config.site import Site
+from drivers.base import Driver
+from drivers.registry import open_driver
+from drivers.serial import SerialDriver
+from drivers.virtual import VirtualDriver
+from monitor.app import Monitor
+from monitor.clock import Clock, ScaledClock, SystemClock
+from monitor.engine import Engine
+from monitor.transitions import AlertTransition
+from monitor.view import TerminalView
+from simulators.ne1000 import PumpBus
+from simulators.runner import BedsideQueue, play
+from simulators.scenario import Scenario
+from simulators.serial_ward import SerialWard
+
+__all__ = ["run_demo", "run_site"]
+
+log = logging.getLogger("calguard")
+
+
+def _printer(out: TextIO, counts: Counter[str]) -> Callable[[AlertTransition, str], None]:
+    def write(tr: AlertTransition, line: str) -> None:
+        counts[f"{tr.state} {tr.rule}"] += 1
+        out.write(line + "\n")
+        out.flush()
+
+    return write
+
+
+@contextlib.asynccontextmanager
+async def _log(db: str | None) -> AsyncIterator[AlertLog | None]:
+    if db is None:
+        yield None
+        return
+    async with AlertLog(db or None) as alert_log:
+        yield alert_log
+
+
+def _on_signals(stop: Callable[[], None]) -> None:
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop)
+
+
+async def _monitor(
+    library: Library,
+    drivers: list[Driver],
+    clock: Clock,
+    db: str | None,
+    source: str,
+    *,
+    title: str,
+    view: bool,
+    out: TextIO,
+    body: Callable[[Monitor], AsyncIterator[None]] | None = None,
+) -> Counter[str]:
+    counts: Counter[str] = Counter()
+    async with _log(db) as alert_log:
+        first = await alert_log.next_alert_id() if alert_log else 1
+        if alert_log is not None:
+            session = await alert_log.start_session("live", source, library, first)
+            log.info("logging to %s (session %s)", alert_log.display_url, session)
+        outputs = (
+            [_printer(out, counts)]
+            if not view
+            else [lambda tr, _: counts.update([f"{tr.state} {tr.rule}"])]
+        )
+        monitor = Monitor(
+            library,
+            drivers,
+            clock=clock,
+            log=alert_log,
+            outputs=outputs,
+            engine=Engine(library, first_alert_id=first),
+        )
+        _on_signals(monitor.stop)
+        async with asyncio.TaskGroup() as group:
+            running = group.create_task(monitor.run(), name="monitor")
+            screen = None
+            if view:
+                screen = group.create_task(
+                    TerminalView(
+                        monitor.engine, title=title, clock=clock, drivers=drivers, out=out
+                    ).run(),
+                    name="view",
+                )
+            if body is not None:
+                async for _ in body(monitor):
+                    pass
+            await running
+            if screen is not None:
+                screen.cancel()
+        if view:
+            TerminalView(monitor.engine, title=title, clock=clock, drivers=drivers, out=out).draw()
+    return counts
+
+
+async def run_site(site: Site, *, view: bool, out: TextIO = sys.stdout) -> int:
+    clock: Clock = SystemClock() if site.speed == 1 else ScaledClock(site.speed)
+    if site.speed != 1:
+        log.warning("training clock: %gx real time (anchored at 00:00 UTC)", site.speed)
+    drivers = [open_driver(d.url, clock=clock, **d.options) for d in site.drivers]
+    await _monitor(
+        site.library, drivers, clock, site.db, site.source, title=site.name, view=view, out=out
+    )
+    return 0
+
+
+async def run_demo(
+    library: Library,
+    scenario: Scenario,
+    *,
+    speed: float,
+    view: bool,
+    db: str | None,
+    out: TextIO = sys.stdout,
+) -> int:
+    clock = ScaledClock(speed, anchor_us=SystemClock().now_us())
+    bedside = "virtual://demo-bedside"
+    VirtualDriver.forget(bedside)
+    async with PumpBus(SerialWard.pumps_for(scenario), clock=clock) as bus:
+        drivers: list[Driver] = [
+            SerialDriver(
+                f"serial://{bus.path}?baud=19200",
+                clock=clock,
+                pumps=SerialWard.mappings(scenario),
+                response_timeout=0.2,
+            ),
+            VirtualDriver(bedside, clock=clock),
+        ]
+        ward = SerialWard(bus, BedsideQueue(bedside), clock)
+        log.info(
+            "demo: %s - %g min of ward time at %gx: about %.0f s",
+            scenario.title,
+            scenario.duration_us / 60e6,
+            speed,
+            scenario.duration_us / 1e6 / speed,
+        )
+        log.info("simulated NE-1000 pumps on %s", bus.path)
+
+        async def scenario_then_stop(monitor: Monitor) -> AsyncIterator[None]:
+            await play(scenario, ward, clock)
+            await asyncio.sleep(0.5)  # the last poll
+            monitor.stop()
+            yield None
+
+        counts = await _monitor(
+            library,
+            drivers,
+            clock,
+            db,
+            f"demo:{scenario.name}",
+            title=f"DEMO - {scenario.title}",
+            view=view,
+            out=out,
+            body=scenario_then_stop,
+        )
+    raised = {k.split(" ", 1)[1]: v for k, v in counts.items() if k.startswith("raised")}
+    log.info(
+        "demo finished: %s",
+        ", ".join(f"{rule} x{n}" for rule, n in sorted(raised.items())) or "no alerts",
+    )
+    return 0
