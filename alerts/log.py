@@ -30,7 +30,7 @@ from monitor.errors import LogError
 from monitor.records import InputRecord
 from monitor.transitions import AlertTransition
 
-__all__ = ["AlertLog", "default_db_url", "normalise_db_url"]
+__all__ = ["AlertLog", "default_db_url", "normalise_db_url", "session_rows"]
 
 log = logging.getLogger(__name__)
 _PG_MIGRATION_LOCK = 0x6361_6C67  # "calg": one migrating process at a time
@@ -394,6 +394,48 @@ def _positional_insert(engine: AsyncEngine, table: Any, columns: tuple[str, ...]
     if tuple(compiled.positiontup or ()) != columns:
         raise LogError(f"cannot prepare inserts into {table.name} for {engine.dialect.name}")
     return str(compiled)
+
+
+async def session_rows(
+    url: str | None, session: int | None = None
+) -> tuple[int, list[Any], list[str]]:
+    """A session's inputs (in arrival order) and alert lines; the newest session if None."""
+    engine = create_async_engine(normalise_db_url(url or default_db_url()))
+    try:
+        async with engine.connect() as conn:
+            if session is None:
+                session = (await conn.execute(select(func.max(sessions.c.id)))).scalar()
+                if session is None:
+                    raise LogError("the log has no session yet")
+            rows = (
+                await conn.execute(
+                    select(
+                        inputs.c.seq,
+                        inputs.c.status,
+                        inputs.c.event_type,
+                        inputs.c.raw,
+                        inputs.c.reason,
+                    )
+                    .where(inputs.c.session_id == session)
+                    .order_by(inputs.c.seq)
+                )
+            ).all()
+            alerts = (
+                (
+                    await conn.execute(
+                        select(alert_transitions.c.alert_line)
+                        .where(alert_transitions.c.session_id == session)
+                        .order_by(alert_transitions.c.seq)
+                    )
+                )
+                .scalars()
+                .all()
+            )
+    except SQLAlchemyError as exc:
+        raise LogError(f"cannot read {_redact(url or default_db_url())}: {_short(exc)}") from exc
+    finally:
+        await engine.dispose()
+    return session, list(rows), list(alerts)
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:

@@ -161,7 +161,8 @@ class Driver(abc.ABC):
             except DriverError as error:
                 delay = self.backoff.next()
                 self.stats.reconnects += 1
-                log.warning("%s: %s; reconnecting in %.1f s", self.url, error, delay)
+                where = "" if error.source else f"{self.url}: "  # the error may name it already
+                log.warning("%s%s; reconnecting in %.1f s", where, error, delay)
                 await asyncio.sleep(delay)
             except (asyncio.CancelledError, GeneratorExit):
                 raise

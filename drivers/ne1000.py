@@ -203,7 +203,9 @@ class FrameParser:
         if len(buf) < 2:
             return None
         length = buf[1]
-        if not 7 <= length <= _MAX_SAFE_LENGTH:  # len + 3 data bytes at least + CRC + ETX
+        if (
+            not 4 <= length <= _MAX_SAFE_LENGTH
+        ):  # len + data (a status query may be empty) + CRC + ETX
             del buf[:1]
             return Garbage(b"\x02", f"impossible packet length {length}")
         total = 1 + length

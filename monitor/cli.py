@@ -90,6 +90,30 @@ def _parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--db", metavar="URL", help="log database (default: the local SQLite file)")
     demo.add_argument("--no-db", action="store_true", help="do not write the durable log")
+
+    exp = sub.add_parser("export", help="a logged session's inputs as JSON Lines, to replay")
+    exp.add_argument("--db", metavar="URL", help="log database (default: the local SQLite file)")
+    exp.add_argument("--session", type=int, help="session number (default: the newest)")
+    exp.add_argument("--alerts", action="store_true", help="the session's alert lines instead")
+
+    sim = sub.add_parser("simulate", help="simulated pumps on a real wire, scripted by a scenario")
+    sim.add_argument(
+        "wire", nargs="?", choices=["serial", "mqtt", "hl7"], help="which wire the pumps speak"
+    )
+    sim.add_argument("--scenario", default="demo", help="a shipped scenario or a scenario file")
+    sim.add_argument("--list", action="store_true", help="list the shipped scenarios")
+    sim.add_argument(
+        "--speed", type=float, default=1.0, help="clock speed-up (the monitor needs the same)"
+    )
+    sim.add_argument("--once", action="store_true", help="stop at the scenario's end")
+    sim.add_argument("--dir", help="where to put the pty link, bedside file and site config")
+    sim.add_argument(
+        "--broker", default="mqtt://127.0.0.1:1883/calguard/nicu", help="MQTT broker and prefix"
+    )
+    sim.add_argument(
+        "--to", default="mllp://127.0.0.1:2575", help="the monitor's MLLP listener (hl7)"
+    )
+    sim.add_argument("--safe", action="store_true", help="NE-1000 safe mode (serial)")
     return parser
 
 
@@ -105,7 +129,63 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _run(args)
     if args.command == "demo":
         return _demo(args)
+    if args.command == "simulate":
+        return _simulate(args)
+    if args.command == "export":
+        return _export(args)
     return 2
+
+
+def _export(args: argparse.Namespace) -> int:
+    from alerts.log import session_rows
+
+    try:
+        session, rows, alerts = asyncio.run(session_rows(args.db, args.session))
+    except LogError as exc:
+        log.error("%s", exc)
+        return 3
+    if args.alerts:
+        sys.stdout.writelines(line + "\n" for line in alerts)
+        return 0
+    skipped = 0
+    for row in rows:
+        if row.event_type == "wire":  # bytes a driver could not use: kept in the log, not an event
+            skipped += 1
+        else:
+            sys.stdout.write(row.raw + "\n")
+    log.info(
+        "session %s: %d inputs exported, %d unreplayable wire problems left out",
+        session,
+        len(rows) - skipped,
+        skipped,
+    )
+    return 0
+
+
+def _simulate(args: argparse.Namespace) -> int:
+    from simulators.cli import main_list, simulate
+    from simulators.scenario import load_scenario
+
+    if args.list or args.wire is None:
+        return main_list()
+    try:
+        scenario = load_scenario(args.scenario)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            log.error("%s", problem)
+        return 1
+    return asyncio.run(
+        simulate(
+            args.wire,
+            scenario,
+            speed=args.speed,
+            once=args.once,
+            directory=args.dir,
+            broker=args.broker,
+            target=args.to,
+            safe=args.safe,
+        )
+    )
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -20,11 +20,13 @@ from monitor.records import InputRecord
 from monitor.timeutil import parse_ts
 from monitor.transitions import AlertTransition
 
-__all__ = ["InputJournal", "Pipeline"]
+__all__ = ["WIRE", "InputJournal", "Pipeline"]
 
 log = logging.getLogger("calguard.input")
 
 _CONTEXT_FIELDS = ("pump", "channel", "bed", "line")
+#: event_type of an input that never became an event (a frame a driver could not use)
+WIRE = "wire"
 
 
 class InputJournal(Protocol):
@@ -130,7 +132,7 @@ class Pipeline:
     ) -> list[AlertTransition]:
         """Something arrived that a driver could not turn into an event (a corrupted frame,
         an unusable answer): logged with the reason; telemetry-invalid if a pump is known."""
-        obj = {"pump": pump[0], "channel": pump[1]} if pump else None
+        obj = {"pump": pump[0], "channel": pump[1], "type": WIRE} if pump else {"type": WIRE}
         return self._reject(raw, source, None, EventError(None, None, reason), obj, t)
 
     def finish(self) -> list[AlertTransition]:

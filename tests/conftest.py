@@ -11,11 +11,13 @@ from __future__ import annotations
 import asyncio
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import pytest
 
 from config import Library, load_library
+from tests.brokers import Broker
 
 PG_URL = os.environ.get("CALGUARD_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
 
@@ -55,3 +57,45 @@ def pg_url() -> Iterator[str]:
         yield f"{PG_URL.rsplit('/', 1)[0]}/{name}"
     finally:
         _pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def broker(tmp_path: Path) -> Iterator[Broker]:
+    """A Mosquitto of this test's own, on a free loopback port."""
+    b = Broker(tmp_path / "mosquitto").start()
+    try:
+        yield b
+    finally:
+        b.stop()
+
+
+@pytest.fixture(autouse=True)
+async def no_leaks() -> AsyncIterator[None]:
+    """Fail a test that leaves a task running or a file descriptor open (a driver, a port)."""
+    before = _fds()
+    yield
+    current = asyncio.current_task()
+    for _ in range(50):  # let cancelled tasks finish their clean-up
+        pending = [t for t in asyncio.all_tasks() if t is not current and not t.done()]
+        if not pending:
+            break
+        await asyncio.sleep(0.02)
+    assert not pending, f"tasks left running: {[t.get_name() for t in pending]}"
+    leaked = _fds() - before
+    for _ in range(50):
+        if not leaked:
+            break
+        await asyncio.sleep(0.02)
+        leaked = _fds() - before
+    assert not leaked, f"file descriptors left open: {sorted(_describe(fd) for fd in leaked)}"
+
+
+def _fds() -> set[int]:
+    return {int(fd) for fd in os.listdir("/proc/self/fd")}
+
+
+def _describe(fd: int) -> str:
+    try:
+        return f"{fd} -> {os.readlink(f'/proc/self/fd/{fd}')}"
+    except OSError:
+        return str(fd)

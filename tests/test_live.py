@@ -1,0 +1,164 @@
+"""The live monitor as a whole: timers on the live clock, a live session's log replaying
+to the same alerts, ``calguard run`` stopped by SIGTERM with its log flushed, and
+``calguard demo`` on a fresh install."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import orjson
+
+from alerts.log import AlertLog, session_rows
+from config import load_library
+from drivers.serial import SerialDriver
+from drivers.virtual import VirtualDriver
+from monitor.clock import ScaledClock, SystemClock
+from monitor.replay import replay
+from monitor.timeutil import format_ts, parse_ts
+from simulators.ne1000 import PumpBus, SimulatedPump
+from tests.live import LiveBay
+
+ROOT = Path(__file__).parent.parent
+CA = "Calcium gluconate 10 mg/ml"
+
+
+def bedside(url: str, t: str) -> None:
+    for event in (
+        {"t": t, "type": "patient", "bed": "B1", "weight": "1.2 kg", "postnatal_age": "3 day"},
+        {"t": t, "type": "line", "line": "L1", "bed": "B1", "kind": "piv"},
+        {"t": t, "type": "connect", "pump": "P1", "line": "L1"},
+        {"t": t, "type": "patency_check", "line": "L1", "result": "blood_return"},
+    ):
+        VirtualDriver.put(url, event)
+
+
+async def test_a_silent_serial_pump_is_stale_exactly_60_s_after_its_last_reading() -> None:
+    clock = ScaledClock(20.0, anchor_us=SystemClock().now_us())  # 60 s of ward time = 3 s
+    VirtualDriver.forget("virtual://live-bedside")
+    mapping = [{"address": 0, "pump": "P1", "drug": CA, "concentration": "10 mg/ml"}]
+    async with PumpBus([SimulatedPump(0, 1.0, "MH", "I")], clock=clock) as bus:
+        serial = SerialDriver(
+            f"serial://{bus.path}", clock=clock, pumps=mapping, response_timeout=0.05
+        )
+        bedside("virtual://live-bedside", format_ts(clock.now_us()))
+        virtual = VirtualDriver("virtual://live-bedside", clock=clock)
+        async with LiveBay([serial, virtual], clock=clock) as bay:
+            await bay.until(lambda: len(bay.accepted("reading")) >= 3)
+            bus.silence(0)
+            await bay.until(lambda: bay.of("telemetry-stale", "raised"), within=20)
+            last = bay.monitor.engine.ward.channels["P1", "A"].latest_t
+    (stale,) = bay.of("telemetry-stale")
+    assert last is not None and parse_ts(stale["t"]) == last + 60_000_000
+
+
+async def test_a_live_sessions_log_replays_to_the_same_alerts(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'live.sqlite3'}"
+    clock = ScaledClock(60.0, anchor_us=SystemClock().now_us())
+    feed = "virtual://live-replay"
+    VirtualDriver.forget(feed)
+    library = load_library()
+    async with AlertLog(url) as log:
+        await log.start_session("live", "test", library)
+        async with LiveBay([VirtualDriver(feed, clock=clock)], clock=clock, log=log) as bay:
+            t = format_ts(clock.now_us())
+            bedside(feed, t)
+            for i, rate in enumerate(
+                ["1 ml/h", "180 ml/h", "1 ml/h"]
+            ):  # then the pump falls silent
+                VirtualDriver.put(
+                    feed,
+                    {
+                        "t": format_ts(clock.now_us()),
+                        "type": "reading",
+                        "pump": "P1",
+                        "rate": rate,
+                        "drug": CA,
+                        "seq": i,
+                    },
+                )
+                await asyncio.sleep(0.05)
+            VirtualDriver.put(
+                feed, {"t": t, "type": "reading", "pump": "P1", "rate": "30"}
+            )  # rejected
+            await bay.until(
+                lambda: bay.of("telemetry-stale", "raised"), within=20
+            )  # a timer, via a clock event
+            live = [json.dumps(a, ensure_ascii=False, separators=(",", ":")) for a in bay.alerts]
+    _, rows, logged = await session_rows(url)
+    assert logged == live
+    assert any(r.event_type == "clock" for r in rows)  # the tick that fired the timer is in the log
+    text = "".join(r.raw + "\n" for r in rows).encode()
+    out = io.StringIO()
+    await replay(io.BytesIO(text), source="export", library=library, out=out)
+    assert out.getvalue().splitlines() == live
+
+
+def _calguard(*args: str, env: dict[str, str]) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "monitor.cli", *args],
+        cwd=ROOT,
+        env={**os.environ, **env},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def test_calguard_run_stops_cleanly_on_sigterm_and_flushes_its_log(tmp_path: Path) -> None:
+    events = tmp_path / "bedside.jsonl"
+    events.write_text("")
+    site = tmp_path / "site.toml"
+    db = tmp_path / "run.sqlite3"
+    site.write_text(
+        f'[site]\nname = "test ward"\ndb = "sqlite:///{db}"\n\n'
+        f'[[drivers]]\nurl = "replay://{events}"\npoll = 0.05\n'
+    )
+    proc = _calguard("run", "--config", str(site), env={"CALGUARD_DATA_DIR": str(tmp_path)})
+    try:
+        now = format_ts(SystemClock().now_us())
+        lines = [
+            {"t": now, "type": "patient", "bed": "B1", "weight": "1 kg"},
+            {"t": now, "type": "line", "line": "L1", "bed": "B1", "kind": "piv"},
+            {"t": now, "type": "connect", "pump": "P1", "line": "L1"},
+            {"t": now, "type": "patency_check", "line": "L1", "result": "blood_return"},
+            {"t": now, "type": "reading", "pump": "P1", "rate": "180 ml/h", "drug": CA},
+        ]
+        with events.open("a") as out:
+            out.writelines(orjson.dumps(e).decode() + "\n" for e in lines)
+        assert proc.stdout is not None
+        first = proc.stdout.readline()  # blocks until the monitor prints an alert line
+        assert json.loads(first)["rule"] == "rate-volume"
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        err = proc.stderr.read() if proc.stderr else ""
+        for stream in (proc.stdout, proc.stderr):
+            if stream:
+                stream.close()
+    assert code == 0, err
+    session, rows, alerts = asyncio.run(session_rows(f"sqlite:///{db}"))
+    assert session == 1 and len(rows) == 5 and json.loads(alerts[0])["rule"] == "rate-volume"
+
+
+def test_calguard_demo_runs_on_a_fresh_install(tmp_path: Path) -> None:
+    start = time.monotonic()
+    proc = _calguard(
+        "demo", "--speed", "240", "--no-view", env={"CALGUARD_DATA_DIR": str(tmp_path)}
+    )
+    out, err = proc.communicate(timeout=180)
+    assert proc.returncode == 0, err
+    raised = {json.loads(line)["rule"] for line in out.splitlines() if '"state":"raised"' in line}
+    assert {"rate-weight", "occlusion", "telemetry-stale", "site-check-overdue"} <= raised
+    assert "demo finished" in err and (tmp_path / "calguard.sqlite3").exists()
+    assert time.monotonic() - start < 120
