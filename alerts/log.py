@@ -20,6 +20,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+import orjson
 from sqlalchemy import event, func, insert, select, text, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
@@ -265,6 +266,46 @@ class AlertLog:
         except SQLAlchemyError as exc:
             raise LogError(f"cannot read {self.display_url}: {_short(exc)}") from exc
         return int(highest[2:]) + 1 if highest and highest[2:].isdigit() else 1
+
+    async def recovery_inputs(
+        self, documentation_since_us: int, readings_since_us: int
+    ) -> list[Any]:
+        """Inputs of earlier live sessions to rebuild the engine's state from: documentation
+        (and everything but readings) since the first time, readings since the second."""
+        assert self._engine is not None, "use AlertLog as an async context manager"
+        live = select(sessions.c.id).where(sessions.c.mode == "live")
+        recent = (inputs.c.t_us >= readings_since_us) | (
+            (inputs.c.event_type != "reading") & (inputs.c.t_us >= documentation_since_us)
+        )
+        query = (
+            select(inputs.c.raw, inputs.c.event_type, inputs.c.source)
+            .where(inputs.c.session_id.in_(live), inputs.c.event_type != "wire", recent)
+            .order_by(inputs.c.id)
+        )
+        try:
+            async with self._engine.connect() as conn:
+                return list((await conn.execute(query)).all())
+        except SQLAlchemyError as exc:
+            raise LogError(f"cannot read {self.display_url}: {_short(exc)}") from exc
+
+    async def open_alerts(self) -> list[dict[str, Any]]:
+        """Alerts of live sessions whose last transition left them active, as alert lines."""
+        assert self._engine is not None, "use AlertLog as an async context manager"
+        live = select(sessions.c.id).where(sessions.c.mode == "live")
+        last = (
+            select(func.max(alert_transitions.c.id))
+            .where(alert_transitions.c.session_id.in_(live))
+            .group_by(alert_transitions.c.alert_id)
+        )
+        query = select(alert_transitions.c.alert_line, alert_transitions.c.state).where(
+            alert_transitions.c.id.in_(last)
+        )
+        try:
+            async with self._engine.connect() as conn:
+                rows = (await conn.execute(query)).all()
+        except SQLAlchemyError as exc:
+            raise LogError(f"cannot read {self.display_url}: {_short(exc)}") from exc
+        return [orjson.loads(r.alert_line) for r in rows if r.state not in ("cleared", "reset")]
 
     async def _end_session(self) -> None:
         assert self._engine is not None

@@ -27,6 +27,7 @@ from drivers.virtual import VirtualDriver
 from monitor.app import Monitor
 from monitor.clock import Clock, ScaledClock, SystemClock
 from monitor.engine import Engine
+from monitor.recovery import warm_start
 from monitor.transitions import AlertTransition
 from monitor.view import TerminalView
 from simulators.ne1000 import PumpBus
@@ -75,25 +76,32 @@ async def _monitor(
     view: bool,
     out: TextIO,
     body: Callable[[Monitor], AsyncIterator[None]] | None = None,
+    mode: str = "live",
 ) -> Counter[str]:
     counts: Counter[str] = Counter()
     async with _log(db) as alert_log:
-        first = await alert_log.next_alert_id() if alert_log else 1
-        if alert_log is not None:
-            session = await alert_log.start_session("live", source, library, first)
-            log.info("logging to %s (session %s)", alert_log.display_url, session)
         outputs = (
             [_printer(out, counts)]
             if not view
             else [lambda tr, _: counts.update([f"{tr.state} {tr.rule}"])]
         )
+        engine = Engine(library)
+        if alert_log is not None:
+            missed: list[AlertTransition] = []
+            if mode == "live":  # pick up where the last run left off
+                warm = await warm_start(alert_log, library, clock.now_us())
+                engine, missed = warm.engine, warm.transitions
+            else:
+                engine.book.restart_ids(await alert_log.next_alert_id())
+            session = await alert_log.start_session(mode, source, library, engine.book.next_id)
+            log.info("logging to %s (session %s)", alert_log.display_url, session)
+            for tr in missed:
+                line = tr.to_json()
+                alert_log.add_transition(tr, line)
+                for output in outputs:
+                    output(tr, line)
         monitor = Monitor(
-            library,
-            drivers,
-            clock=clock,
-            log=alert_log,
-            outputs=outputs,
-            engine=Engine(library, first_alert_id=first),
+            library, drivers, clock=clock, log=alert_log, outputs=outputs, engine=engine
         )
         _on_signals(monitor.stop)
         async with asyncio.TaskGroup() as group:
@@ -173,6 +181,7 @@ async def run_demo(
             db,
             f"demo:{scenario.name}",
             title=f"DEMO - {scenario.title}",
+            mode="demo",
             view=view,
             out=out,
             body=scenario_then_stop,

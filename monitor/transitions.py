@@ -118,6 +118,13 @@ class AlertBook:
             current.description = describe()
             self._emit(t, "escalated", current)
 
+    def adopt(self, key: Hashable, alert_id: str) -> None:
+        """Give an active alert the id it had before a restart (warm start)."""
+        self._active[key].alert = alert_id
+
+    def restart_ids(self, first_id: int) -> None:
+        self._next_id = first_id
+
     def clear(self, key: Hashable, t: int) -> None:
         current = self._active.pop(key, None)
         if current is not None:

@@ -1,0 +1,95 @@
+"""Warm start: a restarted monitor rebuilds its state from its own durable log.
+
+Without it a restart would forget every documented infant, line and check, and the
+calcium already given today (the 24-hour dose would restart from zero: failing open).
+The inputs of earlier live sessions are replayed through a fresh engine - documentation
+of the last week, readings of the last dose window - with their transitions discarded
+(they were emitted when they happened). Then the engine's active alerts are reconciled
+with the alerts the log holds open: the same condition keeps its id; an alert open in
+the log but no longer active is cleared now; one active but never announced (a timer
+that ran out while the monitor was down) is raised now, stamped with its exact time.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from alerts.log import AlertLog
+from config.library import Library
+from monitor.engine import Engine
+from monitor.pipeline import Pipeline
+from monitor.transitions import AlertTransition, Description
+
+__all__ = ["WarmStart", "warm_start"]
+
+log = logging.getLogger(__name__)
+_WEEK_US = 7 * 86_400_000_000
+_MARGIN_US = 3_600_000_000  # readings a little older than the dose window, for continuity
+_FIELDS = ("bed", "line", "pump", "channel", "value", "limit")
+
+
+@dataclass
+class WarmStart:
+    engine: Engine
+    replayed: int
+    kept: int
+    transitions: list[AlertTransition]  # what changed while the monitor was down
+
+
+def _subject(d: dict[str, Any] | Description) -> tuple[Any, ...]:
+    get = d.get if isinstance(d, dict) else lambda k: getattr(d, k)
+    return tuple(get(k) for k in ("bed", "line", "pump", "channel"))
+
+
+async def warm_start(alert_log: AlertLog, library: Library, now_us: int) -> WarmStart:
+    engine = Engine(library)
+    window = library.rule("dose-daily").q("window").us
+    rows = await alert_log.recovery_inputs(now_us - _WEEK_US, now_us - window - _MARGIN_US)
+    pipeline = Pipeline(engine)
+    for row in rows:
+        pipeline.feed_line(row.raw, source=f"warm start: {row.source}")
+    pipeline.finish()
+    engine.take()
+    first_new = await alert_log.next_alert_id()
+    engine.book.restart_ids(first_new)
+    open_alerts = {(a["rule"], _subject(a)): a for a in await alert_log.open_alerts()}
+    kept = 0
+    announce: list[AlertTransition] = []
+    for key, active in list(engine.active.items()):
+        match = open_alerts.pop((active.rule, _subject(active.description)), None)
+        if match is not None:
+            engine.book.adopt(key, match["alert"])
+            kept += 1
+        else:  # became active while nobody was watching: say so now
+            engine.book.adopt(key, f"a-{engine.book.next_id:06d}")
+            engine.book.restart_ids(engine.book.next_id + 1)
+            announce.append(
+                AlertTransition(
+                    active.raised_t,
+                    "raised",
+                    active.alert,
+                    active.rule,
+                    active.priority,
+                    active.description,
+                    library.version,
+                )
+            )
+    now = engine.now or now_us
+    for stale in open_alerts.values():  # open in the log, no longer a condition
+        d = Description(stale["message"], *(stale.get(k) for k in _FIELDS))
+        announce.append(
+            AlertTransition(
+                now, "cleared", stale["alert"], stale["rule"], stale["priority"], d, library.version
+            )
+        )
+    announce.sort(key=lambda tr: tr.t)
+    if rows:
+        log.info(
+            "warm start: %d logged inputs replayed; %d open alerts kept; %d changes while down",
+            len(rows),
+            kept,
+            len(announce),
+        )
+    return WarmStart(engine, len(rows), kept, announce)

@@ -1,0 +1,116 @@
+"""Warm start: a restarted monitor rebuilds its state from its own durable log."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import orjson
+
+from alerts.log import AlertLog
+from config import load_library
+from drivers.virtual import VirtualDriver
+from monitor.clock import SystemClock
+from monitor.recovery import warm_start
+from monitor.timeutil import format_ts
+from monitor.transitions import AlertTransition, Description
+from tests.live import LiveBay
+
+TEN = "Calcium gluconate 10%"
+SECOND = 1_000_000
+
+
+async def first_run(url: str, start: int) -> list[dict[str, object]]:
+    """A live session: an infant, a PIV, 10% calcium at 1 ml/h (too concentrated there)."""
+    feed = "virtual://recovery"
+    VirtualDriver.forget(feed)
+    t = format_ts(start)
+    async with AlertLog(url) as log:
+        await log.start_session("live", "first run", load_library())
+        async with LiveBay([VirtualDriver(feed)], log=log) as bay:
+            for event in (
+                {
+                    "t": t,
+                    "type": "patient",
+                    "bed": "B1",
+                    "weight": "1.2 kg",
+                    "postnatal_age": "3 day",
+                },
+                {"t": t, "type": "line", "line": "L1", "bed": "B1", "kind": "piv"},
+                {"t": t, "type": "connect", "pump": "P1", "line": "L1"},
+                {"t": t, "type": "patency_check", "line": "L1", "result": "blood_return"},
+                {"t": t, "type": "reading", "pump": "P1", "rate": "1 ml/h", "drug": TEN, "seq": 1},
+            ):
+                VirtualDriver.put(feed, event)
+            await bay.until(lambda: len(bay.records) == 5)
+    return bay.alerts
+
+
+async def test_a_restart_keeps_the_ward_the_dose_and_the_open_alerts(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'log.sqlite3'}"
+    start = SystemClock().now_us() - 30 * SECOND
+    before = await first_run(url, start)
+    opened = {a["rule"]: a["alert"] for a in before if a["state"] == "raised"}
+    assert "concentration-peripheral" in opened
+    async with AlertLog(url) as log:
+        warm = await warm_start(log, load_library(), SystemClock().now_us())
+    engine = warm.engine
+    assert warm.replayed == 5 and warm.transitions == []  # nothing changed while it was down
+    assert engine.ward.beds["B1"].weight_kg == 1.2 and engine.ward.lines["L1"].documented
+    assert engine.ward.beds["B1"].ledger.rate_mmol_min > 0  # the dose keeps counting
+    assert {a.rule: a.alert for a in engine.active.values()} == opened  # same alerts, same ids
+    assert engine.book.next_id > max(int(i[2:]) for i in opened.values())
+
+
+async def test_a_timer_that_ran_out_while_down_fires_at_its_exact_expiry(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'log.sqlite3'}"
+    start = SystemClock().now_us()
+    await first_run(url, start)  # the pump's last reading; then CalGuard is down for 200 s
+    restart = start + 200 * SECOND
+    async with AlertLog(url) as log:
+        warm = await warm_start(log, load_library(), restart)
+    stale = [tr for tr in warm.engine.tick(restart) if tr.rule == "telemetry-stale"]
+    assert [(tr.state, tr.t) for tr in stale] == [("raised", start + 60 * SECOND)]
+
+
+async def test_an_alert_left_open_whose_condition_is_gone_is_cleared(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'log.sqlite3'}"
+    start = SystemClock().now_us() - 30 * SECOND
+    await first_run(url, start)
+    async with AlertLog(url) as log:  # a run that crashed after raising this, before clearing it
+        await log.start_session("live", "crashed run", load_library())
+        ghost = AlertTransition(
+            start,
+            "raised",
+            "a-000099",
+            "occlusion",
+            "medium",
+            Description("P2/A reports an occlusion", "B1", "L1", "P2", "A"),
+            "x",
+        )
+        log.add_transition(ghost)
+    async with AlertLog(url) as log:
+        warm = await warm_start(log, load_library(), SystemClock().now_us())
+    (cleared,) = warm.transitions
+    assert (cleared.state, cleared.alert, cleared.rule) == ("cleared", "a-000099", "occlusion")
+    assert orjson.loads(cleared.to_json())["pump"] == "P2"
+    assert warm.engine.book.next_id == 100
+
+
+async def test_replay_and_demo_sessions_do_not_feed_a_warm_start(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'log.sqlite3'}"
+    async with AlertLog(url) as log:
+        await log.start_session("demo", "demo", load_library())
+        from monitor.records import InputRecord
+
+        event = {
+            "t": format_ts(SystemClock().now_us()),
+            "type": "patient",
+            "bed": "B9",
+            "weight": "1 kg",
+        }
+        log.add_input(
+            InputRecord.from_raw(orjson.dumps(event), "demo", "accepted", event_type="patient")
+        )
+    async with AlertLog(url) as log:
+        warm = await warm_start(log, load_library(), SystemClock().now_us())
+    assert warm.replayed == 0 and "B9" not in warm.engine.ward.beds
