@@ -403,7 +403,8 @@ class AlertLog:
         try:
             while True:
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), self.flush_interval)
+                    async with asyncio.timeout(self.flush_interval):
+                        await self._wake.wait()
                 self._wake.clear()
                 await self._write_pending()
                 self._drained.set()

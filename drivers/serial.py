@@ -155,7 +155,8 @@ class SerialDriver(Driver):
                 self._write(encode_safe_packet(f"{pump.address}SAF0".encode("ascii")), writer)
         writer.close()
         with contextlib.suppress(OSError, serial.SerialException, TimeoutError):
-            await asyncio.wait_for(writer.wait_closed(), 1.0)
+            async with asyncio.timeout(1.0):
+                await writer.wait_closed()
 
     # -- reading ------------------------------------------------------------------------
 
@@ -252,10 +253,9 @@ class SerialDriver(Driver):
         """The next frame or garbage from the line, or None if nothing came in ``wait`` s."""
         assert self._reader is not None
         while not self._frames:
-            try:
-                chunk = await asyncio.wait_for(
-                    self._reader.read(512), min(wait, _INTER_BYTE_TIMEOUT)
-                )
+            try:  # asyncio.timeout: Python 3.11's wait_for can swallow a cancellation
+                async with asyncio.timeout(min(wait, _INTER_BYTE_TIMEOUT)):
+                    chunk = await self._reader.read(512)
             except TimeoutError:
                 if self._parser.pending:  # half a frame and then nothing: it will not come
                     junk = self._parser.discard()

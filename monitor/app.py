@@ -11,7 +11,6 @@ context flushes the log.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Callable, Sequence
 
@@ -27,6 +26,19 @@ from monitor.timeutil import format_ts
 from monitor.transitions import AlertTransition
 
 __all__ = ["Monitor"]
+
+
+async def _cancel(tasks: list[asyncio.Task[None]]) -> None:
+    """Cancel and wait; cancel again a task that has not stopped (a cancellation can be
+    lost in a race inside a library), so that stopping never hangs."""
+    pending = {t for t in tasks if not t.done()}
+    while pending:
+        for task in pending:
+            task.cancel()
+        _, pending = await asyncio.wait(pending, timeout=1.0)
+        if pending:
+            log.warning("re-cancelling %s", ", ".join(t.get_name() for t in pending))
+
 
 log = logging.getLogger(__name__)
 
@@ -73,11 +85,7 @@ class Monitor:
                 ]
                 engine = group.create_task(self._engine_loop(), name="engine")
                 await self._stopping.wait()
-                for task in feeders:
-                    task.cancel()
-                for task in feeders:
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await task
+                await _cancel(feeders)
                 await self.queue.put(None)  # after the drivers' last input
                 await engine
         finally:
@@ -92,8 +100,9 @@ class Monitor:
         while True:
             due = engine.timers.next_due()
             timeout = None if due is None else max(0.0, (due - clock.now_us()) / 1e6 / clock.speed)
-            try:
-                item = await asyncio.wait_for(self.queue.get(), timeout)
+            try:  # asyncio.timeout: Python 3.11's wait_for can swallow a cancellation
+                async with asyncio.timeout(timeout):
+                    item = await self.queue.get()
             except TimeoutError:
                 self._tick(due)
                 continue

@@ -103,7 +103,8 @@ class MqttPump:
                             self.published += 1
                         self._wake.clear()
                         with contextlib.suppress(TimeoutError):
-                            await asyncio.wait_for(self._wake.wait(), 0.5)
+                            async with asyncio.timeout(0.5):
+                                await self._wake.wait()
                     self._drop(client)
             except aiomqtt.MqttError as exc:
                 log.debug("pump %s: %s", self.spec.pump, exc)

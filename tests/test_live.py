@@ -156,7 +156,12 @@ def test_calguard_demo_runs_on_a_fresh_install(tmp_path: Path) -> None:
     proc = _calguard(
         "demo", "--speed", "240", "--no-view", env={"CALGUARD_DATA_DIR": str(tmp_path)}
     )
-    out, err = proc.communicate(timeout=180)
+    try:
+        out, err = proc.communicate(timeout=180)
+    finally:  # never leave a demo running behind a failed test
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
     assert proc.returncode == 0, err
     raised = {json.loads(line)["rule"] for line in out.splitlines() if '"state":"raised"' in line}
     assert {"rate-weight", "occlusion", "telemetry-stale", "site-check-overdue"} <= raised
