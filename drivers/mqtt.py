@@ -18,6 +18,7 @@ meanwhile the engine's stale timers speak for the silent pumps.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import ssl
@@ -36,6 +37,18 @@ from monitor.timeutil import format_ts
 __all__ = ["MqttDriver", "topics"]
 
 _SESSION_EXPIRY_S = 7 * 24 * 3600  # keep queued messages a week while the monitor is away
+_BURST = 256  # messages taken at once when they are already waiting
+
+
+class _Inbox(asyncio.Queue[aiomqtt.Message]):
+    """aiomqtt's incoming queue (chosen through its public ``queue_type``), remembered so
+    that a burst already received is taken at once instead of a task per message."""
+
+    latest: _Inbox | None = None
+
+    def __init__(self, maxsize: int = 0) -> None:
+        super().__init__(maxsize)
+        _Inbox.latest = self
 
 
 def topics(prefix: str) -> dict[str, str]:
@@ -73,6 +86,7 @@ class MqttDriver(Driver):
             )
         self._client: aiomqtt.Client | None = None
         self._messages: AsyncIterator[aiomqtt.Message] | None = None
+        self._inbox: _Inbox | None = None
 
     # -- lifecycle ----------------------------------------------------------------------
 
@@ -104,6 +118,7 @@ class MqttDriver(Driver):
         client = aiomqtt.Client(
             self.host,
             self.port,
+            queue_type=_Inbox,
             identifier=self.config["client_id"],
             username=self.config["username"],
             password=self._password(),
@@ -114,6 +129,7 @@ class MqttDriver(Driver):
             tls_context=self._tls_context(),
             timeout=10,
         )
+        inbox = _Inbox.latest  # made by the constructor above, before any other task ran
         try:
             await client.__aenter__()
             for topic in topics(self.prefix).values():
@@ -124,6 +140,7 @@ class MqttDriver(Driver):
                 f"cannot connect to the broker {self.host}:{self.port}: {exc}", source=self.url
             ) from exc
         self._client = client
+        self._inbox = inbox
         self._messages = aiter(client.messages)
 
     async def _close(self) -> None:
@@ -136,10 +153,18 @@ class MqttDriver(Driver):
     async def _read(self) -> list[Inbound]:
         assert self._messages is not None
         try:
-            message = await anext(self._messages)
+            message = await anext(self._messages)  # waits; notices a lost broker
         except aiomqtt.MqttError as exc:
             raise DriverError(f"lost the broker: {exc}", source=self.url) from exc
-        return self.translate(str(message.topic), _payload_bytes(message.payload))
+        items = self.translate(str(message.topic), _payload_bytes(message.payload))
+        inbox = self._inbox
+        for _ in range(_BURST if inbox is not None else 0):
+            try:
+                message = inbox.get_nowait()  # type: ignore[union-attr]  # checked above
+            except asyncio.QueueEmpty:
+                break
+            items += self.translate(str(message.topic), _payload_bytes(message.payload))
+        return items
 
     def translate(self, topic: str, payload: bytes) -> list[Inbound]:
         """One MQTT message -> inputs (public for tests of the topic convention)."""

@@ -31,7 +31,13 @@ def free_port() -> int:
 
 class Broker:
     def __init__(
-        self, directory: Path, *, extra: str = "", port: int | None = None, anonymous: bool = True
+        self,
+        directory: Path,
+        *,
+        extra: str = "",
+        port: int | None = None,
+        anonymous: bool = True,
+        persistence: bool = True,
     ) -> None:
         if not Path(MOSQUITTO).exists():
             pytest.fail(
@@ -44,6 +50,9 @@ class Broker:
         self.port = port or free_port()
         self.extra = extra
         self.anonymous = anonymous
+        # persistence saves the broker's state every second (restart tests need it); with a
+        # backlog of thousands of messages each save stalls deliveries: benchmarks turn it off
+        self.persistence = persistence
         self.process: subprocess.Popen[bytes] | None = None
         (directory / "data").mkdir(parents=True, exist_ok=True)
 
@@ -59,7 +68,7 @@ class Broker:
             # cannot write this test's private directory - and silently persist nothing
             f"user {getpass.getuser()}\n"
             f"allow_anonymous {'true' if self.anonymous else 'false'}\n"
-            "persistence true\n"
+            f"persistence {'true' if self.persistence else 'false'}\n"
             f"persistence_location {self.directory / 'data'}/\n"
             "autosave_interval 1\n"
             "max_queued_messages 0\n"  # unlimited: a monitor away for a while loses nothing
