@@ -5,6 +5,8 @@
     library = "nicu-library.toml"   # relative to this file; default: the built-in library
     db = "postgresql://calguard@127.0.0.1/calguard"   # default: the local SQLite file; "none"
     speed = 1.0                     # training only: the clock runs this many times faster
+    clock_anchor = 2026-11-22T14:00:00Z   # training only: where the fast clock starts
+                                          # (default 00:00 UTC today); simulators write it
 
     [[drivers]]
     url = "mqtt://127.0.0.1:1883/calguard/nicu"
@@ -25,17 +27,20 @@ the library, so that every problem is reported at once, with file and key.
 from __future__ import annotations
 
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from config.library import Library
 from config.loader import check_library
 from monitor.errors import ConfigError, ConfigProblem, DriverError
+from monitor.timeutil import parse_ts
 
 __all__ = ["DriverConfig", "Site", "load_site"]
 
-_SITE_KEYS = ("name", "library", "db", "speed")
+_SITE_KEYS = ("name", "library", "db", "speed", "clock_anchor")
 
 
 @dataclass(frozen=True)
@@ -51,6 +56,7 @@ class Site:
     db: str | None  # None: no durable log; "": the default SQLite file; else a URL
     drivers: tuple[DriverConfig, ...]
     speed: float = 1.0
+    clock_anchor_us: int | None = None  # a training clock's start (None: 00:00 UTC)
     source: str = ""
 
 
@@ -90,6 +96,7 @@ def load_site(path: str | Path, *, db_default: str | None = "default") -> Site:
     if isinstance(speed, bool) or not isinstance(speed, int | float) or not 0 < speed <= 10_000:
         problem("site.speed", f"{speed!r} — a number above 0 (1 = real time) is expected")
         speed = 1.0
+    anchor = _anchor(site.get("clock_anchor"), problem)
     db = site.get("db", db_default)
     if db is not None and not isinstance(db, str):
         problem("site.db", 'a database URL, or "none", is expected')
@@ -103,8 +110,24 @@ def load_site(path: str | Path, *, db_default: str | None = "default") -> Site:
         db=_db(db),
         drivers=tuple(drivers),
         speed=float(speed),
+        clock_anchor_us=anchor,
         source=source,
     )
+
+
+def _anchor(value: object, problem: Callable[[str, str], None]) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, datetime) and value.utcoffset() is not None:
+        return round(value.timestamp() * 1_000_000)
+    if isinstance(value, str):
+        try:
+            return parse_ts(value)
+        except ValueError as exc:
+            problem("site.clock_anchor", f"{value!r}: {exc}")
+            return None
+    problem("site.clock_anchor", f"{value!r} — a date and time with an offset is expected")
+    return None
 
 
 def _db(db: object) -> str | None:

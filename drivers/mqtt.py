@@ -7,6 +7,9 @@ Topics under the URL's prefix (protocols.md section 3):
     <prefix>/pumps/<pump>/telemetry   readings (one event, or a list), QoS 1
     <prefix>/pumps/<pump>/status      presence {"online": true|false}, retained; the Will
     <prefix>/events                   bedside documentation events, QoS 1
+    <prefix>/monitor/status           the monitor's own presence, published by it:
+                                      {"online": true} retained once subscribed, and
+                                      {"online": false} as its Will and on a clean exit
 
 The monitor connects with a fixed client id and a persistent session (MQTT 5, clean start
 off, a long session expiry), so QoS 1 messages published while it is away are delivered
@@ -34,7 +37,7 @@ from drivers.base import Driver, Inbound, OptionSpec
 from monitor.errors import DriverError
 from monitor.timeutil import format_ts
 
-__all__ = ["MqttDriver", "topics"]
+__all__ = ["MqttDriver", "monitor_status_topic", "topics"]
 
 _SESSION_EXPIRY_S = 7 * 24 * 3600  # keep queued messages a week while the monitor is away
 _BURST = 256  # messages taken at once when they are already waiting
@@ -49,6 +52,15 @@ class _Inbox(asyncio.Queue[aiomqtt.Message]):
     def __init__(self, maxsize: int = 0) -> None:
         super().__init__(maxsize)
         _Inbox.latest = self
+
+
+ONLINE = b'{"online":true}'
+OFFLINE = b'{"online":false}'
+
+
+def monitor_status_topic(prefix: str) -> str:
+    """Where the monitor announces itself: simulators and central stations wait on it."""
+    return f"{prefix}/monitor/status"
 
 
 def topics(prefix: str) -> dict[str, str]:
@@ -127,6 +139,7 @@ class MqttDriver(Driver):
             properties=properties,
             keepalive=self.config["keepalive"],
             tls_context=self._tls_context(),
+            will=aiomqtt.Will(monitor_status_topic(self.prefix), OFFLINE, qos=1, retain=True),
             timeout=10,
         )
         inbox = _Inbox.latest  # made by the constructor above, before any other task ran
@@ -134,6 +147,8 @@ class MqttDriver(Driver):
             await client.__aenter__()
             for topic in topics(self.prefix).values():
                 await client.subscribe(topic, qos=1)
+            # subscribed: from now on nothing published for the monitor is lost
+            await client.publish(monitor_status_topic(self.prefix), ONLINE, qos=1, retain=True)
         except aiomqtt.MqttError as exc:
             await _quietly_exit(client)
             raise DriverError(
@@ -146,6 +161,10 @@ class MqttDriver(Driver):
     async def _close(self) -> None:
         client, self._client, self._messages = self._client, None, None
         if client is not None:
+            with contextlib.suppress(aiomqtt.MqttError, OSError):  # a lost broker: the Will
+                await client.publish(
+                    monitor_status_topic(self.prefix), OFFLINE, qos=1, retain=True, timeout=1
+                )
             await _quietly_exit(client)
 
     # -- reading ------------------------------------------------------------------------

@@ -114,6 +114,11 @@ def _parser() -> argparse.ArgumentParser:
         "--to", default="mllp://127.0.0.1:2575", help="the monitor's MLLP listener (hl7)"
     )
     sim.add_argument("--safe", action="store_true", help="NE-1000 safe mode (serial)")
+    sim.add_argument(
+        "--no-wait",
+        action="store_true",
+        help="mqtt: start at once instead of waiting for the monitor to subscribe",
+    )
     return parser
 
 
@@ -180,6 +185,7 @@ def _simulate(args: argparse.Namespace) -> int:
             scenario,
             speed=args.speed,
             once=args.once,
+            wait=not args.no_wait,
             directory=args.dir,
             broker=args.broker,
             target=args.to,

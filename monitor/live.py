@@ -28,6 +28,7 @@ from monitor.app import Monitor
 from monitor.clock import Clock, ScaledClock, SystemClock
 from monitor.engine import Engine
 from monitor.recovery import warm_start
+from monitor.timeutil import format_ts
 from monitor.transitions import AlertTransition
 from monitor.view import TerminalView
 from simulators.ne1000 import PumpBus
@@ -126,9 +127,11 @@ async def _monitor(
 
 
 async def run_site(site: Site, *, view: bool, out: TextIO = sys.stdout) -> int:
-    clock: Clock = SystemClock() if site.speed == 1 else ScaledClock(site.speed)
-    if site.speed != 1:
-        log.warning("training clock: %gx real time (anchored at 00:00 UTC)", site.speed)
+    clock: Clock = (
+        SystemClock() if site.speed == 1 else ScaledClock(site.speed, site.clock_anchor_us)
+    )
+    if isinstance(clock, ScaledClock):
+        log.warning("training clock: %gx real time from %s", site.speed, format_ts(clock.anchor_us))
     drivers = [open_driver(d.url, clock=clock, **d.options) for d in site.drivers]
     await _monitor(
         site.library, drivers, clock, site.db, site.source, title=site.name, view=view, out=out

@@ -2,8 +2,8 @@
 
 Each prints where to connect (and writes a site config for ``calguard run``), then plays
 the scenario; the pumps keep running after it until Ctrl-C, unless ``--once``. With
-``--speed`` the ward runs faster than real time; give the monitor the same speed (the
-written site config does) so both clocks agree.
+``--speed`` the ward runs faster than real time from the moment it starts; the written
+site config gives the monitor the same speed and start (``clock_anchor``) so both agree.
 """
 
 from __future__ import annotations
@@ -17,9 +17,11 @@ import tempfile
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from drivers.mqtt import monitor_status_topic
 from monitor.clock import Clock, ScaledClock, SystemClock
+from monitor.timeutil import format_ts
 from simulators.hl7_gateway import Hl7Gateway
-from simulators.mqtt_ward import MqttWard
+from simulators.mqtt_ward import MqttWard, wait_for_monitor
 from simulators.ne1000 import PumpBus
 from simulators.runner import BedsideFile, play
 from simulators.scenario import Scenario
@@ -31,7 +33,9 @@ log = logging.getLogger("calguard")
 
 
 def _clock(speed: float) -> Clock:
-    return SystemClock() if speed == 1 else ScaledClock(speed)
+    """Real time, or a training clock that starts now (and writes where into the site
+    config, so that the monitor's clock is the same)."""
+    return SystemClock() if speed == 1 else ScaledClock(speed, anchor_us=SystemClock().now_us())
 
 
 async def _until_stopped(scenario: Scenario, ward: object, clock: Clock, once: bool) -> None:
@@ -68,25 +72,33 @@ async def simulate(
     broker: str,
     target: str,
     safe: bool,
+    wait: bool = True,
 ) -> int:
     clock = _clock(speed)
     workdir = Path(directory) if directory else Path(tempfile.mkdtemp(prefix="calguard-sim-"))
     workdir.mkdir(parents=True, exist_ok=True)  # before anything runs: blocking is fine here
     bedside = BedsideFile(workdir / "bedside.jsonl")
-    note = f" (clock x{speed:g}: run the monitor with the same speed)" if speed != 1 else ""
+    note = (
+        f" (clock x{speed:g} from now: the site config gives the monitor the same)"
+        if speed != 1
+        else ""
+    )
     if wire == "serial":
         await _serial(
             scenario, clock, workdir, bedside, safe=safe, speed=speed, once=once, note=note
         )
     elif wire == "mqtt":
-        await _mqtt(scenario, clock, workdir, broker, speed=speed, once=once, note=note)
+        await _mqtt(scenario, clock, workdir, broker, speed=speed, once=once, note=note, wait=wait)
     else:
         await _hl7(scenario, clock, workdir, bedside, target, speed=speed, once=once, note=note)
     return 0
 
 
-def _site_head(scenario: Scenario, speed: float) -> str:
-    return f'[site]\nname = "training: {scenario.title}"\nspeed = {speed}\n\n'
+def _site_head(scenario: Scenario, clock: Clock) -> str:
+    head = f'[site]\nname = "training: {scenario.title}"\nspeed = {clock.speed}\n'
+    if isinstance(clock, ScaledClock):
+        head += f'clock_anchor = "{format_ts(clock.anchor_us)}"\n'
+    return head + "\n"
 
 
 async def _serial(
@@ -104,7 +116,9 @@ async def _serial(
     async with PumpBus(pumps, clock=clock, safe=safe, link=workdir / "ttyNE1000") as bus:
         ward = SerialWard(bus, bedside, clock)
         site = workdir / "site.toml"
-        site.write_text(ward.site_config(scenario, bedside.path, safe=safe, speed=speed))
+        site.write_text(
+            ward.site_config(scenario, bedside.path, safe=safe, head=_site_head(scenario, clock))
+        )
         mode = "safe" if safe else "basic"
         _announce(
             scenario,
@@ -127,13 +141,14 @@ async def _mqtt(
     speed: float,
     once: bool,
     note: str,
+    wait: bool,
 ) -> None:
     parts = urlsplit(broker)
     host, port = parts.hostname or "127.0.0.1", parts.port or 1883
     prefix = parts.path.strip("/") or "calguard/nicu"
     site = workdir / "site.toml"
     site.write_text(
-        _site_head(scenario, speed)
+        _site_head(scenario, clock)
         + f'[[drivers]]\nurl = "mqtt://{host}:{port}/{prefix}"\nclient_id = "calguard-training"\n'
     )
     ward = MqttWard(host, port, prefix, clock)
@@ -146,6 +161,10 @@ async def _mqtt(
             f"monitor it:  calguard run --config {site} --view",
         ],
     )
+    if wait:  # bedside events published before the monitor subscribes would be lost
+        print(f"  waiting for the monitor on {monitor_status_topic(prefix)} ...", flush=True)
+        await wait_for_monitor(host, port, prefix)
+        print("  the monitor is subscribed: the scenario starts", flush=True)
     try:
         await _until_stopped(scenario, ward, clock, once)
     finally:
@@ -167,7 +186,7 @@ async def _hl7(
     host, port = parts.hostname or "127.0.0.1", parts.port or 2575
     site = workdir / "site.toml"
     site.write_text(
-        _site_head(scenario, speed)
+        _site_head(scenario, clock)
         + f'[[drivers]]\nurl = "mllp://{host}:{port}"\n\n'
         + f'[[drivers]]\nurl = "replay://{bedside.path.resolve()}"\n'
     )

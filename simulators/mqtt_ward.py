@@ -20,11 +20,12 @@ from typing import Any
 import aiomqtt
 import orjson
 
+from drivers.mqtt import monitor_status_topic
 from monitor.clock import Clock
 from monitor.timeutil import format_ts
 from simulators.scenario import PumpSpec, Scenario, Step
 
-__all__ = ["MqttPump", "MqttWard"]
+__all__ = ["MqttPump", "MqttWard", "wait_for_monitor"]
 
 log = logging.getLogger(__name__)
 
@@ -215,3 +216,23 @@ class MqttWard:
             sim.queue(sim.telemetry, orjson.dumps(bad))
         elif step.fault == "power-cycle":
             sim.seq = 0  # a restarted pump counts again from 1
+
+
+async def wait_for_monitor(host: str, port: int, prefix: str, *, retry_s: float = 1.0) -> None:
+    """Return once a monitor has announced itself subscribed on ``prefix`` (its retained
+    ``{"online": true}``); wait through a broker that is not up yet."""
+    topic = monitor_status_topic(prefix)
+    while True:
+        try:
+            async with aiomqtt.Client(host, port, timeout=5) as client:
+                await client.subscribe(topic, qos=1)
+                async for message in client.messages:
+                    try:
+                        status = orjson.loads(message.payload)
+                    except orjson.JSONDecodeError:
+                        continue
+                    if isinstance(status, dict) and status.get("online") is True:
+                        return
+        except aiomqtt.MqttError as exc:
+            log.warning("waiting for the broker %s:%s: %s", host, port, exc)
+            await asyncio.sleep(retry_s)

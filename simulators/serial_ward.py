@@ -77,13 +77,12 @@ class SerialWard:
         return out
 
     def site_config(
-        self, scenario: Scenario, bedside: Path, *, safe: bool = False, speed: float = 1.0
+        self, scenario: Scenario, bedside: Path, *, safe: bool = False, head: str = ""
     ) -> str:
+        """The monitor's site config for this ward; ``head`` is its [site] table."""
         mode = "safe" if safe else "basic"
         lines = [
-            "[site]",
-            f'name = "training: {scenario.title}"',
-            f"speed = {speed}",
+            head.rstrip("\n") or f'[site]\nname = "training: {scenario.title}"',
             "",
             "[[drivers]]",
             f'url = "serial://{os.path.abspath(self.bus.path)}?baud=19200&mode={mode}"',
