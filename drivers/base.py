@@ -105,6 +105,7 @@ class Driver(abc.ABC):
         self.config = {key: options.get(key, spec.default) for key, spec in self.options.items()}
         self.stats = DriverStats()
         self._open_now = False
+        self.stopped = False  # ``inputs()`` was stopped: closed for good, not reconnecting
         self.backoff = Backoff()
 
     def __repr__(self) -> str:
@@ -113,6 +114,15 @@ class Driver(abc.ABC):
     @property
     def is_open(self) -> bool:
         return self._open_now
+
+    @property
+    def state(self) -> str:
+        """In words, for a status display."""
+        if self._open_now:
+            return "connected"
+        if self.stopped:
+            return "stopped"
+        return "reconnecting" if self.stats.opened else "connecting"
 
     async def __aenter__(self) -> Driver:
         if self._open_now:
@@ -165,6 +175,7 @@ class Driver(abc.ABC):
                 log.warning("%s%s; reconnecting in %.1f s", where, error, delay)
                 await asyncio.sleep(delay)
             except (asyncio.CancelledError, GeneratorExit):
+                self.stopped = True
                 raise
             except Exception:  # a bug in one driver must not stop the others: log it, retry
                 delay = self.backoff.next()

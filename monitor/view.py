@@ -109,7 +109,7 @@ def render(
     fast = f"  clock x{format_number(speed)} (training)" if speed != 1 else ""
     out = [f"CalGuard - {title} - {clock}{fast}   library {engine.library.version}", ""]
     for driver in drivers:
-        state = "connected" if driver.is_open else "reconnecting"
+        state = driver.state
         s = driver.stats
         out.append(
             f"  {driver.url:<58} {state:<12} {s.items} inputs, {s.problems} problems, "

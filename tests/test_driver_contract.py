@@ -179,11 +179,15 @@ def document(bay: LiveBay) -> None:
 
 @pytest.mark.parametrize("kind", KINDS)
 async def test_a_calcium_rate_above_the_limit_raises_rate_volume(kind: str, tmp_path: Path) -> None:
-    async with wire(kind, tmp_path) as w, LiveBay([w.driver]) as bay:
-        await bay.until(lambda: w.driver.is_open)
-        document(bay)
-        await w.calcium(180.0)
-        await bay.until(lambda: bay.of("rate-volume", "raised"))
+    async with wire(kind, tmp_path) as w:
+        assert w.driver.state == "connecting"
+        async with LiveBay([w.driver]) as bay:
+            await bay.until(lambda: w.driver.is_open)
+            assert w.driver.state == "connected"
+            document(bay)
+            await w.calcium(180.0)
+            await bay.until(lambda: bay.of("rate-volume", "raised"))
+        assert w.driver.state == "stopped"  # what the live view shows after a stop
     alert = bay.of("rate-volume")[0]
     assert (alert["pump"], alert["bed"], alert["value"], alert["limit"]) == (
         "P1",
