@@ -203,10 +203,12 @@ class SerialDriver(Driver):
         ]
 
     async def _ask(self, pump: PumpMapping, command: str) -> Response | str | None:
-        """Ask once, and once more after garbage or silence. Returns the response, None
-        for silence, or the reason the answer was unusable."""
+        """Ask once, and once more after garbage or silence - only once for a pump that
+        was already silent, so that dead pumps do not delay the live ones' readings into
+        staleness. Returns the response, None for silence, or why the answer was unusable."""
         problem: str | None = None
-        for _attempt in range(2):
+        attempts = 2 if self._answering.get(pump.address, True) else 1
+        for _attempt in range(attempts):
             if self.safe:
                 self._write(encode_safe_packet(f"{pump.address}{command}".encode("ascii")))
             else:

@@ -86,6 +86,7 @@ class SerialWard:
             "",
             "[[drivers]]",
             f'url = "serial://{os.path.abspath(self.bus.path)}?baud=19200&mode={mode}"',
+            "response_timeout = 0.2  # simulated pumps answer in milliseconds",
         ]
         for item in self.mappings(scenario):
             lines.append("[[drivers.pumps]]")

@@ -137,6 +137,20 @@ async def test_a_pump_that_does_not_answer_gives_no_reading(
     assert "pump 00 (P1) does not answer" in caplog.text and "answers again" in caplog.text
 
 
+async def test_a_pump_already_silent_is_asked_once_per_poll_not_twice() -> None:
+    """A dead pump costs one time-out per poll, so it cannot delay the live pumps' readings
+    into staleness (a line of many pumps with several unplugged)."""
+    async with PumpBus(two_pumps()) as bus, driver(bus) as d:
+        bus.silence(0)
+        first = readings(await d.read())
+        after_first = d.stats.counters["retries"]
+        second = readings(await d.read())
+        third = readings(await d.read())
+    assert set(first) == set(second) == set(third) == {"P2"}
+    assert after_first == 2  # the first poll: two unanswered attempts
+    assert d.stats.counters["retries"] == after_first + 2  # then one attempt per poll
+
+
 async def test_an_unplugged_cable_is_reconnected_with_backoff() -> None:
     async with PumpBus(two_pumps()) as bus:
         d = driver(bus)
