@@ -15,7 +15,15 @@ from types import MappingProxyType
 from monitor import units
 from monitor.units import CALCIUM_MG_PER_MMOL, Kind
 
-__all__ = ["ConfiguredQuantity", "LabelMatch", "Library", "Product", "RuleConfig", "Salt"]
+__all__ = [
+    "AlarmPolicy",
+    "ConfiguredQuantity",
+    "LabelMatch",
+    "Library",
+    "Product",
+    "RuleConfig",
+    "Salt",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,6 +121,19 @@ def normalise_label(label: str) -> str:
 
 
 @dataclass(frozen=True)
+class AlarmPolicy:
+    """How alerts become alarms (IEC 60601-1-8): audio pause and escalation per priority,
+    which priorities latch, the audiences of escalation, coded override reasons."""
+
+    pause: Mapping[str, ConfiguredQuantity]  # by priority
+    escalate_after: Mapping[str, ConfiguredQuantity]  # by priority
+    audiences: tuple[str, ...]  # bedside first
+    latching: frozenset[str]  # priorities
+    override_reasons: tuple[str, ...]
+    override_max: ConfiguredQuantity
+
+
+@dataclass(frozen=True)
 class Library:
     name: str
     version: str
@@ -122,6 +143,7 @@ class Library:
     products: tuple[Product, ...]
     rules: Mapping[str, RuleConfig]
     calcium_keywords: tuple[str, ...]
+    alarms: AlarmPolicy
     _aliases: tuple[tuple[str, Product], ...] = field(init=False, repr=False)
     _cache: dict[str, LabelMatch] = field(init=False, repr=False, compare=False)
 

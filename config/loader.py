@@ -20,7 +20,15 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from config.library import ConfiguredQuantity, Library, Product, RuleConfig, Salt, normalise_label
+from config.library import (
+    AlarmPolicy,
+    ConfiguredQuantity,
+    Library,
+    Product,
+    RuleConfig,
+    Salt,
+    normalise_label,
+)
 from config.schema import (
     CLASSES,
     PRIORITIES,
@@ -44,7 +52,7 @@ __all__ = [
 
 BUILTIN = "built-in"
 _ID = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}\Z")
-_TOP_KEYS = ("library", "matching", "salts", "products", "rules")
+_TOP_KEYS = ("library", "matching", "salts", "products", "rules", "alarms")
 _PRODUCT_KEYS = ("id", "name", "aliases", "class", "salt", "concentration", "elemental_calcium")
 # a stated elemental calcium content may differ this much from salt x concentration
 # (the label rounds: 9.3 mg/ml is 0.2320 mmol/ml, printed 0.2325)
@@ -105,6 +113,17 @@ def library_version(doc: dict[str, Any]) -> str:
     return "sha256:" + hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:16]
 
 
+_PAUSE = QuantitySetting(units.DURATION, 10e6, 15 * 60e6, "min")
+_ESCALATE = QuantitySetting(units.DURATION, 30e6, 24 * 3600e6, "min")
+_OVERRIDE = QuantitySetting(units.DURATION, 60e6, 7 * 24 * 3600e6, "h")
+
+
+def _builtin_alarm(key: str, priority: str | None) -> str:
+    table = tomllib.loads(builtin_text())["alarms"]
+    value = table[key] if priority is None else table[key][priority]
+    return json.dumps(value)
+
+
 def _builtin_value(rule_id: str, key: str) -> object:
     try:
         return tomllib.loads(builtin_text())["rules"][rule_id][key]
@@ -156,7 +175,8 @@ class _Checker:
         salts = self.salts(self.table(doc, "salts", required=True))
         products = self.products(doc.get("products"), salts)
         rules = self.rules(self.table(doc, "rules", required=True))
-        if self.problems:
+        alarms = self.alarms(self.table(doc, "alarms", required=True))
+        if self.problems or alarms is None:
             return None
         return Library(
             name=name,
@@ -167,6 +187,67 @@ class _Checker:
             products=tuple(products),
             rules=rules,
             calcium_keywords=tuple(k.lower() for k in keywords),
+            alarms=alarms,
+        )
+
+    # -- alarm policy -----------------------------------------------------------------------
+
+    def alarms(self, table: dict[str, Any]) -> AlarmPolicy | None:
+        if not table:
+            return None  # "section is missing" was said
+        known = (
+            "pause",
+            "escalate_after",
+            "audiences",
+            "latching",
+            "override_reasons",
+            "override_max",
+        )
+        for key in table:
+            if key not in known:
+                self.problem(f"alarms.{key}", "unknown key; expected one of " + ", ".join(known))
+        per: dict[str, dict[str, ConfiguredQuantity]] = {}
+        for key, setting in (("pause", _PAUSE), ("escalate_after", _ESCALATE)):
+            sub = self.table(table, key, required=False)
+            per[key] = {}
+            for priority in PRIORITIES:
+                value = sub.get(priority)
+                if value is None:
+                    self.problem(
+                        f"alarms.{key}.{priority}",
+                        f"is missing; the built-in default is {_builtin_alarm(key, priority)}",
+                    )
+                    continue
+                q = self.quantity(f"alarms.{key}.{priority}", value, setting)
+                if q is not None:
+                    per[key][priority] = q
+        audiences = self.string_list(table, "alarms.audiences", "audiences")
+        if not audiences:
+            self.problem("alarms.audiences", 'at least the bedside is expected, e.g. ["bedside"]')
+        latching = self.string_list(table, "alarms.latching", "latching")
+        for priority in latching:
+            if priority not in PRIORITIES:
+                self.problem("alarms.latching", f"{priority!r} — one of {', '.join(PRIORITIES)}")
+        reasons = self.string_list(table, "alarms.override_reasons", "override_reasons")
+        if not reasons:
+            self.problem("alarms.override_reasons", "at least one coded reason is expected")
+        override_max = None
+        if "override_max" not in table:
+            self.problem(
+                "alarms.override_max",
+                f"is missing; the built-in default is {_builtin_alarm('override_max', None)}",
+            )
+        else:
+            override_max = self.quantity("alarms.override_max", table["override_max"], _OVERRIDE)
+        if override_max is None or len(per["pause"]) < 3 or len(per["escalate_after"]) < 3:
+            return None
+        return AlarmPolicy(
+            pause=per["pause"],
+            escalate_after=per["escalate_after"],
+            audiences=tuple(audiences),
+            latching=frozenset(latching),
+            override_reasons=tuple(reasons),
+            override_max=override_max,
         )
 
     # -- typed accessors ------------------------------------------------------------------

@@ -97,16 +97,16 @@ class Monitor:
         async for item in driver.inputs():
             self._process(item)
             self.processed += 1
-            due = self.engine.timers.next_due()
+            due = self.pipeline.next_due()
             if due is not None and due < self._sleeping_until:
                 self._timer_moved.set()  # an earlier deadline: the clock task must know
             if self.log is not None and self.processed % _CHECKPOINT_EVERY == 0:
                 await self.log.checkpoint()
 
     async def _clock_loop(self) -> None:
-        clock, timers = self.clock, self.engine.timers
+        clock, pipeline = self.clock, self.pipeline
         while True:
-            due = timers.next_due()
+            due = pipeline.next_due()
             self._sleeping_until = _NEVER if due is None else due
             self._timer_moved.clear()
             delay = None if due is None else max(0.0, (due - clock.now_us()) / 1e6 / clock.speed)

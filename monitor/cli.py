@@ -58,6 +58,11 @@ def _parser() -> argparse.ArgumentParser:
     db = rp.add_mutually_exclusive_group()
     db.add_argument("--db", metavar="URL", help=f"log database URL (default: {default_db_url()})")
     db.add_argument("--no-db", action="store_true", help="do not write the durable log")
+    rp.add_argument(
+        "--no-alarms",
+        action="store_true",
+        help="the engine's alert lines only: no acknowledgement, pause, escalation ...",
+    )
 
     cp = sub.add_parser("config", help="check, show or start a drug library")
     csub = cp.add_subparsers(dest="config_command", required=True)
@@ -280,12 +285,19 @@ def _replay(args: argparse.Namespace) -> int:
 
     async def run() -> int:
         if args.no_db:
-            summary = await replay(stream, source=source, library=library, out=sys.stdout)
+            summary = await replay(
+                stream, source=source, library=library, out=sys.stdout, alarms=not args.no_alarms
+            )
             log.info("%s", summary.describe())
             return 0
         async with AlertLog(args.db) as alert_log:
             summary = await replay(
-                stream, source=source, library=library, out=sys.stdout, log=alert_log
+                stream,
+                source=source,
+                library=library,
+                out=sys.stdout,
+                log=alert_log,
+                alarms=not args.no_alarms,
             )
         log.info(
             "%s; logged to %s (session %s)",

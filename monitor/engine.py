@@ -21,6 +21,7 @@ from typing import Any
 from config.library import Library
 from monitor.errors import EventError
 from monitor.events import (
+    AlarmAction,
     Clock,
     Connect,
     Disconnect,
@@ -69,6 +70,7 @@ class Engine:
             Medication: self._medication,
             PumpStatus: self._pump_status,
             Clock: self._clock,
+            AlarmAction: self._clock,  # time moves on; the alarm manager applies it
         }
 
     # -- public API -----------------------------------------------------------------------

@@ -19,8 +19,10 @@ from monitor.errors import EventError, QuantityError
 from monitor.timeutil import parse_ts
 
 __all__ = [
+    "ALARM_ACTIONS",
     "LINE_KINDS",
     "MAX_LINE_BYTES",
+    "AlarmAction",
     "Clock",
     "Connect",
     "Disconnect",
@@ -172,6 +174,24 @@ class PumpStatus:
     online: bool
 
 
+#: What a person does to an alarm (the alarm-management extension of the format).
+ALARM_ACTIONS = ("ack", "pause", "reset", "override")
+
+
+@dataclass(frozen=True, slots=True)
+class AlarmAction:
+    """``ack``, ``pause``, ``reset`` or ``override`` of one alert, by a person. For the
+    engine it only moves time on; the alarm manager applies it."""
+
+    type: str
+    t: int
+    alert: str
+    by: str
+    reason: str | None = None
+    duration_us: int | None = None
+    note: str | None = None
+
+
 @dataclass(frozen=True, slots=True)
 class Clock:
     type: ClassVar[str] = "clock"
@@ -189,6 +209,7 @@ Event = (
     | Medication
     | Reading
     | PumpStatus
+    | AlarmAction
     | Clock
 )
 
@@ -487,6 +508,25 @@ def _clock(d: dict[str, Any], t: int) -> Clock:
     return Clock(t)
 
 
+def _alarm_action(d: dict[str, Any], t: int) -> AlarmAction:
+    kind = d["type"]
+    alert = d.get("alert")
+    if not _is_id(alert):
+        raise EventError("alert", alert, 'the id of an alert (e.g. "a-000003") is required')
+    by = _opt_text(d, "by")
+    if by is None:
+        raise EventError("by", None, "the user id of the person is required")
+    duration = None
+    if kind in ("pause", "override") and d.get("duration") is not None:
+        duration = round(_quantity(d, "duration", units.DURATION) or 0)
+        if duration <= 0:
+            raise EventError("duration", d.get("duration"), "a positive duration is expected")
+    reason = _opt_text(d, "reason")
+    if kind == "override" and reason is None:
+        raise EventError("reason", None, "an override needs a coded reason")
+    return AlarmAction(kind, t, alert, by, reason, duration, _opt_text(d, "note"))
+
+
 _PARSERS: dict[str, Callable[[dict[str, Any], int], Event]] = {
     "reading": _reading,
     "patient": _patient,
@@ -499,6 +539,7 @@ _PARSERS: dict[str, Callable[[dict[str, Any], int], Event]] = {
     "medication": _medication,
     "pump_status": _pump_status,
     "clock": _clock,
+    **dict.fromkeys(ALARM_ACTIONS, _alarm_action),
 }
 EVENT_TYPES = tuple(_PARSERS)
 

@@ -104,6 +104,10 @@ async def _monitor(
         monitor = Monitor(
             library, drivers, clock=clock, log=alert_log, outputs=outputs, engine=engine
         )
+        if monitor.pipeline.alarms is not None:  # a warm start's alerts annunciate again
+            now = clock.now_us()
+            for active in engine.active.values():
+                monitor.pipeline.alarms.resume(active, library.version, now)
         _on_signals(monitor.stop)
         async with asyncio.TaskGroup() as group:
             running = group.create_task(monitor.run(), name="monitor")

@@ -13,9 +13,17 @@ from __future__ import annotations
 import logging
 from typing import Protocol
 
+from alerts.alarms import AlarmManager
 from monitor.engine import Engine
 from monitor.errors import EventError, QuantityError
-from monitor.events import MAX_LINE_BYTES, Event, decode_json, named_pump, parse_event
+from monitor.events import (
+    MAX_LINE_BYTES,
+    AlarmAction,
+    Event,
+    decode_json,
+    named_pump,
+    parse_event,
+)
 from monitor.records import InputRecord
 from monitor.timeutil import parse_ts
 from monitor.transitions import AlertTransition
@@ -36,9 +44,13 @@ class InputJournal(Protocol):
 class Pipeline:
     """Feeds raw inputs to an engine; counts what happened to them."""
 
-    def __init__(self, engine: Engine, journal: InputJournal | None = None) -> None:
+    def __init__(
+        self, engine: Engine, journal: InputJournal | None = None, *, alarms: bool = True
+    ) -> None:
         self.engine = engine
         self.journal = journal
+        #: the alarm layer (acknowledge, pause, escalation ...); None: the engine's lines only
+        self.alarms = AlarmManager(engine.library.alarms) if alarms else None
         self.counts: dict[str, int] = {
             "accepted": 0,
             "rejected": 0,
@@ -82,6 +94,9 @@ class Pipeline:
             return self._reject(raw, source, line_no, exc, obj)
         if self._waiting:
             transitions = self._release_waiting() + transitions
+        if type(event) is AlarmAction:
+            return self._act(event, transitions, raw=raw, source=source, line_no=line_no)
+        transitions = self._alarm(transitions)
         note, status = engine.note, engine.disposition
         self.counts[status] += 1
         if note is not None:
@@ -100,6 +115,75 @@ class Pipeline:
                 )
             )
         return transitions
+
+    def _alarm(self, transitions: list[AlertTransition]) -> list[AlertTransition]:
+        """The engine's transitions through the alarm layer, with its own lines due by now."""
+        now = self.engine.now
+        if self.alarms is None or now is None:
+            return transitions
+        return self.alarms.process(transitions, now)
+
+    def _act(
+        self,
+        action: AlarmAction,
+        transitions: list[AlertTransition],
+        *,
+        raw: bytes | str,
+        source: str,
+        line_no: int | None,
+    ) -> list[AlertTransition]:
+        """A person's action on an alarm: applied at its time, before the deadlines of that
+        instant; refused (and logged with the reason) when it cannot apply."""
+        alarms = self.alarms
+        out = transitions
+        try:
+            if alarms is None:
+                raise EventError("type", action.type, "an event for the alarm layer, which is off")
+            out = alarms.process(transitions, action.t - 1)  # the deadlines before it
+            out += alarms.act(action)
+        except EventError as exc:
+            self.counts["rejected"] += 1
+            reason = exc.describe() if line_no is None else exc.at_line(line_no).describe()
+            log.warning("%s: rejected: %s", source, reason)
+            self._journal(raw, source, "rejected", action, line_no, exc.describe())
+        else:
+            self.counts["accepted"] += 1
+            log.info(
+                "%s: %s %s by %s", _where(source, line_no), action.type, action.alert, action.by
+            )
+            self._journal(raw, source, "accepted", action, line_no, None)
+        return out + (alarms.advance(action.t) if alarms is not None else [])
+
+    def _journal(
+        self,
+        raw: bytes | str,
+        source: str,
+        status: str,
+        event: Event,
+        line_no: int | None,
+        reason: str | None,
+    ) -> None:
+        if self.journal is not None:
+            self.journal.add_input(
+                InputRecord.from_raw(
+                    raw,
+                    source,
+                    status,
+                    t_us=event.t,
+                    line_no=line_no,
+                    reason=reason,
+                    event_type=event.type,
+                    **{k: getattr(event, k, None) for k in _CONTEXT_FIELDS},
+                )
+            )
+
+    def next_due(self) -> int | None:
+        """The earliest deadline of the engine's timers and the alarm layer's."""
+        dues = [self.engine.timers.next_due()]
+        if self.alarms is not None:
+            dues.append(self.alarms.next_due())
+        known = [d for d in dues if d is not None]
+        return min(known) if known else None
 
     def feed_oversize(
         self, head: bytes, size: int, sha256: str, *, source: str, line_no: int | None
@@ -144,7 +228,7 @@ class Pipeline:
                     len(self._waiting),
                 )
             return []
-        return self.engine.settle()
+        return self._alarm(self.engine.settle())
 
     def _reject(
         self,
@@ -176,12 +260,12 @@ class Pipeline:
             )
         pump = named_pump(obj)
         if pump is None:
-            return already
+            return self._alarm(already)
         why = exc.describe()
         if t is None and self.engine.now is None:
             self._waiting.append((*pump, why))
-            return already
-        return already + self.engine.reject(pump[0], pump[1], why, t)
+            return self._alarm(already)
+        return self._alarm(already + self.engine.reject(pump[0], pump[1], why, t))
 
     def _release_waiting(self) -> list[AlertTransition]:
         out: list[AlertTransition] = []

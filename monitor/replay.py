@@ -47,9 +47,10 @@ async def replay(
     library: Library,
     out: TextIO,
     log: AlertLog | None = None,
+    alarms: bool = True,
 ) -> ReplaySummary:
     engine = Engine(library)
-    pipeline = Pipeline(engine, log)
+    pipeline = Pipeline(engine, log, alarms=alarms)
     summary = ReplaySummary()
     if log is not None:
         summary.session_id = await log.start_session("replay", source, library)

@@ -52,6 +52,11 @@ class AlertTransition:
     description: Description
     library: str
     latched: bool = False
+    # the alarm-management layer's lines (acknowledged, paused, overridden, escalated ...)
+    by: str | None = None
+    reason: str | None = None
+    audience: str | None = None
+    until: int | None = None
 
     def to_dict(self) -> dict[str, object]:
         d = self.description
@@ -69,6 +74,14 @@ class AlertTransition:
         out["message"] = d.message
         if self.latched:
             out["latched"] = True
+        if self.by is not None:
+            out["by"] = self.by
+        if self.reason is not None:
+            out["reason"] = self.reason
+        if self.audience is not None:
+            out["audience"] = self.audience
+        if self.until is not None:
+            out["until"] = format_ts(self.until)
         out["library"] = self.library
         return out
 

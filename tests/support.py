@@ -38,10 +38,12 @@ def us(clock: str, day: str = DAY) -> int:
 class Bedside:
     """Feeds events through the real pipeline (dict -> validation -> engine)."""
 
-    def __init__(self, library: Library | None = None) -> None:
+    def __init__(self, library: Library | None = None, *, alarms: bool = False) -> None:
+        """``alarms``: through the alarm layer too (the rule tests look at the engine's
+        own lines)."""
         self.engine = Engine(library or load_library())
         self.records: list[InputRecord] = []
-        self.pipeline = Pipeline(self.engine, self)
+        self.pipeline = Pipeline(self.engine, self, alarms=alarms)
         self.alerts: list[dict[str, Any]] = []
 
     def add_input(self, record: InputRecord) -> None:  # the pipeline's journal

@@ -33,7 +33,35 @@ def test_replay_of_the_readme_example(tmp_path: Path) -> None:
     result = calguard("replay", str(EXAMPLE), tmp=tmp_path)
     assert result.returncode == 0, result.stderr
     alerts = [json.loads(line) for line in result.stdout.splitlines()]
-    assert [(a["t"][11:], a["state"], a["rule"], a["priority"]) for a in alerts] == [
+    # nobody acknowledges in this file: high alarms go to the charge nurse after 2 min and
+    # to the unit after 2 more, medium ones after 5 and 10 min (the built-in policy)
+    assert [(a["t"][11:], a["state"], a["rule"], a.get("audience")) for a in alerts] == [
+        ("08:03:00Z", "raised", "rate-weight", None),
+        ("08:03:00Z", "raised", "concentration-peripheral", None),
+        ("08:03:10Z", "raised", "rate-volume", None),
+        ("08:03:10Z", "raised", "rate-mass", None),
+        ("08:04:10Z", "raised", "telemetry-stale", None),
+        ("08:05:00Z", "escalated", "rate-weight", "charge-nurse"),
+        ("08:05:10Z", "escalated", "rate-volume", "charge-nurse"),
+        ("08:05:10Z", "escalated", "rate-mass", "charge-nurse"),
+        ("08:07:00Z", "escalated", "rate-weight", "unit"),
+        ("08:07:10Z", "escalated", "rate-volume", "unit"),
+        ("08:07:10Z", "escalated", "rate-mass", "unit"),
+        ("08:08:00Z", "escalated", "concentration-peripheral", "charge-nurse"),
+        ("08:08:20.214624Z", "raised", "dose-daily", None),
+        ("08:09:10Z", "escalated", "telemetry-stale", "charge-nurse"),
+        ("08:10:20.214624Z", "escalated", "dose-daily", "charge-nurse"),
+        ("08:12:20.214624Z", "escalated", "dose-daily", "unit"),
+        ("08:13:00Z", "escalated", "concentration-peripheral", "unit"),
+        ("08:14:10Z", "escalated", "telemetry-stale", "unit"),
+        ("09:03:00Z", "raised", "site-check-overdue", None),
+        ("09:08:00Z", "escalated", "site-check-overdue", "charge-nurse"),
+    ]
+    engine_only = calguard("replay", str(EXAMPLE), "--no-db", "--no-alarms", tmp=tmp_path)
+    assert [
+        (a["t"][11:], a["state"], a["rule"], a["priority"])
+        for a in map(json.loads, engine_only.stdout.splitlines())
+    ] == [
         ("08:03:00Z", "raised", "rate-weight", "high"),
         ("08:03:00Z", "raised", "concentration-peripheral", "medium"),
         ("08:03:10Z", "raised", "rate-volume", "high"),

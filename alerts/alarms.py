@@ -1,0 +1,315 @@
+"""The alarm manager: the engine's alerts become alarms (IEC 60601-1-8 semantics).
+
+The engine says when a condition starts, worsens and ends (``raised``, ``escalated``,
+``cleared``). The alarm manager adds what people do and what time does, on the same
+injected clock, so a replay shows exactly what a live run showed:
+
+    active        the condition holds and the alarm annunciates; unacknowledged for the
+                  library's ``escalate_after`` it is ``escalated`` to the next audience
+                  (bedside -> charge nurse -> unit), each step a line with ``audience``
+    acknowledged  a person has seen it: it stays visible, stops annunciating and
+                  escalating; it returns (active) if the condition worsens
+    paused        audio paused for the priority's ``pause`` (or less); then ``resumed``
+    overridden    a person overrides it with a coded reason, until an expiry; then, if the
+                  condition still holds, ``resumed``
+    latched       a latching (high-priority, clinical) alarm whose condition has ended:
+                  ``cleared`` with ``"latched": true``; it stays until a person ``reset``s it
+    (gone)        cleared (not latching), or reset
+
+Deadlines (pause end, escalation, override expiry) fire at their exact time. An action at
+the same instant as a deadline comes first, as events do before the engine's timers.
+Technical alarms (telemetry, communications) are kept apart: they never latch.
+"""
+
+from __future__ import annotations
+
+import heapq
+from dataclasses import dataclass, replace
+
+from config.library import AlarmPolicy
+from monitor.errors import EventError
+from monitor.events import AlarmAction
+from monitor.timeutil import format_ts
+from monitor.transitions import PRIORITY_RANK, ActiveAlert, AlertTransition
+
+__all__ = ["TECHNICAL_RULES", "Alarm", "AlarmManager", "category"]
+
+#: Alarms about the monitoring itself, not the infant (IEC 60601-1-8 technical alarms).
+TECHNICAL_RULES = frozenset({"telemetry-stale", "telemetry-invalid"})
+
+
+def category(rule: str) -> str:
+    return "technical" if rule in TECHNICAL_RULES else "clinical"
+
+
+@dataclass
+class Alarm:
+    """One alarm as people see it; ``last`` is its latest line."""
+
+    last: AlertTransition
+    raised_t: int
+    condition: bool = True
+    latched: bool = False
+    acked_by: str | None = None
+    acked_t: int | None = None
+    paused_until: int | None = None
+    overridden_until: int | None = None
+    override_reason: str | None = None
+    audience: int = 0
+    escalate_at: int | None = None
+
+    @property
+    def id(self) -> str:
+        return self.last.alert
+
+    @property
+    def state(self) -> str:
+        if self.overridden_until is not None:
+            return "overridden"
+        if self.acked_by is not None:
+            return "acknowledged"
+        if self.paused_until is not None:
+            return "paused"
+        return "latched" if self.latched else "active"
+
+    @property
+    def annunciating(self) -> bool:
+        return self.state in ("active", "latched")
+
+    def snapshot(self, audiences: tuple[str, ...]) -> dict[str, object]:
+        """What a central station shows for this alarm."""
+        out = self.last.to_dict()
+        out.pop("by", None), out.pop("reason", None), out.pop("until", None)
+        out["state"] = self.state
+        out["category"] = category(self.last.rule)
+        out["audience"] = audiences[self.audience]
+        if self.acked_by is not None:
+            out["acknowledged_by"] = self.acked_by
+        if self.override_reason is not None:
+            out["override_reason"] = self.override_reason
+        if self.paused_until is not None:
+            out["until"] = format_ts(self.paused_until)
+        if self.overridden_until is not None:
+            out["until"] = format_ts(self.overridden_until)
+        return out
+
+
+class AlarmManager:
+    """Feed it the engine's transitions (``process``) and people's actions (``act``);
+    ``advance`` fires its own deadlines. Every method returns the lines to emit."""
+
+    def __init__(self, policy: AlarmPolicy) -> None:
+        self.policy = policy
+        self.alarms: dict[str, Alarm] = {}
+        self._deadlines: list[tuple[int, int, str, str]] = []  # (t, n, kind, alert)
+        self._n = 0
+
+    # -- time ------------------------------------------------------------------------------
+
+    def next_due(self) -> int | None:
+        while self._deadlines and not self._live(self._deadlines[0]):
+            heapq.heappop(self._deadlines)
+        return self._deadlines[0][0] if self._deadlines else None
+
+    def advance(self, t: int, *, inclusive: bool = True) -> list[AlertTransition]:
+        """Fire the deadlines up to ``t`` (before it, with ``inclusive=False``), in order."""
+        out: list[AlertTransition] = []
+        while self._deadlines:
+            due, _, kind, alert_id = self._deadlines[0]
+            if due > t or (due == t and not inclusive):
+                break
+            heapq.heappop(self._deadlines)
+            if self._live((due, 0, kind, alert_id)):
+                out += self._fire(kind, self.alarms[alert_id], due)
+        return out
+
+    def process(self, transitions: list[AlertTransition], now: int) -> list[AlertTransition]:
+        """The engine's transitions of one input (at ``now``), with the alarm lines between
+        them at their exact times."""
+        out: list[AlertTransition] = []
+        for tr in transitions:
+            out += self.advance(tr.t, inclusive=False)
+            out += self._engine(tr)
+        return out + self.advance(now)
+
+    # -- the engine's transitions -----------------------------------------------------------
+
+    def _engine(self, tr: AlertTransition) -> list[AlertTransition]:
+        alarm = self.alarms.get(tr.alert)
+        if tr.state == "raised" or alarm is None:
+            alarm = Alarm(tr, tr.t)
+            self.alarms[tr.alert] = alarm
+            self._escalate_from(alarm, tr.t)
+            return [tr]
+        worse = PRIORITY_RANK[tr.priority] > PRIORITY_RANK[alarm.last.priority]
+        alarm.last = tr
+        if tr.state == "cleared":
+            alarm.condition = False
+            latch = (
+                tr.priority in self.policy.latching
+                and category(tr.rule) == "clinical"
+                and alarm.overridden_until is None
+            )
+            if latch:
+                alarm.latched = True
+                alarm.last = replace(tr, latched=True)
+                return [alarm.last]
+            del self.alarms[tr.alert]
+            return [tr]
+        if worse:  # an acknowledged, paused or overridden alarm returns when it worsens
+            alarm.acked_by = alarm.acked_t = None
+            alarm.paused_until = alarm.overridden_until = None
+            alarm.override_reason = None
+            self._escalate_from(alarm, tr.t)
+        return [tr]
+
+    # -- people's actions ----------------------------------------------------------------------
+
+    def act(self, action: AlarmAction) -> list[AlertTransition]:
+        """Apply an action; ``EventError`` (with the reason) if it cannot apply."""
+        alarm = self.alarms.get(action.alert)
+        if alarm is None:
+            raise EventError("alert", action.alert, "an alarm that is active or latched now")
+        t, by = action.t, action.by
+        if action.type == "ack":
+            if alarm.acked_by is not None:
+                raise EventError(
+                    "alert", action.alert, f"an unacknowledged alarm (already by {alarm.acked_by})"
+                )
+            alarm.acked_by, alarm.acked_t = by, t
+            alarm.paused_until = None
+            alarm.escalate_at = None
+            return self._line(alarm, t, "acknowledged", by=by)
+        if action.type == "pause":
+            limit = self.policy.pause[alarm.last.priority]
+            duration = action.duration_us or limit.us
+            if duration > limit.us:
+                raise EventError(
+                    "duration",
+                    action.duration_us,
+                    f"at most {limit.text} for a {alarm.last.priority} alarm",
+                )
+            if not alarm.annunciating:
+                raise EventError(
+                    "alert", action.alert, f"an annunciating alarm, not one {alarm.state}"
+                )
+            alarm.paused_until = t + duration
+            alarm.escalate_at = None  # suspended while paused; restarts when it resumes
+            self._at(alarm.paused_until, "pause-end", alarm)
+            return self._line(alarm, t, "paused", by=by, until=alarm.paused_until)
+        if action.type == "reset":
+            if alarm.condition:
+                raise EventError(
+                    "alert",
+                    action.alert,
+                    "a latched alarm whose condition has ended "
+                    "(this one still holds: acknowledge or override it)",
+                )
+            del self.alarms[alarm.id]
+            return self._line(alarm, t, "reset", by=by)
+        # override
+        reasons = self.policy.override_reasons
+        if action.reason not in reasons:
+            raise EventError("reason", action.reason, f"one of {', '.join(reasons)}")
+        limit = self.policy.override_max
+        duration = action.duration_us or limit.us
+        if duration > limit.us:
+            raise EventError("duration", action.duration_us, f"at most {limit.text}")
+        if not alarm.condition:
+            raise EventError(
+                "alert", action.alert, "an alarm whose condition holds (reset a latched one)"
+            )
+        alarm.overridden_until = t + duration
+        alarm.override_reason = action.reason
+        alarm.paused_until = alarm.escalate_at = None
+        self._at(alarm.overridden_until, "override-end", alarm)
+        return self._line(
+            alarm, t, "overridden", by=by, reason=action.reason, until=alarm.overridden_until
+        )
+
+    # -- deadlines ---------------------------------------------------------------------------
+
+    def _fire(self, kind: str, alarm: Alarm, t: int) -> list[AlertTransition]:
+        if kind == "escalate":
+            alarm.escalate_at = None
+            alarm.audience += 1
+            audience = self.policy.audiences[alarm.audience]
+            self._escalate_from(alarm, t)
+            return self._line(alarm, t, "escalated", audience=audience)
+        if kind == "pause-end":
+            alarm.paused_until = None
+            self._escalate_from(alarm, t)
+            return self._line(alarm, t, "resumed")
+        # override-end: the alarm returns if its condition still holds
+        alarm.overridden_until = None
+        alarm.override_reason = None
+        alarm.acked_by = alarm.acked_t = None
+        alarm.audience = 0
+        self._escalate_from(alarm, t)
+        return self._line(alarm, t, "resumed")
+
+    def _live(self, entry: tuple[int, int, str, str]) -> bool:
+        due, _, kind, alert_id = entry
+        alarm = self.alarms.get(alert_id)
+        if alarm is None:
+            return False
+        wanted = {
+            "escalate": alarm.escalate_at,
+            "pause-end": alarm.paused_until,
+            "override-end": alarm.overridden_until,
+        }[kind]
+        return wanted == due
+
+    def _escalate_from(self, alarm: Alarm, t: int) -> None:
+        if alarm.audience + 1 >= len(self.policy.audiences) or not alarm.annunciating:
+            alarm.escalate_at = None
+            return
+        alarm.escalate_at = t + self.policy.escalate_after[alarm.last.priority].us
+        self._at(alarm.escalate_at, "escalate", alarm)
+
+    def _at(self, t: int, kind: str, alarm: Alarm) -> None:
+        self._n += 1
+        heapq.heappush(self._deadlines, (t, self._n, kind, alarm.id))
+
+    def _line(self, alarm: Alarm, t: int, state: str, **extra: object) -> list[AlertTransition]:
+        line = replace(
+            alarm.last, t=t, state=state, by=None, reason=None, audience=None, until=None
+        )
+        return [replace(line, **extra)]  # type: ignore[arg-type]
+
+    # -- views -------------------------------------------------------------------------------
+
+    def rename(self, old: str, new: str) -> None:
+        """An alert got back the id it had before a restart (warm start)."""
+        alarm = self.alarms.pop(old, None)
+        if alarm is not None:
+            alarm.last = replace(alarm.last, alert=new)
+            self.alarms[new] = alarm
+            for kind, due in (
+                ("escalate", alarm.escalate_at),
+                ("pause-end", alarm.paused_until),
+                ("override-end", alarm.overridden_until),
+            ):
+                if due is not None:
+                    self._at(due, kind, alarm)
+
+    def resume(self, active: ActiveAlert, library: str, now: int) -> None:
+        """An alert still active after a restart: an annunciating alarm again, escalating
+        from ``now`` (acknowledgements are not carried over a restart)."""
+        tr = AlertTransition(
+            active.raised_t,
+            "raised",
+            active.alert,
+            active.rule,
+            active.priority,
+            active.description,
+            library,
+        )
+        alarm = Alarm(tr, active.raised_t)
+        self.alarms[active.alert] = alarm
+        self._escalate_from(alarm, now)
+
+    def active(self) -> list[Alarm]:
+        return sorted(
+            self.alarms.values(), key=lambda a: (-PRIORITY_RANK[a.last.priority], a.raised_t)
+        )

@@ -1,0 +1,249 @@
+"""The alarm manager (IEC 60601-1-8 states) through the real pipeline on the events' own
+clock: escalation, acknowledgement, audio pause, latching and reset, override with a coded
+reason, each line at its exact time; and actions that cannot apply refused with a reason.
+
+Built-in policy: pause 2 min; escalation after 2 min (high) / 5 min (medium) per step,
+bedside -> charge-nurse -> unit; high clinical alarms latch; override at most 4 h."""
+
+from __future__ import annotations
+
+import io
+import json
+from typing import Any
+
+from alerts.alarms import AlarmManager
+from config import builtin_text, parse_library
+from monitor.replay import replay
+from tests.support import Bedside, ts
+
+DILUTED = "Calcium gluconate 20 mg/ml"
+# these tests send a reading only when the rate changes: no telemetry-stale alarm here
+# (its own test below uses the built-in library)
+QUIET = parse_library(
+    builtin_text().replace(
+        '[rules.telemetry-stale]\npriority = "medium"',
+        '[rules.telemetry-stale]\nenabled = false\npriority = "medium"',
+    ),
+    "test library",
+).library
+assert QUIET is not None
+
+
+def picc(rate: str, clock: str = "08:01") -> Bedside:
+    """1 kg infant, calcium on a confirmed PICC: 2 ml/h is rate-weight medium (40 mg/kg/h),
+    3 ml/h high (0.14 mmol/kg/h); nothing else."""
+    bay = Bedside(QUIET, alarms=True)
+    bay.admit("08:00", kind="picc", tip_confirmed=True)
+    bay.reading(clock, rate=rate, drug=DILUTED)
+    return bay
+
+
+def lines(bay: Bedside, rule: str = "rate-weight") -> list[tuple[str, str, Any]]:
+    return [
+        (a["t"][11:19], a["state"], a.get("audience") or a.get("by"))
+        for a in bay.alerts
+        if a["rule"] == rule
+    ]
+
+
+def alarms(bay: Bedside) -> AlarmManager:
+    assert bay.pipeline.alarms is not None
+    return bay.pipeline.alarms
+
+
+def alert_id(bay: Bedside, rule: str = "rate-weight") -> str:
+    return next(str(a["alert"]) for a in bay.alerts if a["rule"] == rule)
+
+
+def act(bay: Bedside, clock: str, kind: str, **fields: Any) -> list[dict[str, Any]]:
+    fields.setdefault("alert", alert_id(bay))
+    fields.setdefault("by", "rn42")
+    return bay.send(clock, kind, **fields)
+
+
+def test_an_unacknowledged_alarm_escalates_at_exact_times_to_each_audience() -> None:
+    bay = picc("2 ml/h")  # medium: 5 min a step
+    bay.clock("08:30")
+    assert lines(bay) == [
+        ("08:01:00", "raised", None),
+        ("08:06:00", "escalated", "charge-nurse"),
+        ("08:11:00", "escalated", "unit"),  # the widest audience: no further step
+    ]
+    escalated = [a for a in bay.alerts if a["state"] == "escalated"]
+    assert all(
+        a["priority"] == "medium" for a in escalated
+    )  # the audience widens, not the priority
+
+
+def test_acknowledged_stays_visible_stops_escalating_and_returns_when_worse() -> None:
+    bay = picc("2 ml/h")
+    act(bay, "08:03", "ack")
+    bay.clock("08:20")
+    (alarm,) = alarms(bay).active()
+    assert alarm.state == "acknowledged" and alarm.acked_by == "rn42"
+    bay.reading("08:21", rate="3 ml/h", drug=DILUTED)  # worse: high
+    bay.clock("08:30")
+    assert lines(bay) == [
+        ("08:01:00", "raised", None),
+        ("08:03:00", "acknowledged", "rn42"),
+        ("08:21:00", "escalated", None),  # the engine: priority went up
+        ("08:23:00", "escalated", "charge-nurse"),  # annunciating again, 2 min a step now
+        ("08:25:00", "escalated", "unit"),
+    ]
+    assert alarms(bay).active()[0].state == "active"
+
+
+def test_an_audio_pause_resumes_exactly_when_it_ends_and_delays_escalation() -> None:
+    bay = picc("2 ml/h")
+    out = act(bay, "08:02", "pause")
+    assert out[0]["until"] == ts("08:04")
+    assert alarms(bay).active()[0].state == "paused"
+    bay.clock("08:30")
+    assert lines(bay) == [
+        ("08:01:00", "raised", None),
+        ("08:02:00", "paused", "rn42"),
+        ("08:04:00", "resumed", None),
+        ("08:09:00", "escalated", "charge-nurse"),  # 5 min after it resumed
+        ("08:14:00", "escalated", "unit"),
+    ]
+
+
+def test_a_pause_may_be_shorter_but_not_longer_than_the_policy() -> None:
+    bay = picc("2 ml/h")
+    act(bay, "08:02", "pause", duration="30 s")
+    too_long = act(bay, "08:03", "pause", duration="10 min")
+    assert [a["state"] for a in too_long] == ["resumed"]  # the first pause ended at 08:02:30
+    bay.clock("08:04")
+    assert lines(bay)[1:] == [("08:02:00", "paused", "rn42"), ("08:02:30", "resumed", None)]
+    refused = bay.records[-2]
+    assert refused.status == "rejected" and "at most 2 min" in (refused.reason or "")
+
+
+def test_a_high_clinical_alarm_latches_until_a_person_resets_it() -> None:
+    bay = picc("3 ml/h")
+    act(bay, "08:02", "ack")
+    bay.reading("08:05", rate="1 ml/h", drug=DILUTED)  # the condition ends
+    cleared = [a for a in bay.alerts if a["state"] == "cleared"]
+    assert cleared[0]["t"] == ts("08:05") and cleared[0]["latched"] is True
+    assert [a.id for a in alarms(bay).active()] == [alert_id(bay)]  # still shown
+    act(bay, "08:07", "reset", by="rn7")
+    assert lines(bay)[-1] == ("08:07:00", "reset", "rn7")
+    assert alarms(bay).active() == []
+
+
+def test_reset_is_refused_while_the_condition_holds() -> None:
+    bay = picc("3 ml/h")
+    assert act(bay, "08:02", "reset") == []
+    assert bay.records[-1].status == "rejected"
+    assert "still holds" in (bay.records[-1].reason or "")
+    assert alarms(bay).active()[0].state == "active"
+
+
+def test_a_medium_alarm_does_not_latch() -> None:
+    bay = picc("2 ml/h")
+    bay.reading("08:03", rate="1 ml/h", drug=DILUTED)
+    assert lines(bay) == [("08:01:00", "raised", None), ("08:03:00", "cleared", None)]
+    assert "latched" not in bay.alerts[-1] and alarms(bay).active() == []
+
+
+def test_technical_alarms_never_latch() -> None:
+    bay = Bedside(alarms=True)
+    bay.admit("08:00", kind="picc", tip_confirmed=True)
+    bay.reading("08:01", rate="1 ml/h", drug=DILUTED)
+    bay.clock("08:03")  # telemetry-stale at 08:02:00
+    bay.reading("08:04", rate="1 ml/h", drug=DILUTED)
+    stale = [a for a in bay.alerts if a["rule"] == "telemetry-stale"]
+    assert [(a["t"][11:19], a["state"]) for a in stale] == [
+        ("08:02:00", "raised"),
+        ("08:04:00", "cleared"),
+    ]
+    assert "latched" not in stale[-1] and alarms(bay).active() == []
+
+
+def test_an_override_needs_a_coded_reason_and_returns_at_its_expiry() -> None:
+    bay = picc("2 ml/h")
+    assert act(bay, "08:02", "override", reason="because") == []
+    assert "prescriber-approved" in (bay.records[-1].reason or "")
+    out = act(bay, "08:02", "override", reason="prescriber-approved", duration="1 h")
+    assert (out[0]["state"], out[0]["reason"], out[0]["until"]) == (
+        "overridden",
+        "prescriber-approved",
+        ts("09:02"),
+    )
+    bay.clock("09:30")
+    assert lines(bay) == [
+        ("08:01:00", "raised", None),
+        ("08:02:00", "overridden", "rn42"),
+        ("09:02:00", "resumed", None),  # still holds: back, at the bedside again
+        ("09:07:00", "escalated", "charge-nurse"),
+        ("09:12:00", "escalated", "unit"),
+    ]
+
+
+def test_an_overridden_high_alarm_that_ends_does_not_latch() -> None:
+    bay = picc("3 ml/h")
+    act(bay, "08:02", "override", reason="resuscitation")
+    bay.reading("08:30", rate="1 ml/h", drug=DILUTED)
+    bay.clock("13:00")
+    assert lines(bay) == [
+        ("08:01:00", "raised", None),
+        ("08:02:00", "overridden", "rn42"),
+        ("08:30:00", "cleared", None),
+    ]
+
+
+def test_an_override_longer_than_the_policy_is_refused() -> None:
+    bay = picc("2 ml/h")
+    assert act(bay, "08:02", "override", reason="resuscitation", duration="5 h") == []
+    assert "at most 4 h" in (bay.records[-1].reason or "")
+
+
+def test_actions_on_unknown_alarms_or_without_a_user_are_refused_with_a_reason() -> None:
+    bay = picc("2 ml/h")
+    assert act(bay, "08:02", "ack", alert="a-999999") == []
+    assert "active or latched" in (bay.records[-1].reason or "")
+    assert bay.send("08:02", "ack", alert=alert_id(bay)) == []  # no "by"
+    assert "user id" in (bay.records[-1].reason or "")
+    act(bay, "08:03", "ack")
+    assert act(bay, "08:04", "ack") == []
+    assert "already by rn42" in (bay.records[-1].reason or "")
+    assert [r.status for r in bay.records[-4:]] == ["rejected", "rejected", "accepted", "rejected"]
+
+
+def test_an_action_at_the_instant_of_a_deadline_comes_first() -> None:
+    bay = picc("2 ml/h")
+    act(bay, "08:06", "ack")  # the escalation was due at 08:06:00 exactly
+    bay.clock("08:30")
+    assert lines(bay) == [("08:01:00", "raised", None), ("08:06:00", "acknowledged", "rn42")]
+
+
+async def test_a_replayed_shift_with_actions_prints_every_transition_in_time_order() -> None:
+    events = [
+        {"type": "patient", "bed": "B1", "weight": "1 kg", "postnatal_age": "5 day"},
+        {"type": "line", "line": "L1", "bed": "B1", "kind": "picc", "tip_confirmed": True},
+        {"type": "connect", "pump": "P1", "line": "L1"},
+        {"type": "patency_check", "line": "L1", "result": "blood_return"},
+    ]
+    script = [("08:00", e) for e in events] + [
+        ("08:01", {"type": "reading", "pump": "P1", "rate": "3 ml/h", "drug": DILUTED}),
+        ("08:02", {"type": "pause", "alert": "a-000001", "by": "rn42"}),
+        ("08:10", {"type": "ack", "alert": "a-000001", "by": "rn42"}),
+        ("08:20", {"type": "reading", "pump": "P1", "rate": "1 ml/h", "drug": DILUTED}),
+        ("08:25", {"type": "reset", "alert": "a-000001", "by": "charge1"}),
+        ("08:30", {"type": "clock"}),
+    ]
+    text = "".join(json.dumps({"t": ts(c), **e}) + "\n" for c, e in script)
+    out = io.StringIO()
+    await replay(io.BytesIO(text.encode()), source="test", library=QUIET, out=out)
+    got = [json.loads(line) for line in out.getvalue().splitlines()]
+    assert [(a["t"][11:19], a["state"], a.get("audience"), a.get("by")) for a in got] == [
+        ("08:01:00", "raised", None, None),
+        ("08:02:00", "paused", None, "rn42"),
+        ("08:04:00", "resumed", None, None),
+        ("08:06:00", "escalated", "charge-nurse", None),
+        ("08:08:00", "escalated", "unit", None),
+        ("08:10:00", "acknowledged", None, "rn42"),
+        ("08:20:00", "cleared", None, None),
+        ("08:25:00", "reset", None, "charge1"),
+    ]
+    assert got[6]["latched"] is True and got[7]["latched"] is True
