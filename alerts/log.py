@@ -25,9 +25,18 @@ from sqlalchemy import event, func, insert, select, text, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from alerts.schema import alert_transitions, inputs, library_versions, migrate, sessions
+from alerts.audit import GENESIS, link_hash
+from alerts.schema import (
+    alert_transitions,
+    audit_chain,
+    inputs,
+    library_versions,
+    migrate,
+    sessions,
+)
 from config.library import Library
 from monitor.errors import LogError
+from monitor.events import ALARM_ACTIONS
 from monitor.records import InputRecord
 from monitor.transitions import AlertTransition
 
@@ -74,6 +83,7 @@ TRANSITION_COLUMNS = (
     "latched",
     "alert_line",
 )
+AUDIT_COLUMNS = ("seq", "session_id", "t_us", "kind", "actor", "payload", "prev_hash", "hash")
 
 
 def default_data_dir() -> Path:
@@ -129,7 +139,9 @@ class AlertLog:
         self._engine: AsyncEngine | None = None
         self._inputs: list[tuple[Any, ...]] = []
         self._transitions: list[tuple[Any, ...]] = []
-        self._insert_inputs = self._insert_transitions = ""
+        self._audit_rows: list[tuple[Any, ...]] = []
+        self._audit_seq, self._audit_hash = 0, GENESIS
+        self._insert_inputs = self._insert_transitions = self._insert_audit = ""
         self._seq = 0
         self._wake = asyncio.Event()
         self._drained = asyncio.Event()
@@ -188,6 +200,22 @@ class AlertLog:
             log.info("log %s: schema migrated to version %s", self.display_url, applied[-1])
         self._insert_inputs = _positional_insert(engine, inputs, INPUT_COLUMNS)
         self._insert_transitions = _positional_insert(engine, alert_transitions, TRANSITION_COLUMNS)
+        self._insert_audit = _positional_insert(engine, audit_chain, AUDIT_COLUMNS)
+        try:
+            async with engine.connect() as conn:
+                head = (
+                    await conn.execute(
+                        select(audit_chain.c.seq, audit_chain.c.hash)
+                        .order_by(audit_chain.c.seq.desc())
+                        .limit(1)
+                    )
+                ).first()
+        except SQLAlchemyError as exc:
+            await engine.dispose()
+            raise LogError(
+                f"cannot read the audit chain of {self.display_url}: {_short(exc)}"
+            ) from exc
+        self._audit_seq, self._audit_hash = (int(head[0]), str(head[1])) if head else (0, GENESIS)
         self._engine = engine
 
     async def close(self) -> None:
@@ -345,11 +373,25 @@ class AlertLog:
                 r.raw_sha256,
             )
         )
+        if r.event_type in ALARM_ACTIONS and r.t_us is not None:  # a person acted: audit it
+            kind = "action" if r.status == "accepted" else "action-refused"
+            actor = _actor(r.raw)
+            self._audit(r.t_us, kind, actor, r.raw if r.reason is None else f"{r.raw}\n{r.reason}")
         if len(self._inputs) >= self.batch_size:
             self._wake.set()
 
+    def _audit(self, t_us: int, kind: str, actor: str | None, payload: str) -> None:
+        """Append to the hash chain (computed here, in order; written with the batch)."""
+        self._audit_seq += 1
+        prev = self._audit_hash
+        self._audit_hash = link_hash(self._audit_seq, t_us, kind, actor, payload, prev)
+        self._audit_rows.append(
+            (self._audit_seq, self.session_id, t_us, kind, actor, payload, prev, self._audit_hash)
+        )
+
     def add_transition(self, tr: AlertTransition, alert_line: str | None = None) -> None:
         self._seq += 1
+        line = alert_line if alert_line is not None else tr.to_json()
         d = tr.description
         self._transitions.append(
             (
@@ -369,14 +411,15 @@ class AlertLog:
                 d.message,
                 tr.library,
                 tr.latched,
-                alert_line if alert_line is not None else tr.to_json(),
+                line,
             )
         )
+        self._audit(tr.t, "transition", tr.by, line)
         self._wake.set()
 
     @property
     def pending(self) -> int:
-        return len(self._inputs) + len(self._transitions)
+        return len(self._inputs) + len(self._transitions) + len(self._audit_rows)
 
     async def checkpoint(self) -> None:
         """Wait if the writer is far behind; raise ``LogError`` if it has failed."""
@@ -423,11 +466,14 @@ class AlertLog:
                 self._inputs[self.batch_size :],
             )
             batch_tr, self._transitions = self._transitions, []
+            batch_audit, self._audit_rows = self._audit_rows, []
             async with self._engine.begin() as conn:
                 if batch_in:
                     await conn.exec_driver_sql(self._insert_inputs, batch_in)
                 if batch_tr:
                     await conn.exec_driver_sql(self._insert_transitions, batch_tr)
+                if batch_audit:
+                    await conn.exec_driver_sql(self._insert_audit, batch_audit)
             self.written += len(batch_in) + len(batch_tr)
 
 
@@ -486,6 +532,15 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cursor.execute("PRAGMA synchronous=FULL")
     cursor.execute("PRAGMA busy_timeout=5000")
     cursor.close()
+
+
+def _actor(raw: str) -> str | None:
+    try:
+        obj = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return None
+    by = obj.get("by") if isinstance(obj, dict) else None
+    return by[:200] if isinstance(by, str) else None
 
 
 def _wall_us() -> int:

@@ -35,6 +35,7 @@ from sqlalchemy import (
 __all__ = [
     "MIGRATIONS",
     "alert_transitions",
+    "audit_chain",
     "inputs",
     "library_versions",
     "metadata",
@@ -129,6 +130,21 @@ alert_transitions = Table(
 )
 
 
+audit_chain = Table(
+    "audit_chain",
+    metadata,
+    Column("seq", BigInteger, primary_key=True, autoincrement=False),  # 1, 2, 3 ... no gaps
+    Column("session_id", BigInteger, nullable=False),
+    Column("t_us", BigInteger, nullable=False),
+    Column("kind", String(32), nullable=False),  # transition | action | action-refused
+    Column("actor", String(200)),  # who acted (actions; and acknowledged/... lines)
+    Column("payload", Text, nullable=False),  # the exact alert line, or the action as received
+    Column("prev_hash", String(64), nullable=False),
+    Column("hash", String(64), nullable=False),
+    Index("ix_audit_t", "t_us"),
+)
+
+
 @dataclass(frozen=True)
 class Migration:
     version: int
@@ -144,8 +160,13 @@ def _v1(conn: Connection) -> None:
     )
 
 
+def _v2(conn: Connection) -> None:
+    metadata.create_all(conn, tables=[audit_chain], checkfirst=True)
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "inputs, alert transitions, sessions and library versions", _v1),
+    Migration(2, "tamper-evident audit chain of alert transitions and user actions", _v2),
 )
 
 

@@ -22,6 +22,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import BinaryIO
 
+from alerts import cli as alarm_cli
 from alerts.log import AlertLog, default_db_url
 from config.loader import builtin_text, check_library
 from config.show import render_library
@@ -124,6 +125,7 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="mqtt: start at once instead of waiting for the monitor to subscribe",
     )
+    alarm_cli.add_parsers(sub)
     return parser
 
 
@@ -135,6 +137,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _config(args)
     if args.command == "replay":
         return _replay(args)
+    if args.command in alarm_cli.COMMANDS:
+        return alarm_cli.dispatch(args)
     if args.command == "run":
         return _run(args)
     if args.command == "demo":

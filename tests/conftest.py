@@ -69,6 +69,13 @@ def broker(tmp_path: Path) -> Iterator[Broker]:
         b.stop()
 
 
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'log.sqlite3'}"
+    return str(request.getfixturevalue("pg_url"))
+
+
 @pytest.fixture(autouse=True)
 async def no_leaks() -> AsyncIterator[None]:
     """Fail a test that leaves a task running or a file descriptor open (a driver, a port)."""

@@ -32,13 +32,6 @@ BAD_LINES = (
 )
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'log.sqlite3'}"
-    return str(request.getfixturevalue("pg_url"))
-
-
 async def query(url: str, statement):  # type: ignore[no-untyped-def]
     from sqlalchemy.ext.asyncio import create_async_engine
 
