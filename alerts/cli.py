@@ -40,7 +40,7 @@ def dispatch(args: argparse.Namespace) -> int:
         if args.command == "audit" and args.audit_command == "verify":
             return asyncio.run(_verify(url))
         if args.command == "audit":
-            return asyncio.run(_export(url, args.out))
+            return _export(asyncio.run(_audit_rows(url)), args.out)
     except (SQLAlchemyError, OSError) as exc:
         log.error("cannot read the log %s: %s", url, str(exc).splitlines()[0])
         return 3
@@ -62,13 +62,16 @@ async def _verify(url: str) -> int:
     return 1
 
 
-async def _export(url: str, out: str | None) -> int:
+async def _audit_rows(url: str) -> list[Any]:
     engine = create_async_engine(url)
     try:
         async with engine.connect() as conn:
-            rows = (await conn.execute(select(audit_chain).order_by(audit_chain.c.seq))).all()
+            return list((await conn.execute(select(audit_chain).order_by(audit_chain.c.seq))).all())
     finally:
         await engine.dispose()
+
+
+def _export(rows: list[Any], out: str | None) -> int:
     stream = open(out, "w", newline="", encoding="utf-8") if out else sys.stdout  # noqa: SIM115
     try:
         writer = csv.writer(stream)
