@@ -380,6 +380,11 @@ class AlertLog:
         if len(self._inputs) >= self.batch_size:
             self._wake.set()
 
+    def add_undelivered(self, sink: str, t_us: int, reason: str, line: str) -> None:
+        """An alarm line a sink gave up on: kept in the audit chain with the reason."""
+        self._audit(t_us, "undelivered", None, f"{sink}\n{reason}\n{line}")
+        self._wake.set()
+
     def _audit(self, t_us: int, kind: str, actor: str | None, payload: str) -> None:
         """Append to the hash chain (computed here, in order; written with the batch)."""
         self._audit_seq += 1

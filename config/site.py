@@ -12,6 +12,9 @@
     url = "mqtt://127.0.0.1:1883/calguard/nicu"
     client_id = "calguard-nicu-north"
 
+    [[sinks]]                       # alarms out: terminal, jsonlog, mqtt, https, mllp
+    url = "mqtt://127.0.0.1:1883/calguard/nicu"
+
     [[drivers]]
     url = "serial:///dev/ttyUSB0?baud=19200&mode=safe"
     [[drivers.pumps]]
@@ -55,6 +58,7 @@ class Site:
     library: Library
     db: str | None  # None: no durable log; "": the default SQLite file; else a URL
     drivers: tuple[DriverConfig, ...]
+    sinks: tuple[DriverConfig, ...] = ()  # notification sinks: url and options
     speed: float = 1.0
     clock_anchor_us: int | None = None  # a training clock's start (None: 00:00 UTC)
     source: str = ""
@@ -75,8 +79,8 @@ def load_site(path: str | Path, *, db_default: str | None = "default") -> Site:
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         raise ConfigError([ConfigProblem(source, "", f"cannot be read: {exc}")]) from None
     for key in doc:
-        if key not in ("site", "drivers"):
-            problem(key, "unknown section; expected [site] and [[drivers]]")
+        if key not in ("site", "drivers", "sinks"):
+            problem(key, "unknown section; expected [site], [[drivers]] and [[sinks]]")
     site = doc.get("site", {})
     if not isinstance(site, dict):
         site = {}
@@ -101,6 +105,7 @@ def load_site(path: str | Path, *, db_default: str | None = "default") -> Site:
     if db is not None and not isinstance(db, str):
         problem("site.db", 'a database URL, or "none", is expected')
     drivers = _drivers(doc.get("drivers", []), problem)
+    sinks = _sinks(doc.get("sinks", []), problem)
     if problems:
         raise ConfigError(problems)
     assert result.library is not None
@@ -109,6 +114,7 @@ def load_site(path: str | Path, *, db_default: str | None = "default") -> Site:
         library=result.library,
         db=_db(db),
         drivers=tuple(drivers),
+        sinks=tuple(sinks),
         speed=float(speed),
         clock_anchor_us=anchor,
         source=source,
@@ -164,6 +170,52 @@ def _drivers(items: object, problem: Any) -> list[DriverConfig]:
                 )
             elif not _fits(value, spec.kind):
                 problem(f"{key}.{name}", f"{value!r} — {spec.kind.__name__} expected ({spec.help})")
+        out.append(DriverConfig(url, options))
+    return out
+
+
+def _sinks(items: object, problem: Any) -> list[DriverConfig]:
+    from alerts.sinks import sink_class  # sinks are only imported when configured
+
+    if not isinstance(items, list):
+        problem("sinks", "an array of tables ([[sinks]]) is expected")
+        return []
+    out = []
+    for index, item in enumerate(items):
+        key = f"sinks[{index}]"
+        if not isinstance(item, dict) or not isinstance(item.get("url"), str):
+            problem(key, "a table with a url is expected")
+            continue
+        url, options = item["url"], {k: v for k, v in item.items() if k != "url"}
+        try:
+            cls = sink_class(url)
+        except ValueError as exc:
+            problem(f"{key}.url", str(exc))
+            continue
+        fine = True
+        for name, value in options.items():
+            spec = cls.options.get(name)
+            if name == "capacity":
+                if not _fits(value, int) or value < 1:
+                    fine = False
+                    problem(f"{key}.capacity", f"{value!r} — a whole number above 0 is expected")
+            elif spec is None:
+                fine = False
+                problem(
+                    f"{key}.{name}",
+                    f"unknown option for {cls.scheme}; expected one of "
+                    + ", ".join(["capacity", *cls.options]),
+                )
+            elif not _fits(value, spec.kind):
+                fine = False
+                problem(f"{key}.{name}", f"{value!r} — {spec.kind.__name__} expected ({spec.help})")
+        if not fine:
+            continue
+        try:
+            cls(url, **options)  # the URL itself (a prefix, https for remote hosts ...)
+        except ValueError as exc:
+            problem(f"{key}.url", str(exc))
+            continue
         out.append(DriverConfig(url, options))
     return out
 

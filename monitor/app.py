@@ -19,10 +19,12 @@ from collections.abc import Callable, Sequence
 import orjson
 
 from alerts.log import AlertLog
+from alerts.sinks.base import Delivery, Sink
 from config.library import Library
 from drivers.base import Driver, Inbound
 from monitor.clock import Clock
 from monitor.engine import Engine
+from monitor.events import ALARM_ACTIONS
 from monitor.pipeline import Pipeline
 from monitor.timeutil import format_ts
 from monitor.transitions import AlertTransition
@@ -47,6 +49,7 @@ async def _cancel(tasks: list[asyncio.Task[None]]) -> None:
 Output = Callable[[AlertTransition, str], None]
 _CHECKPOINT_EVERY = 500  # inputs between chances for the log writer to catch up
 _NEVER = 1 << 62
+_SINK_FLUSH_S = 3.0  # at a stop, how long the sinks may take to deliver what they hold
 
 
 class Monitor:
@@ -59,6 +62,7 @@ class Monitor:
         log: AlertLog | None = None,
         outputs: Sequence[Output] = (),
         engine: Engine | None = None,
+        sinks: Sequence[Sink] = (),
     ) -> None:
         self.library = library
         self.drivers = list(drivers)
@@ -67,6 +71,11 @@ class Monitor:
         self.outputs = list(outputs)
         self.engine = engine or Engine(library)
         self.pipeline = Pipeline(self.engine, log)
+        self.sinks = list(sinks)
+        for sink in self.sinks:
+            sink.on_undelivered = self._undelivered
+            if sink.takes_commands:
+                sink.on_command = self.command
         self.processed = 0
         self._stopping = asyncio.Event()
         self._timer_moved = asyncio.Event()
@@ -88,8 +97,12 @@ class Monitor:
                     for driver in self.drivers
                 ]
                 tasks.append(group.create_task(self._clock_loop(), name="clock"))
+                senders = [group.create_task(s.run(), name=f"sink {s.url}") for s in self.sinks]
                 await self._stopping.wait()
                 await _cancel(tasks)
+                for sink in self.sinks:  # what the last inputs raised still goes out
+                    await sink.flushed(within=_SINK_FLUSH_S)
+                await _cancel(senders)
         finally:
             self._running = False
 
@@ -133,6 +146,38 @@ class Monitor:
         event = {"t": format_ts(now), "type": "clock"}
         self._emit(self.pipeline.feed_object(event, raw=orjson.dumps(event), source="clock"))
 
+    def command(self, raw: bytes, source: str) -> str | None:
+        """A person's command from a central station (``{"action": "ack", "alert": ...,
+        "by": ...}``): stamped with the monitor's clock and fed through the pipeline like
+        any input (logged, audited, replayable). Returns None if applied, else the reason."""
+        try:
+            obj = orjson.loads(raw)
+        except orjson.JSONDecodeError as exc:
+            obj, why = None, f"not JSON: {exc}"
+        if isinstance(obj, dict):
+            event = {k: v for k, v in obj.items() if k not in ("action", "id", "t")}
+            event = {"t": format_ts(self.clock.now_us()), "type": obj.get("action"), **event}
+            if event["type"] not in ALARM_ACTIONS:
+                why = f"action {obj.get('action')!r}: one of {', '.join(ALARM_ACTIONS)} is expected"
+            else:
+                before = self.pipeline.counts["rejected"]
+                self._emit(self.pipeline.feed_object(event, raw=orjson.dumps(event), source=source))
+                self._timer_moved.set()  # a pause or override brings a deadline
+                return (
+                    None
+                    if self.pipeline.counts["rejected"] == before
+                    else self.pipeline.last_refusal
+                )
+        elif obj is not None:
+            why = "a JSON object is expected"
+        self.pipeline.feed_problem(raw, why, source=source, t=self.clock.now_us())
+        return why
+
+    def _undelivered(self, sink: Sink, item: Delivery, reason: str) -> None:
+        log.error("%s: alarm line not delivered (%s): %s", sink.url, reason, item.line)
+        if self.log is not None:
+            self.log.add_undelivered(sink.url, item.tr.t, reason, item.line)
+
     def _emit(self, transitions: list[AlertTransition]) -> None:
         for tr in transitions:
             line = tr.to_json()
@@ -143,3 +188,18 @@ class Monitor:
                     output(tr, line)
                 except Exception:  # an output must never stop the monitor
                     log.exception("an alert output failed")
+            if self.sinks:
+                item = self._delivery(tr, line)
+                for sink in self.sinks:
+                    sink.submit(item)
+
+    def _delivery(self, tr: AlertTransition, line: str) -> Delivery:
+        bed = tr.description.bed
+        alarms = self.pipeline.alarms
+        state: tuple[dict[str, object], ...] = ()
+        if alarms is not None:
+            audiences = alarms.policy.audiences
+            state = tuple(
+                a.snapshot(audiences) for a in alarms.active() if a.last.description.bed == bed
+            )
+        return Delivery(tr, line, state, bed or "unassigned")

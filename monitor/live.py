@@ -14,10 +14,11 @@ import logging
 import signal
 import sys
 from collections import Counter
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import TextIO
 
 from alerts.log import AlertLog
+from alerts.sinks import Sink, open_sink
 from config.library import Library
 from config.site import Site
 from drivers.base import Driver
@@ -78,6 +79,7 @@ async def _monitor(
     out: TextIO,
     body: Callable[[Monitor], AsyncIterator[None]] | None = None,
     mode: str = "live",
+    sinks: Sequence[Sink] = (),
 ) -> Counter[str]:
     counts: Counter[str] = Counter()
     async with _log(db) as alert_log:
@@ -102,7 +104,13 @@ async def _monitor(
                 for output in outputs:
                     output(tr, line)
         monitor = Monitor(
-            library, drivers, clock=clock, log=alert_log, outputs=outputs, engine=engine
+            library,
+            drivers,
+            clock=clock,
+            log=alert_log,
+            outputs=outputs,
+            engine=engine,
+            sinks=sinks,
         )
         if monitor.pipeline.alarms is not None:  # a warm start's alerts annunciate again
             now = clock.now_us()
@@ -137,8 +145,17 @@ async def run_site(site: Site, *, view: bool, out: TextIO = sys.stdout) -> int:
     if isinstance(clock, ScaledClock):
         log.warning("training clock: %gx real time from %s", site.speed, format_ts(clock.anchor_us))
     drivers = [open_driver(d.url, clock=clock, **d.options) for d in site.drivers]
+    sinks = [open_sink(s.url, **s.options) for s in site.sinks]
     await _monitor(
-        site.library, drivers, clock, site.db, site.source, title=site.name, view=view, out=out
+        site.library,
+        drivers,
+        clock,
+        site.db,
+        site.source,
+        title=site.name,
+        view=view,
+        out=out,
+        sinks=sinks,
     )
     return 0
 

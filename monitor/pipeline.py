@@ -57,6 +57,8 @@ class Pipeline:
             "duplicate": 0,
             "out_of_order": 0,
         }
+        #: why the last refused alarm action was refused (for the command's answer)
+        self.last_refusal: str | None = None
         # Rejections that arrive before any valid time is known wait for the first one.
         self._waiting: list[tuple[str, str, str]] = []
 
@@ -145,6 +147,7 @@ class Pipeline:
             self.counts["rejected"] += 1
             reason = exc.describe() if line_no is None else exc.at_line(line_no).describe()
             log.warning("%s: rejected: %s", source, reason)
+            self.last_refusal = exc.describe()
             self._journal(raw, source, "rejected", action, line_no, exc.describe())
         else:
             self.counts["accepted"] += 1

@@ -7,6 +7,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from alerts.log import AlertLog
+from alerts.sinks import Sink
 from config import Library, load_library
 from drivers.base import Driver
 from monitor.app import Monitor
@@ -29,6 +30,7 @@ class LiveBay:
         clock: Clock | None = None,
         library: Library | None = None,
         log: AlertLog | None = None,
+        sinks: Sequence[Sink] = (),
     ) -> None:
         self.alerts: list[dict[str, Any]] = []
         lib = library or load_library()
@@ -39,6 +41,7 @@ class LiveBay:
             log=log,
             outputs=[self._out],
             engine=Engine(lib),
+            sinks=sinks,
         )
         self.records: list[InputRecord] = []
         self._log = log

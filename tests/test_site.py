@@ -95,3 +95,34 @@ def test_a_site_needs_a_driver_and_a_readable_file(tmp_path: Path) -> None:
         load_site(tmp_path / "missing.toml")
     with pytest.raises(ConfigError, match="cannot be read"):
         load_site(write(tmp_path, "[site\n"))
+
+
+def test_sinks_are_checked_with_the_site(tmp_path: Path) -> None:
+    drivers = '[[drivers]]\nurl = "replay:///dev/null"\n'
+    good = load_site(
+        write(
+            tmp_path,
+            drivers
+            + '[[sinks]]\nurl = "terminal://"\n'
+            + '[[sinks]]\nurl = "mqtt://127.0.0.1:1883/calguard/nicu"\nclient_id = "a"\n'
+            + '[[sinks]]\nurl = "https://alarms.example.org/in"\ncapacity = 500\n'
+            + '[[sinks]]\nurl = "mllp://127.0.0.1:2576"\nfacility = "NICU-N"\n',
+        )
+    )
+    assert [s.url.split(":")[0] for s in good.sinks] == ["terminal", "mqtt", "https", "mllp"]
+    with pytest.raises(ConfigError) as caught:
+        load_site(
+            write(
+                tmp_path,
+                drivers
+                + '[[sinks]]\nurl = "http://alarms.example.org/in"\n'  # plain http, not loopback
+                + '[[sinks]]\nurl = "pager://ward"\n'
+                + '[[sinks]]\nurl = "mqtt://127.0.0.1:1883/x"\ncapacity = 0\ncolour = true\n',
+            )
+        )
+    assert {p.key for p in caught.value.problems} == {
+        "sinks[0].url",
+        "sinks[1].url",
+        "sinks[2].capacity",
+        "sinks[2].colour",
+    }

@@ -1,0 +1,193 @@
+"""The base of every notification sink: a bounded buffer, one delivery task, retries.
+
+The monitor hands each alarm line to every sink with ``submit`` (cheap, never blocks, never
+raises). Each sink delivers in order from its own task, so a slow or dead sink never holds
+up another sink or the engine. A delivery that fails for a reason that may pass (a
+connection lost, a 503) is retried with jittered exponential backoff, the item kept at the
+head of the buffer; one the receiver refuses for good (a 400, an HL7 AR) is given up. When
+the buffer is full the oldest item is given up. Nothing is dropped silently: every item
+given up, and why, goes to ``on_undelivered`` (the durable log's audit chain).
+
+    class MySink(Sink):
+        scheme = "my"
+        async def _open(self): ...              # connect; raise SinkError if it cannot
+        async def _deliver(self, item): ...     # raise SinkError (retry) or Refused (give up)
+        async def _close(self): ...
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import collections
+import contextlib
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+from urllib.parse import urlsplit
+
+from drivers.base import Backoff, OptionSpec
+from monitor.transitions import AlertTransition
+
+__all__ = ["Delivery", "Refused", "Sink", "SinkError", "SinkStats"]
+
+log = logging.getLogger("calguard.sinks")
+
+
+class SinkError(Exception):
+    """Delivery failed for now: retry."""
+
+
+class Refused(Exception):
+    """The receiver refused this item for good: give it up (logged as undelivered)."""
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """One alarm line for a sink, with the active alarms of its bed at that moment."""
+
+    tr: AlertTransition
+    line: str
+    bed_state: tuple[dict[str, object], ...] = ()
+    bed_key: str = ""  # the bed, or "unassigned" for alarms without one
+
+
+@dataclass
+class SinkStats:
+    delivered: int = 0
+    retries: int = 0
+    undelivered: int = 0
+    last_error: str | None = None
+    counters: dict[str, int] = field(default_factory=dict)
+
+
+Undelivered = Callable[["Sink", Delivery, str], None]
+
+
+class Sink(abc.ABC):
+    scheme: ClassVar[str]
+    options: ClassVar[Mapping[str, OptionSpec]] = {}
+    #: True for a sink that also takes commands in (its ``on_command`` is called with them)
+    takes_commands: ClassVar[bool] = False
+
+    def __init__(self, url: str, *, capacity: int = 1000, **options: Any) -> None:
+        self.url = url
+        self.parts = urlsplit(url)
+        unknown = set(options) - set(self.options)
+        if unknown:
+            raise ValueError(
+                f"{url}: unknown option(s) {sorted(unknown)}; expected {sorted(self.options)}"
+            )
+        self.config = {key: options.get(key, spec.default) for key, spec in self.options.items()}
+        self.capacity = capacity
+        self.stats = SinkStats()
+        self.backoff = Backoff()
+        self.connected = False
+        self.on_undelivered: Undelivered = _log_only
+        self.on_command: Callable[[bytes, str], str | None] | None = None
+        self._buffer: collections.deque[Delivery] = collections.deque()
+        self._wake = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.url}>"
+
+    # -- the monitor's side ------------------------------------------------------------------
+
+    def submit(self, item: Delivery) -> None:
+        if len(self._buffer) >= self.capacity:
+            self._give_up(self._buffer.popleft(), f"the buffer of {self.capacity} was full")
+        self._buffer.append(item)
+        self._idle.clear()
+        self._wake.set()
+
+    @property
+    def pending(self) -> int:
+        return len(self._buffer)
+
+    async def run(self) -> None:
+        """Deliver for ever (until cancelled): connect, drain the buffer, wait, reconnect."""
+        try:
+            while True:
+                try:
+                    await self._open()
+                    self.connected = True
+                    self.backoff.reset()
+                    log.info("%s: connected", self.url)
+                    while True:
+                        await self._drain()
+                        self._idle.set()
+                        await self._wait()
+                        self._wake.clear()
+                except SinkError as exc:
+                    self.connected = False
+                    self.stats.retries += 1
+                    self.stats.last_error = str(exc)
+                    delay = self.backoff.next()
+                    log.warning(
+                        "%s: %s; %d waiting, retrying in %.1f s", self.url, exc, self.pending, delay
+                    )
+                    await self._quiet_close()
+                    await asyncio.sleep(delay)
+        finally:
+            self.connected = False
+            await self._quiet_close()
+
+    async def flushed(self, within: float) -> None:
+        """Wait until everything submitted was delivered or given up, at most ``within`` s;
+        what is still waiting then is given up (and logged) as not delivered at shutdown."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(within):
+                await self._idle.wait()
+        while self._buffer:
+            self._give_up(self._buffer.popleft(), "not delivered before the monitor stopped")
+
+    # -- the loop ---------------------------------------------------------------------------
+
+    async def _drain(self) -> None:
+        while self._buffer:
+            item = self._buffer[0]
+            try:
+                await self._deliver(item)
+            except Refused as exc:
+                if self._buffer and self._buffer[0] is item:
+                    self._buffer.popleft()
+                self._give_up(item, f"refused: {exc}")
+                continue
+            if self._buffer and self._buffer[0] is item:  # not pushed out meanwhile
+                self._buffer.popleft()
+            self.stats.delivered += 1
+
+    async def _wait(self) -> None:
+        """Wait for work; a sink with its own reader overrides this to notice a lost link."""
+        await self._wake.wait()
+
+    def _give_up(self, item: Delivery, reason: str) -> None:
+        self.stats.undelivered += 1
+        try:
+            self.on_undelivered(self, item, reason)
+        except Exception:  # the report of a loss must not become a loss of the sink
+            log.exception("%s: could not record an undelivered alarm line", self.url)
+
+    async def _quiet_close(self) -> None:
+        try:
+            await self._close()
+        except Exception as exc:  # closing a broken link may fail too; it is closed either way
+            log.debug("%s: while closing: %s", self.url, exc)
+
+    # -- the hooks ----------------------------------------------------------------------------
+
+    async def _open(self) -> None:  # optional hook: nothing to open by default
+        return None
+
+    @abc.abstractmethod
+    async def _deliver(self, item: Delivery) -> None: ...
+
+    async def _close(self) -> None:  # optional hook
+        return None
+
+
+def _log_only(sink: Sink, item: Delivery, reason: str) -> None:
+    log.error("%s: alarm line not delivered (%s): %s", sink.url, reason, item.line)

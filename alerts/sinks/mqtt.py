@@ -1,0 +1,154 @@
+"""MQTT alarm sink (protocols.md section 3): alarm lines out, commands in.
+
+    mqtt://127.0.0.1:1883/calguard/nicu        (mqtts:// for TLS)
+
+    <prefix>/alerts                  every alarm line (the alert-line format), QoS 1
+    <prefix>/alerts/active/<bed>     retained: the bed's active alarms now, a JSON array
+                                     (state, category, audience ... per alarm; [] for none),
+                                     so a central station that connects sees them at once
+    <prefix>/commands                in, QoS 1: {"id": "c-1", "action": "ack", "alert":
+                                     "a-000003", "by": "rn42"}; pause takes "duration",
+                                     override "reason" and "duration"
+    <prefix>/commands/results        out, QoS 1: {"id": "c-1", "ok": true} or
+                                     {"id": "c-1", "ok": false, "reason": "..."}
+
+A command becomes an ``ack``/``pause``/``reset``/``override`` event stamped by the
+monitor's clock and goes through the pipeline like any input: logged, audited, replayable.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import ssl
+from typing import Any, ClassVar
+
+import aiomqtt
+import orjson
+
+from alerts.sinks.base import Delivery, Sink, SinkError
+from drivers.base import OptionSpec
+
+__all__ = ["MqttSink"]
+
+
+class MqttSink(Sink):
+    scheme = "mqtt"
+    takes_commands = True
+    options: ClassVar[dict[str, OptionSpec]] = {
+        "client_id": OptionSpec(str, "calguard-alarms", "client id of the alarm publisher"),
+        "username": OptionSpec(str, None, "broker user"),
+        "password_env": OptionSpec(str, None, "environment variable holding the password"),
+        "ca_file": OptionSpec(str, None, "CA certificate(s) to verify the broker (TLS)"),
+        "cert_file": OptionSpec(str, None, "client certificate (TLS)"),
+        "key_file": OptionSpec(str, None, "client key (TLS)"),
+        "keepalive": OptionSpec(int, 15, "seconds between keepalive pings"),
+        "commands": OptionSpec(bool, True, "take acknowledge/pause/reset/override commands"),
+    }
+
+    def __init__(self, url: str, **options: Any) -> None:
+        super().__init__(url, **options)
+        self.tls = self.parts.scheme == "mqtts" or self.config["ca_file"] is not None
+        self.host = self.parts.hostname or "127.0.0.1"
+        self.port = self.parts.port or (8883 if self.tls else 1883)
+        self.prefix = self.parts.path.strip("/")
+        if not self.prefix:
+            raise ValueError(f"{url}: the URL needs a topic prefix, e.g. /calguard/nicu")
+        self._client: aiomqtt.Client | None = None
+        self._reader: asyncio.Task[None] | None = None
+
+    async def _open(self) -> None:
+        password = None
+        if self.config["password_env"]:
+            password = os.environ.get(self.config["password_env"])
+            if password is None:
+                raise SinkError(
+                    f"the environment variable {self.config['password_env']} is not set"
+                )
+        tls = None
+        if self.tls:
+            try:
+                tls = ssl.create_default_context(cafile=self.config["ca_file"])
+                if self.config["cert_file"]:
+                    tls.load_cert_chain(self.config["cert_file"], self.config["key_file"])
+            except (OSError, ssl.SSLError) as exc:
+                raise SinkError(f"TLS set-up failed: {exc}") from exc
+        client = aiomqtt.Client(
+            self.host,
+            self.port,
+            identifier=self.config["client_id"],
+            username=self.config["username"],
+            password=password,
+            protocol=aiomqtt.ProtocolVersion.V5,
+            keepalive=self.config["keepalive"],
+            tls_context=tls,
+            timeout=10,
+        )
+        try:
+            await client.__aenter__()
+            if self.config["commands"] and self.on_command is not None:
+                await client.subscribe(f"{self.prefix}/commands", qos=1)
+        except aiomqtt.MqttError as exc:
+            with contextlib.suppress(aiomqtt.MqttError, OSError):
+                await client.__aexit__(None, None, None)
+            raise SinkError(f"cannot connect to the broker {self.host}:{self.port}: {exc}") from exc
+        self._client = client
+        self._reader = asyncio.create_task(self._read_commands(client), name=f"{self.url} commands")
+
+    async def _read_commands(self, client: aiomqtt.Client) -> None:
+        async for message in client.messages:
+            payload = (
+                message.payload
+                if isinstance(message.payload, bytes)
+                else str(message.payload).encode()
+            )
+            try:
+                command = orjson.loads(payload)
+            except orjson.JSONDecodeError:
+                command = None
+            ident = command.get("id") if isinstance(command, dict) else None
+            assert self.on_command is not None
+            refusal = self.on_command(payload, f"{self.prefix}/commands")
+            result: dict[str, object] = {"id": ident, "ok": refusal is None}
+            if refusal is not None:
+                result["reason"] = refusal
+            await client.publish(f"{self.prefix}/commands/results", orjson.dumps(result), qos=1)
+
+    async def _wait(self) -> None:
+        """Wait for work, or notice that the command reader lost the broker."""
+        wake = asyncio.ensure_future(self._wake.wait())
+        try:
+            watch = {wake} | ({self._reader} if self._reader is not None else set())
+            await asyncio.wait(watch, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            wake.cancel()
+        reader = self._reader
+        if reader is not None and reader.done():
+            exc = reader.exception() if not reader.cancelled() else None
+            raise SinkError(f"lost the broker: {exc or 'the command reader stopped'}")
+
+    async def _deliver(self, item: Delivery) -> None:
+        client = self._client
+        assert client is not None
+        try:
+            await client.publish(f"{self.prefix}/alerts", item.line.encode(), qos=1)
+            await client.publish(
+                f"{self.prefix}/alerts/active/{item.bed_key}",
+                orjson.dumps(list(item.bed_state)),
+                qos=1,
+                retain=True,
+            )
+        except aiomqtt.MqttError as exc:
+            raise SinkError(f"publish failed: {exc}") from exc
+
+    async def _close(self) -> None:
+        reader, self._reader = self._reader, None
+        if reader is not None:
+            reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError, aiomqtt.MqttError, Exception):
+                await reader
+        client, self._client = self._client, None
+        if client is not None:
+            with contextlib.suppress(aiomqtt.MqttError, OSError):
+                await client.__aexit__(None, None, None)
