@@ -16,12 +16,14 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from alerts.audit import verify_chain
 from alerts.log import default_db_url, normalise_db_url
 from alerts.schema import audit_chain
+from monitor.errors import ConfigError
 from monitor.timeutil import format_ts
 
 __all__ = ["add_parsers", "dispatch"]
 
 log = logging.getLogger("calguard")
-COMMANDS = ("audit",)
+COMMANDS = ("audit", "alerts", "ack", "pause", "reset", "override")
+DEFAULT_BROKER = "mqtt://127.0.0.1:1883/calguard/nicu"
 
 
 def add_parsers(sub: Any) -> None:
@@ -32,9 +34,70 @@ def add_parsers(sub: Any) -> None:
     for p in (verify, export):
         p.add_argument("--db", metavar="URL", help="log database (default: the local SQLite file)")
     export.add_argument("--out", metavar="FILE.csv", help="default: standard output")
+    add_alarm_parsers(sub)
+
+
+def _broker_args(p: argparse.ArgumentParser) -> None:
+    where = p.add_mutually_exclusive_group()
+    where.add_argument(
+        "--broker", metavar="URL", help=f"the monitor's MQTT alarm sink (default {DEFAULT_BROKER})"
+    )
+    where.add_argument(
+        "--config", metavar="SITE.toml", help="take the broker from the site's mqtt sink"
+    )
+
+
+def add_alarm_parsers(sub: Any) -> None:
+    alerts = sub.add_parser("alerts", help="the active alarms, as a central station sees them")
+    alerts.add_argument("--bed", help="only this bed")
+    alerts.add_argument("--priority", choices=["high", "medium", "low"], help="only this priority")
+    alerts.add_argument("--json", action="store_true", help="JSON lines instead of a table")
+    _broker_args(alerts)
+    helps = {
+        "ack": "acknowledge an alarm: it stays visible, stops sounding and escalating",
+        "pause": "pause an alarm's audio (the library's pause time, or --duration)",
+        "reset": "reset a latched alarm whose condition has ended",
+        "override": "override an alarm with a coded reason, until --duration (or the maximum)",
+    }
+    for action, text in helps.items():
+        p = sub.add_parser(action, help=text)
+        p.add_argument("alert", help="the alert id, e.g. a-000003")
+        p.add_argument("--by", required=True, help="your user id")
+        if action == "override":
+            p.add_argument("--reason", required=True, help="a coded reason of the library")
+        if action in ("pause", "override"):
+            p.add_argument("--duration", help='e.g. "1 min", "2 h"')
+        p.add_argument("--note", help="free text for the record")
+        p.add_argument("--wait", type=float, default=10.0, help="seconds to wait for the monitor")
+        _broker_args(p)
+
+
+def _broker(args: argparse.Namespace) -> str:
+    if args.broker:
+        return str(args.broker)
+    if args.config:
+        from config.site import load_site
+
+        site = load_site(args.config, db_default=None)
+        for sink in site.sinks:
+            if sink.url.startswith(("mqtt://", "mqtts://")):
+                return sink.url
+        raise ValueError(f"{args.config} has no mqtt sink: the alarm commands travel over MQTT")
+    return DEFAULT_BROKER
 
 
 def dispatch(args: argparse.Namespace) -> int:
+    if args.command != "audit":
+        from alerts import remote
+
+        try:
+            broker = _broker(args)
+        except (ValueError, ConfigError) as exc:
+            log.error("%s", exc)
+            return 2
+        if args.command == "alerts":
+            return asyncio.run(remote.show_alerts(broker, args.bed, args.priority, args.json))
+        return asyncio.run(remote.send_action(broker, args))
     url = normalise_db_url(args.db or default_db_url())
     try:
         if args.command == "audit" and args.audit_command == "verify":

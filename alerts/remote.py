@@ -1,0 +1,119 @@
+"""``calguard alerts`` and ``calguard ack|pause|reset|override``: a central station's view
+and actions, over the MQTT topics of the monitor's alarm sink (protocols.md section 3)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import sys
+import uuid
+from urllib.parse import urlsplit
+
+import aiomqtt
+import orjson
+
+__all__ = ["send_action", "show_alerts"]
+
+log = logging.getLogger("calguard")
+_RANK = {"high": 0, "medium": 1, "low": 2}
+_QUIET_S = 0.5  # retained messages come at once; this long without one and all are in
+
+
+def _target(broker: str) -> tuple[str, int, str]:
+    parts = urlsplit(broker)
+    return parts.hostname or "127.0.0.1", parts.port or 1883, parts.path.strip("/")
+
+
+def _client(host: str, port: int) -> aiomqtt.Client:
+    return aiomqtt.Client(
+        host,
+        port,
+        identifier=f"calguard-cli-{uuid.uuid4().hex[:8]}",
+        username=os.environ.get("CALGUARD_MQTT_USER"),
+        password=os.environ.get("CALGUARD_MQTT_PASSWORD"),
+        timeout=10,
+    )
+
+
+async def show_alerts(broker: str, bed: str | None, priority: str | None, as_json: bool) -> int:
+    host, port, prefix = _target(broker)
+    alarms: dict[str, list[dict[str, object]]] = {}
+    try:
+        async with _client(host, port) as client:
+            await client.subscribe(f"{prefix}/alerts/active/+", qos=1)
+            messages = aiter(client.messages)
+            while True:
+                try:
+                    message = await asyncio.wait_for(anext(messages), _QUIET_S)
+                except TimeoutError:
+                    break
+                if message.retain:
+                    name = str(message.topic).rsplit("/", 1)[-1]
+                    alarms[name] = orjson.loads(message.payload)
+    except aiomqtt.MqttError as exc:
+        log.error("cannot reach the broker %s:%s: %s", host, port, exc)
+        return 3
+    rows = [
+        a
+        for name, items in sorted(alarms.items())
+        for a in items
+        if (bed is None or name == bed) and (priority is None or a.get("priority") == priority)
+    ]
+    rows.sort(key=lambda a: (_RANK.get(str(a.get("priority")), 3), str(a.get("t"))))
+    if as_json:
+        for a in rows:
+            sys.stdout.write(orjson.dumps(a).decode() + "\n")
+        return 0
+    if not rows:
+        print("no active alarms" + (f" at {bed}" if bed else ""))
+        return 0
+    print(
+        f"{'PRIORITY':<9}{'SINCE':<10}{'ALERT':<10}{'STATE':<14}{'RULE':<26}{'BED':<5}{'TO':<14}MESSAGE"
+    )
+    for a in rows:
+        print(
+            f"{str(a.get('priority', '')).upper():<9}{str(a.get('t', ''))[11:19]:<10}"
+            f"{a.get('alert', ''):<10}{a.get('state', ''):<14}{a.get('rule', ''):<26}"
+            f"{a.get('bed', '-') or '-':<5}{a.get('audience', ''):<14}{a.get('message', '')}"
+        )
+    return 0
+
+
+async def send_action(broker: str, args: argparse.Namespace) -> int:
+    host, port, prefix = _target(broker)
+    ident = f"cli-{uuid.uuid4().hex[:12]}"
+    command: dict[str, object] = {
+        "id": ident,
+        "action": args.command,
+        "alert": args.alert,
+        "by": args.by,
+    }
+    for key in ("reason", "duration", "note"):
+        value = getattr(args, key, None)
+        if value is not None:
+            command[key] = value
+    try:
+        async with _client(host, port) as client:
+            await client.subscribe(f"{prefix}/commands/results", qos=1)
+            await client.publish(f"{prefix}/commands", orjson.dumps(command), qos=1)
+            async with asyncio.timeout(args.wait):
+                async for message in client.messages:
+                    result = orjson.loads(message.payload)
+                    if isinstance(result, dict) and result.get("id") == ident:
+                        break
+    except TimeoutError:
+        log.error(
+            "no monitor answered on %s/commands within 10 s: is one running with an mqtt sink?",
+            prefix,
+        )
+        return 3
+    except aiomqtt.MqttError as exc:
+        log.error("cannot reach the broker %s:%s: %s", host, port, exc)
+        return 3
+    if result.get("ok"):
+        print(f"{args.command}: {args.alert} by {args.by}: done")
+        return 0
+    print(f"{args.command}: {args.alert}: refused: {result.get('reason')}")
+    return 1
