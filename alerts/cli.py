@@ -22,7 +22,7 @@ from monitor.timeutil import format_ts
 __all__ = ["add_parsers", "dispatch"]
 
 log = logging.getLogger("calguard")
-COMMANDS = ("audit", "alerts", "ack", "pause", "reset", "override")
+COMMANDS = ("audit", "report", "alerts", "ack", "pause", "reset", "override")
 DEFAULT_BROKER = "mqtt://127.0.0.1:1883/calguard/nicu"
 
 
@@ -34,6 +34,16 @@ def add_parsers(sub: Any) -> None:
     for p in (verify, export):
         p.add_argument("--db", metavar="URL", help="log database (default: the local SQLite file)")
     export.add_argument("--out", metavar="FILE.csv", help="default: standard output")
+    report = sub.add_parser(
+        "report", help="the alarm burden: per bed-day, by rule, acknowledgement"
+    )
+    report.add_argument("--db", metavar="URL", help="log database (default: the local SQLite file)")
+    report.add_argument(
+        "--since",
+        help='alarms raised from this time ("2026-11-21T07:00:00Z") or this long ago ("7 day")',
+    )
+    report.add_argument("--csv", metavar="FILE.csv", help="one row per alarm")
+    report.add_argument("--png", metavar="FILE.png", help="alarms per hour by priority (chart)")
     add_alarm_parsers(sub)
 
 
@@ -87,7 +97,7 @@ def _broker(args: argparse.Namespace) -> str:
 
 
 def dispatch(args: argparse.Namespace) -> int:
-    if args.command != "audit":
+    if args.command not in ("audit", "report"):
         from alerts import remote
 
         try:
@@ -100,6 +110,8 @@ def dispatch(args: argparse.Namespace) -> int:
         return asyncio.run(remote.send_action(broker, args))
     url = normalise_db_url(args.db or default_db_url())
     try:
+        if args.command == "report":
+            return _report(url, args)
         if args.command == "audit" and args.audit_command == "verify":
             return asyncio.run(_verify(url))
         if args.command == "audit":
@@ -108,6 +120,42 @@ def dispatch(args: argparse.Namespace) -> int:
         log.error("cannot read the log %s: %s", url, str(exc).splitlines()[0])
         return 3
     return 2
+
+
+def _report(url: str, args: argparse.Namespace) -> int:
+    from alerts.report import load_report, write_csv, write_png
+    from monitor import units
+    from monitor.clock import SystemClock
+    from monitor.errors import QuantityError
+    from monitor.timeutil import parse_ts
+
+    since = None
+    if args.since:
+        try:
+            since = parse_ts(args.since)
+        except QuantityError:
+            try:
+                number, unit = units.split_quantity(args.since)
+                ago = number * units.unit_factor(unit, units.DURATION)
+            except QuantityError as exc:
+                log.error(
+                    "--since %r: %s; a time or a duration is expected", args.since, exc.reason
+                )
+                return 2
+            since = SystemClock().now_us() - round(ago)
+    report = asyncio.run(load_report(url, since))
+    print(report.text())
+    if args.csv:
+        write_csv(report, args.csv)
+        log.info("%d alarms written to %s", len(report.alarms), args.csv)
+    if args.png:
+        try:
+            write_png(report, args.png)
+        except ImportError:
+            log.error("the chart needs matplotlib: pip install 'calguard[report]'")
+            return 1
+        log.info("chart written to %s", args.png)
+    return 0
 
 
 async def _verify(url: str) -> int:
