@@ -123,7 +123,12 @@ async def _monitor(
             if view:
                 screen = group.create_task(
                     TerminalView(
-                        monitor.engine, title=title, clock=clock, drivers=drivers, out=out
+                        monitor.engine,
+                        title=title,
+                        clock=clock,
+                        drivers=drivers,
+                        out=out,
+                        alarms=monitor.pipeline.alarms,
                     ).run(),
                     name="view",
                 )
@@ -134,7 +139,14 @@ async def _monitor(
             if screen is not None:
                 screen.cancel()
         if view:
-            TerminalView(monitor.engine, title=title, clock=clock, drivers=drivers, out=out).draw()
+            TerminalView(
+                monitor.engine,
+                title=title,
+                clock=clock,
+                drivers=drivers,
+                out=out,
+                alarms=monitor.pipeline.alarms,
+            ).draw()
     return counts
 
 

@@ -15,6 +15,7 @@ import sys
 from collections.abc import Sequence
 from typing import TextIO
 
+from alerts.alarms import Alarm, AlarmManager
 from drivers.base import Driver
 from monitor.clock import Clock
 from monitor.engine import Engine
@@ -94,6 +95,25 @@ def _alert_row(alert: ActiveAlert, width: int, colour: bool) -> str:
     return head + text[: max(20, width - 9)]
 
 
+def _alarm_row(alarm: Alarm, audiences: tuple[str, ...], width: int, colour: bool) -> str:
+    last = alarm.last
+    d = last.description
+    subject = " ".join(x for x in (d.bed, d.line, f"{d.pump}/{d.channel}" if d.pump else None) if x)
+    head = f" {last.priority.upper():<6} "
+    if colour and alarm.annunciating:
+        head = f"{_COLOURS[last.priority]}{head}{_RESET}"
+    state = alarm.state + (" (latched)" if alarm.latched and alarm.state != "latched" else "")
+    if alarm.acked_by:
+        state += f" by {alarm.acked_by}"
+    if alarm.audience:
+        state += f", to {audiences[alarm.audience]}"
+    text = (
+        f" {format_ts(alarm.raised_t)[11:19]} {alarm.id} {last.rule:<24} {subject:<14} "
+        f"[{state}] {d.message}"
+    )
+    return head + text[: max(20, width - 9)]
+
+
 def render(
     engine: Engine,
     *,
@@ -103,6 +123,7 @@ def render(
     speed: float = 1.0,
     width: int = 120,
     colour: bool = False,
+    alarms: AlarmManager | None = None,
 ) -> str:
     ward = engine.ward
     clock = format_ts(now)[:19].replace("T", " ") + " UTC"
@@ -135,6 +156,13 @@ def render(
     if loose:
         out.append("NO DOCUMENTED LINE")
         out.extend(_channel_row(engine, ch, now) for ch in sorted(loose, key=lambda c: c.name))
+    if alarms is not None:
+        shown = alarms.active()
+        out += ["", f"ALARMS ({len(shown)})"]
+        out.extend(_alarm_row(a, alarms.policy.audiences, width, colour) for a in shown)
+        if not shown:
+            out.append("  none - which does not mean a site is fine: look at it")
+        return "\n".join(out) + "\n"
     alerts = sorted(engine.active.values(), key=lambda a: (-PRIORITY_RANK[a.priority], a.raised_t))
     out += ["", f"ACTIVE ALERTS ({len(alerts)})"]
     out.extend(_alert_row(a, width, colour) for a in alerts)
@@ -154,8 +182,10 @@ class TerminalView:
         clock: Clock,
         drivers: Sequence[Driver] = (),
         out: TextIO | None = None,
+        alarms: AlarmManager | None = None,
     ) -> None:
         self.engine, self.title, self.clock, self.drivers = engine, title, clock, drivers
+        self.alarms = alarms
         self.out = out or sys.stdout
         self.colour = self.out.isatty()
 
@@ -170,6 +200,7 @@ class TerminalView:
             speed=self.clock.speed,
             width=width,
             colour=self.colour,
+            alarms=self.alarms,
         )
         prefix = "\x1b[H\x1b[2J" if self.colour else "\n"
         self.out.write(prefix + text)

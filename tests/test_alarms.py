@@ -247,3 +247,55 @@ async def test_a_replayed_shift_with_actions_prints_every_transition_in_time_ord
         ("08:25:00", "reset", None, "charge1"),
     ]
     assert got[6]["latched"] is True and got[7]["latched"] is True
+
+
+async def test_live_a_pause_ends_on_the_live_clock_at_its_exact_time() -> None:
+    """The monitor's clock task sleeps until the alarm layer's next deadline too."""
+    from drivers.virtual import VirtualDriver
+    from monitor.clock import ScaledClock, SystemClock
+    from tests.live import LiveBay, now_ts
+
+    clock = ScaledClock(60.0, anchor_us=SystemClock().now_us())  # a 2 min pause lasts 2 s
+    url = "virtual://alarms-live"
+    async with LiveBay([VirtualDriver(url)], clock=clock, library=QUIET) as bay:
+        t = now_ts(clock)
+        for event in (
+            {"t": t, "type": "patient", "bed": "B1", "weight": "1 kg", "postnatal_age": "5 day"},
+            {
+                "t": t,
+                "type": "line",
+                "line": "L1",
+                "bed": "B1",
+                "kind": "picc",
+                "tip_confirmed": True,
+            },
+            {"t": t, "type": "connect", "pump": "P1", "line": "L1"},
+            {"t": t, "type": "patency_check", "line": "L1", "result": "blood_return"},
+            {"t": t, "type": "reading", "pump": "P1", "rate": "2 ml/h", "drug": DILUTED},
+        ):
+            VirtualDriver.put(url, event)
+        await bay.until(lambda: bay.of("rate-weight", "raised"))
+        alert = bay.of("rate-weight")[0]["alert"]
+        command = json.dumps({"action": "pause", "alert": alert, "by": "rn42"}).encode()
+        assert bay.monitor.command(command, "test") is None
+        await bay.until(lambda: bay.of("rate-weight", "resumed"), within=10)
+        refused = json.dumps({"action": "reset", "alert": alert, "by": "rn42"}).encode()
+        assert "still holds" in (bay.monitor.command(refused, "test") or "")
+        assert "one of ack" in (bay.monitor.command(b'{"action": "silence"}', "test") or "")
+        assert "not JSON" in (bay.monitor.command(b"{", "test") or "")
+    paused = bay.of("rate-weight", "paused")[0]
+    resumed = bay.of("rate-weight", "resumed")[0]
+    assert resumed["t"] == paused["until"]  # exactly when the pause ended
+
+
+def test_the_view_shows_each_alarm_with_its_state() -> None:
+    from monitor.view import render
+
+    bay = picc("3 ml/h")
+    act(bay, "08:02", "ack", by="rn42")
+    bay.clock("08:03")
+    text = render(bay.engine, title="B", now=bay.engine.now or 0, alarms=alarms(bay))
+    assert "ALARMS (1)" in text and "[acknowledged by rn42]" in text
+    bay.reading("08:05", rate="1 ml/h", drug=DILUTED)
+    text = render(bay.engine, title="B", now=bay.engine.now or 0, alarms=alarms(bay))
+    assert "[acknowledged (latched) by rn42]" in text  # still shown until reset
