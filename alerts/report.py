@@ -115,10 +115,10 @@ class Report:
             "",
             f"  {'rule':<28}{'high':>6}{'medium':>8}{'low':>6}{'total':>7}",
         ]
-        rules = sorted(
-            {r for r, _ in self.by_rule},
-            key=lambda r: -sum(self.by_rule[(r, p)] for p in ("high", "medium", "low")),
-        )
+        totals: Counter[str] = Counter()
+        for (rule, _), n in self.by_rule.items():
+            totals[rule] += n
+        rules = sorted(totals, key=lambda r: (-totals[r], r))  # deterministic order
         for rule in rules:
             counts = [self.by_rule[(rule, p)] for p in ("high", "medium", "low")]
             out.append(f"  {rule:<28}{counts[0]:>6}{counts[1]:>8}{counts[2]:>6}{sum(counts):>7}")

@@ -66,6 +66,7 @@ async def test_the_report_of_a_replayed_shift(db_url: str) -> None:
     assert report.acknowledged_share == 3 / 12
     assert report.median_seconds_to_acknowledge == 60.0  # of 60, 180 and 60 s
     assert report.override_reasons == {"prescriber-approved": 1}
+    assert report.escalated_share == 6 / 12  # the unacknowledged ones that lasted long enough
     by_id = {a.alert: a for a in report.alarms}
     assert by_id["a-000001"].reset_by == "rn1" and by_id["a-000001"].latched
     assert by_id["a-000003"].overridden_by == "dr1" and by_id["a-000003"].escalated_to is None
