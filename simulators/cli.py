@@ -150,6 +150,9 @@ async def _mqtt(
     site.write_text(
         _site_head(scenario, clock)
         + f'[[drivers]]\nurl = "mqtt://{host}:{port}/{prefix}"\nclient_id = "calguard-training"\n'
+        + "\n# alarms to central stations, and their acknowledgements back\n"
+        + f'[[sinks]]\nurl = "mqtt://{host}:{port}/{prefix}"\n'
+        + 'client_id = "calguard-training-alarms"\n'
     )
     ward = MqttWard(host, port, prefix, clock)
     _announce(
@@ -159,6 +162,8 @@ async def _mqtt(
             f"bedside events on {prefix}/events",
             f"site config: {site}{note}",
             f"monitor it:  calguard run --config {site} --view",
+            f"then:        calguard alerts --config {site}",
+            f"             calguard ack ALERT --by YOU --config {site}",
         ],
     )
     if wait:  # bedside events published before the monitor subscribes would be lost
