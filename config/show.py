@@ -116,4 +116,16 @@ def render_library(lib: Library) -> str:
             out.append(f"      {key:<20} {n}")
         for key, classes in cfg.class_lists.items():
             out.append(f"      {key:<20} {', '.join(classes) or '(none)'}")
+    a = lib.alarms
+    out += ["", "Alarms:"]
+    for priority in ("high", "medium", "low"):
+        latch = ", latches until reset" if priority in a.latching else ""
+        out.append(
+            f"  {priority:<7} audio pause {a.pause[priority].text}; unacknowledged "
+            f"{a.escalate_after[priority].text} -> next audience{latch}"
+        )
+    out.append(f"  audiences: {' -> '.join(a.audiences)}")
+    out.append(
+        f"  override reasons: {', '.join(a.override_reasons)}; at most {a.override_max.text}"
+    )
     return "\n".join(out) + "\n"

@@ -125,6 +125,8 @@ def test_config_show_converts_every_limit(tmp_path: Path) -> None:
     assert "2 ml/min" in out and "= 120 ml/h" in out
     assert "= 200 mg/min of gluconate with Calcium gluconate 10%" in out
     assert "= 0.33 ml/kg/h of Calcium gluconate 10%" in out  # 33 mg/kg/h
+    assert "high    audio pause 2 min; unacknowledged 2 min -> next audience, latches" in out
+    assert "audiences: bedside -> charge-nurse -> unit" in out
 
 
 def test_config_init_writes_a_library_that_checks(tmp_path: Path) -> None:
