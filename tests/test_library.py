@@ -216,3 +216,26 @@ def test_limits_are_converted_once_at_load() -> None:
     assert lib.rule("rate-weight").q("continuous_medium").value == pytest.approx(33 / 60)
     assert lib.rule("rate-weight").q("continuous_medium").kind is units.SALT_PER_WEIGHT_RATE
     assert lib.rule("site-check-overdue").q("medium_after").us == 3_600_000_000
+
+
+def test_the_alarm_policy_is_validated_like_the_limits() -> None:
+    from config import builtin_text, parse_library
+
+    text = builtin_text()
+    head, _, _ = text.partition("[alarms]")
+    missing = parse_library(head, "lib.toml")
+    assert [(p.key, p.message) for p in missing.problems] == [("alarms", "section is missing")]
+    broken = (
+        text.replace('pause = { high = "2 min",', 'pause = { high = "2",')
+        .replace('override_max = "4 h"', 'override_max = "4 ml"')
+        .replace('escalate_after = { high = "2 min", ', "escalate_after = { ")
+    )
+    problems = {p.key: p.message for p in parse_library(broken, "lib.toml").problems}
+    assert set(problems) == {
+        "alarms.pause.high",
+        "alarms.escalate_after.high",
+        "alarms.override_max",
+    }
+    assert "a bare number" in problems["alarms.pause.high"]
+    assert 'did you mean "2 min"' in problems["alarms.pause.high"]
+    assert 'the built-in default is "2 min"' in problems["alarms.escalate_after.high"]
