@@ -403,3 +403,21 @@ async def test_pcd04_an_ae_answer_is_logged_undelivered() -> None:
             reading(url, "180 ml/h")
             await bay.until(lambda: bay.alerts and len(lost.items) == len(bay.alerts))
     assert all(why.startswith("refused: AE") for _, why in lost.items)
+
+
+async def test_the_terminal_sink_writes_one_readable_line_per_transition() -> None:
+    import io as _io
+
+    from alerts.sinks.simple import TerminalSink
+
+    out = _io.StringIO()
+    sink = TerminalSink("terminal://", out=out)
+    url = bedside_url()
+    async with LiveBay([VirtualDriver(url)], sinks=[sink]) as bay:
+        admit(url)
+        reading(url, "180 ml/h")
+        await bay.until(lambda: len(bay.alerts) >= 4 and sink.stats.delivered == len(bay.alerts))
+    lines = out.getvalue().splitlines()
+    assert len(lines) == len(bay.alerts)
+    assert "HIGH   raised       rate-volume" in lines[0] and "B1 L1 P1/A" in lines[0]
+    assert "\x1b[" not in out.getvalue()  # no colour codes when the output is not a terminal
