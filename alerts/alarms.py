@@ -38,6 +38,40 @@ __all__ = ["TECHNICAL_RULES", "Alarm", "AlarmManager", "category"]
 TECHNICAL_RULES = frozenset({"telemetry-stale", "telemetry-invalid"})
 
 
+def transition_from_line(d: dict[str, object]) -> AlertTransition:
+    """An alert line (as logged) back into a transition."""
+    from monitor.timeutil import parse_ts
+    from monitor.transitions import Description
+
+    def text(key: str) -> str | None:
+        value = d.get(key)
+        return value if isinstance(value, str) else None
+
+    until = text("until")
+    return AlertTransition(
+        parse_ts(d["t"]),
+        str(d["state"]),
+        str(d["alert"]),
+        str(d["rule"]),
+        str(d["priority"]),
+        Description(
+            str(d.get("message", "")),
+            text("bed"),
+            text("line"),
+            text("pump"),
+            text("channel"),
+            text("value"),
+            text("limit"),
+        ),
+        str(d.get("library", "")),
+        latched=bool(d.get("latched")),
+        by=text("by"),
+        reason=text("reason"),
+        audience=text("audience"),
+        until=parse_ts(until) if until else None,
+    )
+
+
 def category(rule: str) -> str:
     return "technical" if rule in TECHNICAL_RULES else "clinical"
 
@@ -308,6 +342,62 @@ class AlarmManager:
         alarm = Alarm(tr, active.raised_t)
         self.alarms[active.alert] = alarm
         self._escalate_from(alarm, now)
+
+    def restore(
+        self, lines: list[dict[str, object]], active_ids: set[str], now: int
+    ) -> list[AlertTransition]:
+        """After a restart: rebuild the alarms from the lines the last runs emitted
+        (acknowledged, paused, overridden, escalated, latched ...). An alarm whose alert the
+        engine still has active keeps its state; a latched one stays until reset; others
+        are gone. Deadlines that ran out while the monitor was down fire now, stamped with
+        their exact time: the returned lines."""
+        since: dict[str, int] = {}
+        for d in lines:
+            tr = transition_from_line(d)
+            if tr.state == "raised":
+                self.alarms[tr.alert] = Alarm(tr, tr.t)
+                since[tr.alert] = tr.t
+                continue
+            alarm = self.alarms.get(tr.alert)
+            if alarm is None:
+                continue
+            alarm.last = replace(tr, by=None, reason=None, audience=None, until=None)
+            if tr.state == "acknowledged":
+                alarm.acked_by, alarm.acked_t, alarm.paused_until = tr.by, tr.t, None
+            elif tr.state == "paused":
+                alarm.paused_until = tr.until
+            elif tr.state == "overridden":
+                alarm.overridden_until, alarm.override_reason = tr.until, tr.reason
+            elif tr.state == "resumed":
+                if alarm.overridden_until is not None:
+                    alarm.acked_by = alarm.acked_t = None
+                    alarm.audience = 0
+                alarm.paused_until = alarm.overridden_until = alarm.override_reason = None
+                since[tr.alert] = tr.t
+            elif tr.state == "escalated" and tr.audience in self.policy.audiences:
+                alarm.audience = self.policy.audiences.index(tr.audience)
+                since[tr.alert] = tr.t
+            elif tr.state == "escalated":  # worse: it returned
+                alarm.acked_by = alarm.acked_t = None
+                alarm.paused_until = alarm.overridden_until = alarm.override_reason = None
+                since[tr.alert] = tr.t
+            elif tr.state == "cleared" and tr.latched:
+                alarm.condition, alarm.latched = False, True
+            elif tr.state in ("cleared", "reset"):
+                del self.alarms[tr.alert]
+        for alert_id, alarm in list(self.alarms.items()):
+            if alert_id in active_ids:
+                alarm.condition = True
+            elif not (alarm.latched and not alarm.condition):
+                del self.alarms[alert_id]
+                continue
+            if alarm.paused_until is not None:
+                self._at(alarm.paused_until, "pause-end", alarm)
+            elif alarm.overridden_until is not None:
+                self._at(alarm.overridden_until, "override-end", alarm)
+            elif alarm.acked_by is None:
+                self._escalate_from(alarm, since.get(alert_id, alarm.raised_t))
+        return self.advance(now)
 
     def active(self) -> list[Alarm]:
         return sorted(

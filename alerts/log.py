@@ -317,12 +317,19 @@ class AlertLog:
             raise LogError(f"cannot read {self.display_url}: {_short(exc)}") from exc
 
     async def open_alerts(self) -> list[dict[str, Any]]:
-        """Alerts of live sessions whose last transition left them active, as alert lines."""
+        """Alerts of live sessions whose condition has not ended (never cleared or reset),
+        each as its latest line (an alarm-layer line may follow a latched alarm's clear)."""
         assert self._engine is not None, "use AlertLog as an async context manager"
         live = select(sessions.c.id).where(sessions.c.mode == "live")
+        closed = select(alert_transitions.c.alert_id).where(
+            alert_transitions.c.state.in_(("cleared", "reset"))
+        )
         last = (
             select(func.max(alert_transitions.c.id))
-            .where(alert_transitions.c.session_id.in_(live))
+            .where(
+                alert_transitions.c.session_id.in_(live),
+                alert_transitions.c.alert_id.not_in(closed),
+            )
             .group_by(alert_transitions.c.alert_id)
         )
         query = select(alert_transitions.c.alert_line, alert_transitions.c.state).where(
@@ -334,6 +341,23 @@ class AlertLog:
         except SQLAlchemyError as exc:
             raise LogError(f"cannot read {self.display_url}: {_short(exc)}") from exc
         return [orjson.loads(r.alert_line) for r in rows if r.state not in ("cleared", "reset")]
+
+    async def alarm_lines(self, since_us: int) -> list[dict[str, Any]]:
+        """The alert lines of live sessions since ``since_us``, in the order emitted: what
+        the alarm manager needs to restore acknowledgements, pauses, latches after a restart."""
+        assert self._engine is not None, "use AlertLog as an async context manager"
+        live = select(sessions.c.id).where(sessions.c.mode == "live")
+        query = (
+            select(alert_transitions.c.alert_line)
+            .where(alert_transitions.c.session_id.in_(live), alert_transitions.c.t_us >= since_us)
+            .order_by(alert_transitions.c.session_id, alert_transitions.c.seq)
+        )
+        try:
+            async with self._engine.connect() as conn:
+                rows = (await conn.execute(query)).all()
+        except SQLAlchemyError as exc:
+            raise LogError(f"cannot read {self.display_url}: {_short(exc)}") from exc
+        return [orjson.loads(r.alert_line) for r in rows]
 
     async def _end_session(self) -> None:
         assert self._engine is not None

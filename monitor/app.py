@@ -136,7 +136,7 @@ class Monitor:
             )
         else:
             transitions = self.pipeline.feed_object(item.obj, raw=item.raw, source=item.source)
-        self._emit(transitions)
+        self.emit(transitions)
 
     def _tick(self, due: int | None) -> None:
         """A timer is due: move the engine's time on with a (logged) clock event."""
@@ -144,7 +144,7 @@ class Monitor:
         if due is None or self.engine.now is None or now < due:
             return
         event = {"t": format_ts(now), "type": "clock"}
-        self._emit(self.pipeline.feed_object(event, raw=orjson.dumps(event), source="clock"))
+        self.emit(self.pipeline.feed_object(event, raw=orjson.dumps(event), source="clock"))
 
     def command(self, raw: bytes, source: str) -> str | None:
         """A person's command from a central station (``{"action": "ack", "alert": ...,
@@ -161,7 +161,7 @@ class Monitor:
                 why = f"action {obj.get('action')!r}: one of {', '.join(ALARM_ACTIONS)} is expected"
             else:
                 before = self.pipeline.counts["rejected"]
-                self._emit(self.pipeline.feed_object(event, raw=orjson.dumps(event), source=source))
+                self.emit(self.pipeline.feed_object(event, raw=orjson.dumps(event), source=source))
                 self._timer_moved.set()  # a pause or override brings a deadline
                 return (
                     None
@@ -178,7 +178,8 @@ class Monitor:
         if self.log is not None:
             self.log.add_undelivered(sink.url, item.tr.t, reason, item.line)
 
-    def _emit(self, transitions: list[AlertTransition]) -> None:
+    def emit(self, transitions: list[AlertTransition]) -> None:
+        """Log the lines, print them and hand them to every sink."""
         for tr in transitions:
             line = tr.to_json()
             if self.log is not None:

@@ -17,6 +17,7 @@ from collections import Counter
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import TextIO
 
+from alerts.alarms import AlarmManager
 from alerts.log import AlertLog
 from alerts.sinks import Sink, open_sink
 from config.library import Library
@@ -40,6 +41,7 @@ from simulators.serial_ward import SerialWard
 __all__ = ["run_demo", "run_site"]
 
 log = logging.getLogger("calguard")
+_WEEK_US = 7 * 86_400_000_000  # how far back alarm states are restored from
 
 
 def _printer(out: TextIO, counts: Counter[str]) -> Callable[[AlertTransition, str], None]:
@@ -67,6 +69,31 @@ def _on_signals(stop: Callable[[], None]) -> None:
             loop.add_signal_handler(sig, stop)
 
 
+def _restore_alarms(
+    alarms: AlarmManager,
+    lines: list[dict[str, object]],
+    engine: Engine,
+    missed: list[AlertTransition],
+    now: int,
+) -> list[AlertTransition]:
+    """The alarms as people left them (acknowledged, paused, latched ...), then what changed
+    while the monitor was down through the alarm layer (a high alarm whose condition ended
+    meanwhile latches). Returns the lines to emit now: deadlines that ran out while down
+    carry their exact times."""
+    ids = {a.alert for a in engine.active.values()}
+    ids |= {tr.alert for tr in missed if tr.state == "cleared"}
+    out = alarms.restore(lines, ids, now)
+    for tr in missed:
+        if tr.state == "cleared" and tr.alert not in alarms.alarms:
+            out.append(tr)  # no alarm left to end: the clear is only recorded
+        else:
+            out += alarms.process([tr], now)
+    for active in engine.active.values():
+        if active.alert not in alarms.alarms:  # no lines of it to restore: annunciate again
+            alarms.resume(active, engine.library.version, now)
+    return sorted(out, key=lambda tr: tr.t)
+
+
 async def _monitor(
     library: Library,
     drivers: list[Driver],
@@ -82,6 +109,8 @@ async def _monitor(
     sinks: Sequence[Sink] = (),
 ) -> Counter[str]:
     counts: Counter[str] = Counter()
+    early = asyncio.Event()
+    _on_signals(early.set)  # a signal while starting up is kept: the monitor stops at once
     async with _log(db) as alert_log:
         outputs = (
             [_printer(out, counts)]
@@ -89,20 +118,17 @@ async def _monitor(
             else [lambda tr, _: counts.update([f"{tr.state} {tr.rule}"])]
         )
         engine = Engine(library)
+        restored_lines: list[dict[str, object]] | None = None
+        missed: list[AlertTransition] = []  # what changed while the monitor was down
         if alert_log is not None:
-            missed: list[AlertTransition] = []
             if mode == "live":  # pick up where the last run left off
                 warm = await warm_start(alert_log, library, clock.now_us())
                 engine, missed = warm.engine, warm.transitions
+                restored_lines = await alert_log.alarm_lines(clock.now_us() - _WEEK_US)
             else:
                 engine.book.restart_ids(await alert_log.next_alert_id())
             session = await alert_log.start_session(mode, source, library, engine.book.next_id)
             log.info("logging to %s (session %s)", alert_log.display_url, session)
-            for tr in missed:
-                line = tr.to_json()
-                alert_log.add_transition(tr, line)
-                for output in outputs:
-                    output(tr, line)
         monitor = Monitor(
             library,
             drivers,
@@ -112,11 +138,13 @@ async def _monitor(
             engine=engine,
             sinks=sinks,
         )
-        if monitor.pipeline.alarms is not None:  # a warm start's alerts annunciate again
-            now = clock.now_us()
-            for active in engine.active.values():
-                monitor.pipeline.alarms.resume(active, library.version, now)
         _on_signals(monitor.stop)
+        if early.is_set():
+            monitor.stop()
+        alarms = monitor.pipeline.alarms
+        if alarms is not None and restored_lines is not None:
+            missed = _restore_alarms(alarms, restored_lines, engine, missed, clock.now_us())
+        monitor.emit(missed)
         async with asyncio.TaskGroup() as group:
             running = group.create_task(monitor.run(), name="monitor")
             screen = None

@@ -47,8 +47,8 @@ async def warm_start(alert_log: AlertLog, library: Library, now_us: int) -> Warm
     engine = Engine(library)
     window = library.rule("dose-daily").q("window").us
     rows = await alert_log.recovery_inputs(now_us - _WEEK_US, now_us - window - _MARGIN_US)
-    # the engine's state only: alarm states (acknowledged, paused, latched ...) are not
-    # carried over a restart; every alert still active annunciates again (fail safe)
+    # the engine's state only: the alarm layer (acknowledged, paused, latched ...) is
+    # rebuilt from its own lines by the live monitor (monitor.live._restore_alarms)
     pipeline = Pipeline(engine, alarms=False)
     for row in rows:
         pipeline.feed_line(row.raw, source=f"warm start: {row.source}")

@@ -9,12 +9,17 @@ from __future__ import annotations
 
 import io
 import json
+from dataclasses import replace
 from typing import Any
 
-from alerts.alarms import AlarmManager
+from alerts.alarms import AlarmManager, transition_from_line
+from alerts.log import AlertLog
 from config import builtin_text, parse_library
+from monitor.engine import Engine
+from monitor.live import _restore_alarms
 from monitor.replay import replay
-from tests.support import Bedside, ts
+from monitor.timeutil import format_ts
+from tests.support import Bedside, ts, us
 
 DILUTED = "Calcium gluconate 20 mg/ml"
 # these tests send a reading only when the rate changes: no telemetry-stale alarm here
@@ -299,3 +304,74 @@ def test_the_view_shows_each_alarm_with_its_state() -> None:
     bay.reading("08:05", rate="1 ml/h", drug=DILUTED)
     text = render(bay.engine, title="B", now=bay.engine.now or 0, alarms=alarms(bay))
     assert "[acknowledged (latched) by rn42]" in text  # still shown until reset
+
+
+def down_at_0804() -> tuple[Bedside, str, str]:
+    """B1 high, acknowledged, then its condition ends (latched); B2 medium, paused until
+    08:05 and still holding; then the monitor goes down."""
+    bay = Bedside(QUIET, alarms=True)
+    bay.admit("08:00", kind="picc", tip_confirmed=True)
+    bay.admit("08:00", bed="B2", line="L2", pump="P2", kind="picc", tip_confirmed=True)
+    bay.reading("08:01", rate="3 ml/h", drug=DILUTED)  # B1: high
+    bay.reading("08:01", rate="2 ml/h", drug=DILUTED, pump="P2")  # B2: medium
+    b1, b2 = (str(a["alert"]) for a in bay.alerts if a["state"] == "raised")
+    act(bay, "08:02", "ack", alert=b1)
+    act(bay, "08:03", "pause", alert=b2)  # until 08:05
+    bay.reading("08:04", rate="1 ml/h", drug=DILUTED)  # B1 ends: latched, acknowledged
+    return bay, b1, b2
+
+
+def check_restored(lines_logged: list[dict[str, Any]], b1: str, b2: str) -> None:
+    restarted = AlarmManager(QUIET.alarms)
+    # the monitor was down from 08:04:30 to 08:10; B2's condition still holds
+    late = restarted.restore(lines_logged, {b2}, us("08:10"))
+    assert [(tr.state, format_ts(tr.t)[11:19], tr.audience) for tr in late] == [
+        ("resumed", "08:05:00", None),  # the pause ran out while it was down
+        ("escalated", "08:10:00", "charge-nurse"),  # 5 min after it resumed
+    ]
+    kept = {a.id: a for a in restarted.active()}
+    assert set(kept) == {b1, b2}
+    assert kept[b1].latched and kept[b1].acked_by == "rn42"  # still shown until reset
+    assert kept[b2].state == "active" and kept[b2].audience == 1
+
+
+def test_restore_rebuilds_acknowledged_paused_and_latched_alarms_from_their_lines() -> None:
+    """What a restarted monitor does with the lines its last run logged."""
+    bay, b1, b2 = down_at_0804()
+    check_restored(bay.alerts, b1, b2)
+
+
+async def test_the_alarm_states_survive_a_round_trip_through_the_log(db_url: str) -> None:
+    """The lines a restarted monitor reads back from its log (SQLite and PostgreSQL): in
+    the order emitted, and only B2 still open (B1's condition ended; its alarm is latched)."""
+    bay, b1, b2 = down_at_0804()
+    async with AlertLog(db_url) as log:
+        await log.start_session("live", "before the restart", QUIET)
+        for line in bay.alerts:
+            log.add_transition(transition_from_line(line))
+    async with AlertLog(db_url) as log:
+        opened = await log.open_alerts()
+        logged = await log.alarm_lines(us("08:00"))
+    assert [a["alert"] for a in opened] == [b2]
+    assert logged == bay.alerts
+    check_restored(logged, b1, b2)
+
+
+def test_a_high_alarm_whose_condition_ended_while_the_monitor_was_down_latches() -> None:
+    """The warm start clears B1's alert (its condition is gone); the alarm layer latches it,
+    so the nurse still has to see and reset it. B2's medium alarm just ends."""
+    bay = Bedside(QUIET, alarms=True)
+    bay.admit("08:00", kind="picc", tip_confirmed=True)
+    bay.admit("08:00", bed="B2", line="L2", pump="P2", kind="picc", tip_confirmed=True)
+    bay.reading("08:01", rate="3 ml/h", drug=DILUTED)  # B1: high
+    bay.reading("08:01", rate="2 ml/h", drug=DILUTED, pump="P2")  # B2: medium
+    raised = [transition_from_line(a) for a in bay.alerts if a["state"] == "raised"]
+    missed = [replace(tr, t=us("08:01:30"), state="cleared") for tr in raised]
+    restarted = AlarmManager(QUIET.alarms)
+    out = _restore_alarms(restarted, bay.alerts, Engine(QUIET), missed, us("08:01:30"))
+    assert [(tr.alert, tr.state, tr.latched) for tr in out] == [
+        (raised[0].alert, "cleared", True),
+        (raised[1].alert, "cleared", False),
+    ]
+    (left,) = restarted.active()
+    assert (left.id, left.state) == (raised[0].alert, "latched")

@@ -167,3 +167,86 @@ def test_calguard_demo_runs_on_a_fresh_install(tmp_path: Path) -> None:
     assert {"rate-weight", "occlusion", "telemetry-stale", "site-check-overdue"} <= raised
     assert "demo finished" in err and (tmp_path / "calguard.sqlite3").exists()
     assert time.monotonic() - start < 120
+
+
+def test_a_restarted_calguard_run_keeps_the_alarm_states_people_left(tmp_path: Path) -> None:
+    """Run 1 raises a high alarm and a nurse pauses it for 3 s; CalGuard is stopped for
+    longer than that. Run 2 (same log) restores the pause and emits its ``resumed`` line,
+    stamped with the exact end of the pause, instead of annunciating afresh."""
+    db = tmp_path / "run.sqlite3"
+
+    def start(events: Path) -> subprocess.Popen[str]:
+        site = tmp_path / f"{events.stem}.toml"
+        site.write_text(
+            f'[site]\nname = "test ward"\ndb = "sqlite:///{db}"\n\n'
+            f'[[drivers]]\nurl = "replay://{events}"\npoll = 0.05\n'
+        )
+        return _calguard("run", "--config", str(site), env={"CALGUARD_DATA_DIR": str(tmp_path)})
+
+    def stop(proc: subprocess.Popen[str]) -> None:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        for stream in (proc.stdout, proc.stderr):
+            if stream:
+                stream.close()
+
+    first_events, second_events = tmp_path / "first.jsonl", tmp_path / "second.jsonl"
+    first_events.write_text("")
+    second_events.write_text("")
+    first = start(first_events)
+    try:
+        now = format_ts(SystemClock().now_us())
+        with first_events.open("a") as out:
+            out.writelines(
+                orjson.dumps(e).decode() + "\n"
+                for e in (
+                    {"t": now, "type": "patient", "bed": "B1", "weight": "1 kg"},
+                    {"t": now, "type": "line", "line": "L1", "bed": "B1", "kind": "piv"},
+                    {"t": now, "type": "connect", "pump": "P1", "line": "L1"},
+                    {"t": now, "type": "patency_check", "line": "L1", "result": "blood_return"},
+                    {"t": now, "type": "reading", "pump": "P1", "rate": "180 ml/h", "drug": CA},
+                )
+            )
+        assert first.stdout is not None
+        raised = json.loads(first.stdout.readline())
+        assert (raised["rule"], raised["state"]) == ("rate-volume", "raised")
+        pause = {
+            "t": format_ts(SystemClock().now_us()),
+            "type": "pause",
+            "alert": raised["alert"],
+            "by": "rn42",
+            "duration": "3 s",
+        }
+        with first_events.open("a") as out:
+            out.write(orjson.dumps(pause).decode() + "\n")
+        paused = _next(first, "paused")
+        assert (paused["alert"], paused["by"]) == (raised["alert"], "rn42")
+    finally:
+        stop(first)
+    assert first.returncode == 0
+    time.sleep(max(0.0, (parse_ts(paused["until"]) - SystemClock().now_us()) / 1e6) + 0.5)
+
+    second = start(second_events)
+    try:
+        assert second.stdout is not None
+        resumed = _next(second, "resumed")
+    finally:
+        stop(second)
+    assert second.returncode == 0
+    assert (resumed["alert"], resumed["t"]) == (raised["alert"], paused["until"])
+
+
+def _next(proc: subprocess.Popen[str], state: str) -> dict[str, object]:
+    """The next alert line in ``state`` the process prints (others, e.g. the other limits
+    the same reading breaks, are passed over)."""
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        d: dict[str, object] = json.loads(line)
+        if d["state"] == state:
+            return d
+    raise AssertionError(f"no {state} line before the process ended")
