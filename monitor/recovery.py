@@ -19,6 +19,7 @@ from typing import Any
 from alerts.log import AlertLog
 from config.library import Library
 from monitor.engine import Engine
+from monitor.events import ALARM_ACTIONS
 from monitor.pipeline import Pipeline
 from monitor.transitions import AlertTransition, Description
 
@@ -51,6 +52,8 @@ async def warm_start(alert_log: AlertLog, library: Library, now_us: int) -> Warm
     # rebuilt from its own lines by the live monitor (monitor.live._restore_alarms)
     pipeline = Pipeline(engine, alarms=False)
     for row in rows:
+        if row.event_type in ALARM_ACTIONS:  # people's actions: the alarm layer's own lines
+            continue
         pipeline.feed_line(row.raw, source=f"warm start: {row.source}")
     pipeline.finish()
     engine.take()

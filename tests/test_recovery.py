@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import orjson
+import pytest
 
 from alerts.log import AlertLog
 from config import load_library
 from drivers.virtual import VirtualDriver
 from monitor.clock import SystemClock
+from monitor.records import InputRecord
 from monitor.recovery import warm_start
 from monitor.timeutil import format_ts
 from monitor.transitions import AlertTransition, Description
@@ -100,8 +103,6 @@ async def test_replay_and_demo_sessions_do_not_feed_a_warm_start(tmp_path: Path)
     url = f"sqlite:///{tmp_path / 'log.sqlite3'}"
     async with AlertLog(url) as log:
         await log.start_session("demo", "demo", load_library())
-        from monitor.records import InputRecord
-
         event = {
             "t": format_ts(SystemClock().now_us()),
             "type": "patient",
@@ -114,3 +115,27 @@ async def test_replay_and_demo_sessions_do_not_feed_a_warm_start(tmp_path: Path)
     async with AlertLog(url) as log:
         warm = await warm_start(log, load_library(), SystemClock().now_us())
     assert warm.replayed == 0 and "B9" not in warm.engine.ward.beds
+
+
+async def test_people_s_alarm_actions_are_left_to_the_alarm_layer(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An acknowledgement in the log is not fed to the warm start's engine (which has no
+    alarm layer, and would reject it with a warning at every restart): the alarm layer
+    rebuilds itself from its own lines."""
+    url = f"sqlite:///{tmp_path / 'log.sqlite3'}"
+    start = SystemClock().now_us() - 30 * SECOND
+    before = await first_run(url, start)
+    ack = {"t": format_ts(start), "type": "ack", "alert": before[0]["alert"], "by": "rn42"}
+    async with AlertLog(url) as log:
+        await log.start_session("live", "a nurse acknowledged", load_library())
+        log.add_input(
+            InputRecord.from_raw(
+                orjson.dumps(ack), "commands", "accepted", t_us=start, event_type="ack"
+            )
+        )
+    caplog.set_level(logging.INFO, logger="calguard")
+    async with AlertLog(url) as log:
+        warm = await warm_start(log, load_library(), SystemClock().now_us())
+    assert warm.replayed == 6  # the ack is among the inputs read back
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
