@@ -74,6 +74,7 @@ class Monitor:
         self.sinks = list(sinks)
         for sink in self.sinks:
             sink.on_undelivered = self._undelivered
+            sink.bed_states = self._bed_states
             if sink.takes_commands:
                 sink.on_command = self.command
         self.processed = 0
@@ -193,6 +194,17 @@ class Monitor:
                 item = self._delivery(tr, line)
                 for sink in self.sinks:
                     sink.submit(item)
+
+    def _bed_states(self) -> dict[str, tuple[dict[str, object], ...]]:
+        """Every bed's active alarms now (beds without one are absent)."""
+        alarms = self.pipeline.alarms
+        if alarms is None:
+            return {}
+        states: dict[str, list[dict[str, object]]] = {}
+        for a in alarms.active():
+            bed = a.last.description.bed or "unassigned"
+            states.setdefault(bed, []).append(a.snapshot(alarms.policy.audiences))
+        return {bed: tuple(state) for bed, state in states.items()}
 
     def _delivery(self, tr: AlertTransition, line: str) -> Delivery:
         bed = tr.description.bed

@@ -118,6 +118,33 @@ async def test_a_central_station_sees_active_alarms_at_once_and_acknowledges(
     assert [r.status for r in actions] == ["accepted", "rejected"]
 
 
+async def test_on_connect_the_retained_bed_states_are_put_right(broker: Broker) -> None:
+    """A retained state left by an earlier run for a bed that has no alarm now is replaced
+    by ``[]`` when the sink connects; a bed with active alarms gets its state at once."""
+    prefix = "calguard/reconcile"
+    ghost = [{"alert": "a-000042", "rule": "occlusion", "state": "active"}]
+    async with aiomqtt.Client("127.0.0.1", broker.port, identifier="earlier-run") as earlier:
+        await earlier.publish(f"{prefix}/alerts/active/B9", orjson.dumps(ghost), qos=1, retain=True)
+    url = bedside_url()
+    sink = open_sink(f"mqtt://127.0.0.1:{broker.port}/{prefix}", client_id="alarms-reconcile")
+    async with LiveBay([VirtualDriver(url)], sinks=[sink]) as bay:
+        admit(url)
+        reading(url, "180 ml/h")
+        await bay.until(lambda: bay.of("rate-volume", "raised") and sink.pending == 0)
+        async with aiomqtt.Client("127.0.0.1", broker.port, identifier="station-after") as station:
+            await station.subscribe(f"{prefix}/alerts/active/+", qos=1)
+            retained: dict[str, Any] = {}
+            async with asyncio.timeout(10):
+                async for message in station.messages:
+                    retained[str(message.topic).rsplit("/", 1)[1]] = orjson.loads(
+                        message.payload  # type: ignore[arg-type]
+                    )
+                    if retained.get("B9") == [] and "B1" in retained:
+                        break
+    assert retained["B9"] == []
+    assert any(a["rule"] == "rate-volume" for a in retained["B1"])
+
+
 async def test_the_mqtt_sink_buffers_while_the_broker_is_down(tmp_path: Path) -> None:
     broker = Broker(tmp_path / "mosquitto").start()
     prefix = "calguard/outage"

@@ -86,6 +86,9 @@ class Sink(abc.ABC):
         self.connected = False
         self.on_undelivered: Undelivered = _log_only
         self.on_command: Callable[[bytes, str], str | None] | None = None
+        #: the active alarms of every bed now (set by the monitor), for a sink that keeps a
+        #: per-bed state elsewhere (the MQTT sink's retained topics) to put right on connect
+        self.bed_states: Callable[[], dict[str, tuple[dict[str, object], ...]]] | None = None
         self._buffer: collections.deque[Delivery] = collections.deque()
         self._wake = asyncio.Event()
         self._idle = asyncio.Event()

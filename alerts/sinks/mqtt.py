@@ -14,6 +14,11 @@
 
 A command becomes an ``ack``/``pause``/``reset``/``override`` event stamped by the
 monitor's clock and goes through the pipeline like any input: logged, audited, replayable.
+
+On every (re)connect the retained per-bed state is put right: each bed with active alarms
+gets its state now, and a retained state the broker still holds for a bed that has none
+any more (left by an earlier run, or by alarms that ended while the broker was away) is
+replaced by ``[]``.
 """
 
 from __future__ import annotations
@@ -89,6 +94,10 @@ class MqttSink(Sink):
             await client.__aenter__()
             if self.config["commands"] and self.on_command is not None:
                 await client.subscribe(f"{self.prefix}/commands", qos=1)
+            if self.bed_states is not None:
+                await client.subscribe(f"{self.prefix}/alerts/active/+", qos=1)
+                for bed, state in self.bed_states().items():
+                    await self._publish_state(client, bed, state)
         except aiomqtt.MqttError as exc:
             with contextlib.suppress(aiomqtt.MqttError, OSError):
                 await client.__aexit__(None, None, None)
@@ -96,13 +105,30 @@ class MqttSink(Sink):
         self._client = client
         self._reader = asyncio.create_task(self._read_commands(client), name=f"{self.url} commands")
 
+    async def _publish_state(
+        self, client: aiomqtt.Client, bed: str, state: tuple[dict[str, object], ...]
+    ) -> None:
+        await client.publish(
+            f"{self.prefix}/alerts/active/{bed}", orjson.dumps(list(state)), qos=1, retain=True
+        )
+
     async def _read_commands(self, client: aiomqtt.Client) -> None:
+        active = f"{self.prefix}/alerts/active/"
         async for message in client.messages:
             payload = (
                 message.payload
                 if isinstance(message.payload, bytes)
                 else str(message.payload).encode()
             )
+            topic = str(message.topic)
+            if topic.startswith(active):
+                # a retained state from before this connection, for a bed with no alarm now
+                bed = topic[len(active) :]
+                states = self.bed_states
+                stale = message.retain and payload != b"[]"
+                if stale and states is not None and bed not in states():
+                    await self._publish_state(client, bed, ())
+                continue
             try:
                 command = orjson.loads(payload)
             except orjson.JSONDecodeError:
@@ -133,12 +159,7 @@ class MqttSink(Sink):
         assert client is not None
         try:
             await client.publish(f"{self.prefix}/alerts", item.line.encode(), qos=1)
-            await client.publish(
-                f"{self.prefix}/alerts/active/{item.bed_key}",
-                orjson.dumps(list(item.bed_state)),
-                qos=1,
-                retain=True,
-            )
+            await self._publish_state(client, item.bed_key, item.bed_state)
         except aiomqtt.MqttError as exc:
             raise SinkError(f"publish failed: {exc}") from exc
 
