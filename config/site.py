@@ -30,7 +30,7 @@ the library, so that every problem is reported at once, with file and key.
 from __future__ import annotations
 
 import tomllib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -38,6 +38,7 @@ from typing import Any
 
 from config.library import Library
 from config.loader import check_library
+from drivers.base import OptionSpec
 from monitor.errors import ConfigError, ConfigProblem, DriverError
 from monitor.timeutil import parse_ts
 
@@ -149,29 +150,10 @@ def _drivers(items: object, problem: Any) -> list[DriverConfig]:
     if not isinstance(items, list) or not items:
         problem("drivers", "at least one [[drivers]] entry with a url is expected")
         return []
-    out = []
-    for index, item in enumerate(items):
-        key = f"drivers[{index}]"
-        if not isinstance(item, dict) or not isinstance(item.get("url"), str):
-            problem(key, "a table with a url is expected")
-            continue
-        url, options = item["url"], {k: v for k, v in item.items() if k != "url"}
-        try:
-            cls = driver_class(url)
-        except DriverError as exc:
-            problem(f"{key}.url", str(exc))
-            continue
-        for name, value in options.items():
-            spec = cls.options.get(name)
-            if spec is None:
-                problem(
-                    f"{key}.{name}",
-                    f"unknown option for {cls.scheme}; expected one of {', '.join(cls.options)}",
-                )
-            elif not _fits(value, spec.kind):
-                problem(f"{key}.{name}", f"{value!r} — {spec.kind.__name__} expected ({spec.help})")
-        out.append(DriverConfig(url, options))
-    return out
+    return [
+        DriverConfig(url, options)
+        for _, url, options, _ in _entries("drivers", items, driver_class, problem)
+    ]
 
 
 def _sinks(items: object, problem: Any) -> list[DriverConfig]:
@@ -181,36 +163,7 @@ def _sinks(items: object, problem: Any) -> list[DriverConfig]:
         problem("sinks", "an array of tables ([[sinks]]) is expected")
         return []
     out = []
-    for index, item in enumerate(items):
-        key = f"sinks[{index}]"
-        if not isinstance(item, dict) or not isinstance(item.get("url"), str):
-            problem(key, "a table with a url is expected")
-            continue
-        url, options = item["url"], {k: v for k, v in item.items() if k != "url"}
-        try:
-            cls = sink_class(url)
-        except ValueError as exc:
-            problem(f"{key}.url", str(exc))
-            continue
-        fine = True
-        for name, value in options.items():
-            spec = cls.options.get(name)
-            if name == "capacity":
-                if not _fits(value, int) or value < 1:
-                    fine = False
-                    problem(f"{key}.capacity", f"{value!r} — a whole number above 0 is expected")
-            elif spec is None:
-                fine = False
-                problem(
-                    f"{key}.{name}",
-                    f"unknown option for {cls.scheme}; expected one of "
-                    + ", ".join(["capacity", *cls.options]),
-                )
-            elif not _fits(value, spec.kind):
-                fine = False
-                problem(f"{key}.{name}", f"{value!r} — {spec.kind.__name__} expected ({spec.help})")
-        if not fine:
-            continue
+    for key, url, options, cls in _entries("sinks", items, sink_class, problem, _SINK_OPTIONS):
         try:
             cls(url, **options)  # the URL itself (a prefix, https for remote hosts ...)
         except ValueError as exc:
@@ -218,6 +171,50 @@ def _sinks(items: object, problem: Any) -> list[DriverConfig]:
             continue
         out.append(DriverConfig(url, options))
     return out
+
+
+#: options every sink takes besides its own
+_SINK_OPTIONS = {"capacity": OptionSpec(int, 1000, "alarm lines kept while it is down", 1)}
+
+
+def _entries(
+    section: str,
+    items: list[object],
+    lookup: Callable[[str], Any],
+    problem: Any,
+    common: Mapping[str, OptionSpec] | None = None,
+) -> Iterator[tuple[str, str, dict[str, Any], Any]]:
+    """The ``[[section]]`` tables whose URL scheme is known and whose options all fit, as
+    (key, url, options, class); every other one is reported as a problem."""
+    for index, item in enumerate(items):
+        key = f"{section}[{index}]"
+        if not isinstance(item, dict) or not isinstance(item.get("url"), str):
+            problem(key, "a table with a url is expected")
+            continue
+        url, options = item["url"], {k: v for k, v in item.items() if k != "url"}
+        try:
+            cls = lookup(url)
+        except (DriverError, ValueError) as exc:
+            problem(f"{key}.url", str(exc))
+            continue
+        known = {**(common or {}), **cls.options}
+        fine = True
+        for name, value in options.items():
+            spec = known.get(name)
+            if spec is None:
+                fine = False
+                problem(
+                    f"{key}.{name}",
+                    f"unknown option for {cls.scheme}; expected one of {', '.join(known)}",
+                )
+            elif not _fits(value, spec.kind):
+                fine = False
+                problem(f"{key}.{name}", f"{value!r} — {spec.kind.__name__} expected ({spec.help})")
+            elif spec.minimum is not None and value < spec.minimum:
+                fine = False
+                problem(f"{key}.{name}", f"{value!r} — at least {spec.minimum:g} ({spec.help})")
+        if fine:
+            yield key, url, options, cls
 
 
 def _fits(value: object, kind: type) -> bool:

@@ -56,6 +56,7 @@ class OptionSpec:
     kind: type
     default: Any
     help: str
+    minimum: float | None = None  # for a number: the least value that makes sense
 
 
 @dataclass
