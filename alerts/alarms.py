@@ -38,40 +38,6 @@ __all__ = ["TECHNICAL_RULES", "Alarm", "AlarmManager", "category"]
 TECHNICAL_RULES = frozenset({"telemetry-stale", "telemetry-invalid"})
 
 
-def transition_from_line(d: dict[str, object]) -> AlertTransition:
-    """An alert line (as logged) back into a transition."""
-    from monitor.timeutil import parse_ts
-    from monitor.transitions import Description
-
-    def text(key: str) -> str | None:
-        value = d.get(key)
-        return value if isinstance(value, str) else None
-
-    until = text("until")
-    return AlertTransition(
-        parse_ts(d["t"]),
-        str(d["state"]),
-        str(d["alert"]),
-        str(d["rule"]),
-        str(d["priority"]),
-        Description(
-            str(d.get("message", "")),
-            text("bed"),
-            text("line"),
-            text("pump"),
-            text("channel"),
-            text("value"),
-            text("limit"),
-        ),
-        str(d.get("library", "")),
-        latched=bool(d.get("latched")),
-        by=text("by"),
-        reason=text("reason"),
-        audience=text("audience"),
-        until=parse_ts(until) if until else None,
-    )
-
-
 def category(rule: str) -> str:
     return "technical" if rule in TECHNICAL_RULES else "clinical"
 
@@ -109,6 +75,23 @@ class Alarm:
     @property
     def annunciating(self) -> bool:
         return self.state in ("active", "latched")
+
+    # the changes of state both the live path and a restore (from the lines) make
+
+    def acknowledge(self, by: str | None, t: int) -> None:
+        self.acked_by, self.acked_t = by, t
+        self.paused_until = self.escalate_at = None
+
+    def returns(self) -> None:
+        """It worsened: acknowledgement, pause and override no longer hold."""
+        self.acked_by = self.acked_t = None
+        self.paused_until = self.overridden_until = self.override_reason = None
+
+    def override_ends(self) -> None:
+        """An override ran out: the alarm starts again from the bedside, unacknowledged."""
+        self.overridden_until = self.override_reason = None
+        self.acked_by = self.acked_t = None
+        self.audience = 0
 
     def snapshot(self, audiences: tuple[str, ...]) -> dict[str, object]:
         """What a central station shows for this alarm."""
@@ -191,9 +174,7 @@ class AlarmManager:
             del self.alarms[tr.alert]
             return [tr]
         if worse:  # an acknowledged, paused or overridden alarm returns when it worsens
-            alarm.acked_by = alarm.acked_t = None
-            alarm.paused_until = alarm.overridden_until = None
-            alarm.override_reason = None
+            alarm.returns()
             self._escalate_from(alarm, tr.t)
         return [tr]
 
@@ -210,9 +191,7 @@ class AlarmManager:
                 raise EventError(
                     "alert", action.alert, f"an unacknowledged alarm (already by {alarm.acked_by})"
                 )
-            alarm.acked_by, alarm.acked_t = by, t
-            alarm.paused_until = None
-            alarm.escalate_at = None
+            alarm.acknowledge(by, t)
             return self._line(alarm, t, "acknowledged", by=by)
         if action.type == "pause":
             limit = self.policy.pause[alarm.last.priority]
@@ -275,10 +254,7 @@ class AlarmManager:
             self._escalate_from(alarm, t)
             return self._line(alarm, t, "resumed")
         # override-end: the alarm returns if its condition still holds
-        alarm.overridden_until = None
-        alarm.override_reason = None
-        alarm.acked_by = alarm.acked_t = None
-        alarm.audience = 0
+        alarm.override_ends()
         self._escalate_from(alarm, t)
         return self._line(alarm, t, "resumed")
 
@@ -313,33 +289,10 @@ class AlarmManager:
 
     # -- views -------------------------------------------------------------------------------
 
-    def rename(self, old: str, new: str) -> None:
-        """An alert got back the id it had before a restart (warm start)."""
-        alarm = self.alarms.pop(old, None)
-        if alarm is not None:
-            alarm.last = replace(alarm.last, alert=new)
-            self.alarms[new] = alarm
-            for kind, due in (
-                ("escalate", alarm.escalate_at),
-                ("pause-end", alarm.paused_until),
-                ("override-end", alarm.overridden_until),
-            ):
-                if due is not None:
-                    self._at(due, kind, alarm)
-
     def resume(self, active: ActiveAlert, library: str, now: int) -> None:
         """An alert still active after a restart: an annunciating alarm again, escalating
         from ``now`` (acknowledgements are not carried over a restart)."""
-        tr = AlertTransition(
-            active.raised_t,
-            "raised",
-            active.alert,
-            active.rule,
-            active.priority,
-            active.description,
-            library,
-        )
-        alarm = Alarm(tr, active.raised_t)
+        alarm = Alarm(active.transition(active.raised_t, "raised", library), active.raised_t)
         self.alarms[active.alert] = alarm
         self._escalate_from(alarm, now)
 
@@ -353,7 +306,7 @@ class AlarmManager:
         their exact time: the returned lines."""
         since: dict[str, int] = {}
         for d in lines:
-            tr = transition_from_line(d)
+            tr = AlertTransition.from_dict(d)
             if tr.state == "raised":
                 self.alarms[tr.alert] = Alarm(tr, tr.t)
                 since[tr.alert] = tr.t
@@ -363,23 +316,21 @@ class AlarmManager:
                 continue
             alarm.last = replace(tr, by=None, reason=None, audience=None, until=None)
             if tr.state == "acknowledged":
-                alarm.acked_by, alarm.acked_t, alarm.paused_until = tr.by, tr.t, None
+                alarm.acknowledge(tr.by, tr.t)
             elif tr.state == "paused":
                 alarm.paused_until = tr.until
             elif tr.state == "overridden":
                 alarm.overridden_until, alarm.override_reason = tr.until, tr.reason
-            elif tr.state == "resumed":
+            elif tr.state == "resumed":  # a pause or an override ran out
                 if alarm.overridden_until is not None:
-                    alarm.acked_by = alarm.acked_t = None
-                    alarm.audience = 0
-                alarm.paused_until = alarm.overridden_until = alarm.override_reason = None
+                    alarm.override_ends()
+                alarm.paused_until = None
                 since[tr.alert] = tr.t
             elif tr.state == "escalated" and tr.audience in self.policy.audiences:
                 alarm.audience = self.policy.audiences.index(tr.audience)
                 since[tr.alert] = tr.t
-            elif tr.state == "escalated":  # worse: it returned
-                alarm.acked_by = alarm.acked_t = None
-                alarm.paused_until = alarm.overridden_until = alarm.override_reason = None
+            elif tr.state == "escalated":  # the engine's: worse, so it returned
+                alarm.returns()
                 since[tr.alert] = tr.t
             elif tr.state == "cleared" and tr.latched:
                 alarm.condition, alarm.latched = False, True

@@ -41,7 +41,6 @@ from simulators.serial_ward import SerialWard
 __all__ = ["run_demo", "run_site"]
 
 log = logging.getLogger("calguard")
-_WEEK_US = 7 * 86_400_000_000  # how far back alarm states are restored from
 
 
 def _printer(out: TextIO, counts: Counter[str]) -> Callable[[AlertTransition, str], None]:
@@ -124,7 +123,7 @@ async def _monitor(
             if mode == "live":  # pick up where the last run left off
                 warm = await warm_start(alert_log, library, clock.now_us())
                 engine, missed = warm.engine, warm.transitions
-                restored_lines = await alert_log.alarm_lines(clock.now_us() - _WEEK_US)
+                restored_lines = warm.alarm_lines
             else:
                 engine.book.restart_ids(await alert_log.next_alert_id())
             session = await alert_log.start_session(mode, source, library, engine.book.next_id)
@@ -145,28 +144,7 @@ async def _monitor(
         if alarms is not None and restored_lines is not None:
             missed = _restore_alarms(alarms, restored_lines, engine, missed, clock.now_us())
         monitor.emit(missed)
-        async with asyncio.TaskGroup() as group:
-            running = group.create_task(monitor.run(), name="monitor")
-            screen = None
-            if view:
-                screen = group.create_task(
-                    TerminalView(
-                        monitor.engine,
-                        title=title,
-                        clock=clock,
-                        drivers=drivers,
-                        out=out,
-                        alarms=monitor.pipeline.alarms,
-                    ).run(),
-                    name="view",
-                )
-            if body is not None:
-                async for _ in body(monitor):
-                    pass
-            await running
-            if screen is not None:
-                screen.cancel()
-        if view:
+        terminal = (
             TerminalView(
                 monitor.engine,
                 title=title,
@@ -174,7 +152,23 @@ async def _monitor(
                 drivers=drivers,
                 out=out,
                 alarms=monitor.pipeline.alarms,
-            ).draw()
+            )
+            if view
+            else None
+        )
+        async with asyncio.TaskGroup() as group:
+            running = group.create_task(monitor.run(), name="monitor")
+            screen = None
+            if terminal is not None:
+                screen = group.create_task(terminal.run(), name="view")
+            if body is not None:
+                async for _ in body(monitor):
+                    pass
+            await running
+            if screen is not None:
+                screen.cancel()
+        if terminal is not None:
+            terminal.draw()  # the last state, as the monitor stopped
     return counts
 
 

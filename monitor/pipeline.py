@@ -103,19 +103,7 @@ class Pipeline:
         self.counts[status] += 1
         if note is not None:
             log.info("%s: %s", _where(source, line_no), note)
-        if self.journal is not None:
-            self.journal.add_input(
-                InputRecord.from_raw(
-                    raw,
-                    source,
-                    status,
-                    t_us=event.t,
-                    line_no=line_no,
-                    reason=note,
-                    event_type=event.type,
-                    **{k: getattr(event, k, None) for k in _CONTEXT_FIELDS},
-                )
-            )
+        self._journal(raw, source, status, event, line_no, note)
         return transitions
 
     def _alarm(self, transitions: list[AlertTransition]) -> list[AlertTransition]:

@@ -13,7 +13,7 @@ that ran out while the monitor was down) is raised now, stamped with its exact t
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from alerts.log import AlertLog
@@ -28,7 +28,6 @@ __all__ = ["WarmStart", "warm_start"]
 log = logging.getLogger(__name__)
 _WEEK_US = 7 * 86_400_000_000
 _MARGIN_US = 3_600_000_000  # readings a little older than the dose window, for continuity
-_FIELDS = ("bed", "line", "pump", "channel", "value", "limit")
 
 
 @dataclass
@@ -37,6 +36,8 @@ class WarmStart:
     replayed: int
     kept: int
     transitions: list[AlertTransition]  # what changed while the monitor was down
+    #: the alert lines of the same week, in the order emitted: the alarm layer's state
+    alarm_lines: list[dict[str, Any]] = field(default_factory=list)
 
 
 def _subject(d: dict[str, Any] | Description) -> tuple[Any, ...]:
@@ -70,23 +71,19 @@ async def warm_start(alert_log: AlertLog, library: Library, now_us: int) -> Warm
         else:  # became active while nobody was watching: say so now
             engine.book.adopt(key, f"a-{engine.book.next_id:06d}")
             engine.book.restart_ids(engine.book.next_id + 1)
-            announce.append(
-                AlertTransition(
-                    active.raised_t,
-                    "raised",
-                    active.alert,
-                    active.rule,
-                    active.priority,
-                    active.description,
-                    library.version,
-                )
-            )
+            announce.append(active.transition(active.raised_t, "raised", library.version))
     now = engine.now or now_us
     for stale in open_alerts.values():  # open in the log, no longer a condition
-        d = Description(stale["message"], *(stale.get(k) for k in _FIELDS))
+        last = AlertTransition.from_dict(stale)  # its latest line, maybe the alarm layer's
         announce.append(
             AlertTransition(
-                now, "cleared", stale["alert"], stale["rule"], stale["priority"], d, library.version
+                now,
+                "cleared",
+                last.alert,
+                last.rule,
+                last.priority,
+                last.description,
+                library.version,
             )
         )
     announce.sort(key=lambda tr: tr.t)
@@ -97,4 +94,5 @@ async def warm_start(alert_log: AlertLog, library: Library, now_us: int) -> Warm
             kept,
             len(announce),
         )
-    return WarmStart(engine, len(rows), kept, announce)
+    lines = await alert_log.alarm_lines(now_us - _WEEK_US)
+    return WarmStart(engine, len(rows), kept, announce, lines)

@@ -12,11 +12,13 @@ import json
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 
-from monitor.timeutil import format_ts
+from monitor.timeutil import format_ts, parse_ts
 
 __all__ = ["PRIORITY_RANK", "ActiveAlert", "AlertBook", "AlertTransition", "Description"]
 
 PRIORITY_RANK = {"low": 0, "medium": 1, "high": 2}
+#: the Description fields an alert line carries when set, in their order on the line
+_CONTEXT = ("bed", "line", "pump", "channel", "value", "limit")
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,6 +42,11 @@ class ActiveAlert:
     priority: str
     raised_t: int
     description: Description
+
+    def transition(self, t: int, state: str, library: str) -> AlertTransition:
+        return AlertTransition(
+            t, state, self.alert, self.rule, self.priority, self.description, library
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,7 +74,7 @@ class AlertTransition:
             "rule": self.rule,
             "priority": self.priority,
         }
-        for name in ("bed", "line", "pump", "channel", "value", "limit"):
+        for name in _CONTEXT:
             value = getattr(d, name)
             if value is not None:
                 out[name] = value
@@ -87,6 +94,30 @@ class AlertTransition:
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), ensure_ascii=False, separators=(",", ":"))
+
+    @classmethod
+    def from_dict(cls, d: dict[str, object]) -> AlertTransition:
+        """An alert line (as logged) back into a transition: the inverse of ``to_dict``."""
+
+        def text(key: str) -> str | None:
+            value = d.get(key)
+            return value if isinstance(value, str) else None
+
+        until = text("until")
+        return cls(
+            parse_ts(d["t"]),
+            str(d["state"]),
+            str(d["alert"]),
+            str(d["rule"]),
+            str(d["priority"]),
+            Description(str(d.get("message", "")), *(text(k) for k in _CONTEXT)),
+            str(d.get("library", "")),
+            latched=bool(d.get("latched")),
+            by=text("by"),
+            reason=text("reason"),
+            audience=text("audience"),
+            until=parse_ts(until) if until else None,
+        )
 
 
 Describe = Callable[[], Description]
@@ -144,8 +175,4 @@ class AlertBook:
             self._emit(t, "cleared", current)
 
     def _emit(self, t: int, state: str, alert: ActiveAlert) -> None:
-        self._out.append(
-            AlertTransition(
-                t, state, alert.alert, alert.rule, alert.priority, alert.description, self.library
-            )
-        )
+        self._out.append(alert.transition(t, state, self.library))

@@ -12,13 +12,14 @@ import json
 from dataclasses import replace
 from typing import Any
 
-from alerts.alarms import AlarmManager, transition_from_line
+from alerts.alarms import AlarmManager
 from alerts.log import AlertLog
 from config import builtin_text, parse_library
 from monitor.engine import Engine
 from monitor.live import _restore_alarms
 from monitor.replay import replay
 from monitor.timeutil import format_ts
+from monitor.transitions import AlertTransition
 from tests.support import Bedside, ts, us
 
 DILUTED = "Calcium gluconate 20 mg/ml"
@@ -348,7 +349,7 @@ async def test_the_alarm_states_survive_a_round_trip_through_the_log(db_url: str
     async with AlertLog(db_url) as log:
         await log.start_session("live", "before the restart", QUIET)
         for line in bay.alerts:
-            log.add_transition(transition_from_line(line))
+            log.add_transition(AlertTransition.from_dict(line))
     async with AlertLog(db_url) as log:
         opened = await log.open_alerts()
         logged = await log.alarm_lines(us("08:00"))
@@ -365,7 +366,7 @@ def test_a_high_alarm_whose_condition_ended_while_the_monitor_was_down_latches()
     bay.admit("08:00", bed="B2", line="L2", pump="P2", kind="picc", tip_confirmed=True)
     bay.reading("08:01", rate="3 ml/h", drug=DILUTED)  # B1: high
     bay.reading("08:01", rate="2 ml/h", drug=DILUTED, pump="P2")  # B2: medium
-    raised = [transition_from_line(a) for a in bay.alerts if a["state"] == "raised"]
+    raised = [AlertTransition.from_dict(a) for a in bay.alerts if a["state"] == "raised"]
     missed = [replace(tr, t=us("08:01:30"), state="cleared") for tr in raised]
     restarted = AlarmManager(QUIET.alarms)
     out = _restore_alarms(restarted, bay.alerts, Engine(QUIET), missed, us("08:01:30"))
