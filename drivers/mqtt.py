@@ -23,8 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
-import ssl
 from collections.abc import AsyncIterator
 from typing import Any, ClassVar
 
@@ -34,6 +32,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from drivers.base import Driver, Inbound, OptionSpec
+from drivers.mqtt_link import LINK_OPTIONS, broker_address, password, tls_context
 from monitor.errors import DriverError
 from monitor.timeutil import format_ts
 
@@ -77,54 +76,27 @@ class MqttDriver(Driver):
         "client_id": OptionSpec(
             str, "calguard-monitor", "fixed client id: the persistent session's name"
         ),
-        "username": OptionSpec(str, None, "broker user"),
-        "password_env": OptionSpec(str, None, "environment variable holding the password"),
-        "ca_file": OptionSpec(str, None, "CA certificate(s) to verify the broker (TLS)"),
-        "cert_file": OptionSpec(str, None, "client certificate (TLS)"),
-        "key_file": OptionSpec(str, None, "client key (TLS)"),
-        "keepalive": OptionSpec(int, 15, "seconds between keepalive pings"),
+        **LINK_OPTIONS,
         "persistent": OptionSpec(bool, True, "persistent session (clean start off)"),
     }
 
     def __init__(self, url: str, **kwargs: Any) -> None:
         super().__init__(url, **kwargs)
-        self.tls = self.parts.scheme == "mqtts" or self.config["ca_file"] is not None
-        self.host = self.parts.hostname or "127.0.0.1"
-        self.port = self.parts.port or (8883 if self.tls else 1883)
-        self.prefix = self.parts.path.strip("/")
-        if not self.prefix:
-            raise DriverError(
-                "the URL needs a topic prefix, e.g. mqtt://host:1883/calguard/nicu", source=url
-            )
+        try:
+            self.host, self.port, self.prefix, self.tls = broker_address(self.parts, self.config)
+        except ValueError as exc:
+            raise DriverError(str(exc), source=url) from exc
         self._client: aiomqtt.Client | None = None
         self._messages: AsyncIterator[aiomqtt.Message] | None = None
         self._inbox: _Inbox | None = None
 
     # -- lifecycle ----------------------------------------------------------------------
 
-    def _tls_context(self) -> ssl.SSLContext | None:
-        if not self.tls:
-            return None
-        try:
-            context = ssl.create_default_context(cafile=self.config["ca_file"])
-            if self.config["cert_file"]:
-                context.load_cert_chain(self.config["cert_file"], self.config["key_file"])
-        except (OSError, ssl.SSLError) as exc:
-            raise DriverError(f"TLS set-up failed: {exc}", source=self.url) from exc
-        return context
-
-    def _password(self) -> str | None:
-        name = self.config["password_env"]
-        if name is None:
-            return None
-        value = os.environ.get(name)
-        if value is None:
-            raise DriverError(
-                f"the environment variable {name} (the MQTT password) is not set", source=self.url
-            )
-        return value
-
     async def _open(self) -> None:
+        try:
+            secret, tls = password(self.config), tls_context(self.config, self.tls)
+        except ValueError as exc:
+            raise DriverError(str(exc), source=self.url) from exc
         properties = Properties(PacketTypes.CONNECT)
         properties.SessionExpiryInterval = _SESSION_EXPIRY_S if self.config["persistent"] else 0
         client = aiomqtt.Client(
@@ -133,12 +105,12 @@ class MqttDriver(Driver):
             queue_type=_Inbox,
             identifier=self.config["client_id"],
             username=self.config["username"],
-            password=self._password(),
+            password=secret,
             protocol=aiomqtt.ProtocolVersion.V5,
             clean_start=not self.config["persistent"],
             properties=properties,
             keepalive=self.config["keepalive"],
-            tls_context=self._tls_context(),
+            tls_context=tls,
             will=aiomqtt.Will(monitor_status_topic(self.prefix), OFFLINE, qos=1, retain=True),
             timeout=10,
         )

@@ -25,8 +25,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
-import ssl
 from typing import Any, ClassVar
 
 import aiomqtt
@@ -34,6 +32,7 @@ import orjson
 
 from alerts.sinks.base import Delivery, Sink, SinkError
 from drivers.base import OptionSpec
+from drivers.mqtt_link import LINK_OPTIONS, broker_address, password, tls_context
 
 __all__ = ["MqttSink"]
 
@@ -43,48 +42,27 @@ class MqttSink(Sink):
     takes_commands = True
     options: ClassVar[dict[str, OptionSpec]] = {
         "client_id": OptionSpec(str, "calguard-alarms", "client id of the alarm publisher"),
-        "username": OptionSpec(str, None, "broker user"),
-        "password_env": OptionSpec(str, None, "environment variable holding the password"),
-        "ca_file": OptionSpec(str, None, "CA certificate(s) to verify the broker (TLS)"),
-        "cert_file": OptionSpec(str, None, "client certificate (TLS)"),
-        "key_file": OptionSpec(str, None, "client key (TLS)"),
-        "keepalive": OptionSpec(int, 15, "seconds between keepalive pings"),
+        **LINK_OPTIONS,
         "commands": OptionSpec(bool, True, "take acknowledge/pause/reset/override commands"),
     }
 
     def __init__(self, url: str, **options: Any) -> None:
         super().__init__(url, **options)
-        self.tls = self.parts.scheme == "mqtts" or self.config["ca_file"] is not None
-        self.host = self.parts.hostname or "127.0.0.1"
-        self.port = self.parts.port or (8883 if self.tls else 1883)
-        self.prefix = self.parts.path.strip("/")
-        if not self.prefix:
-            raise ValueError(f"{url}: the URL needs a topic prefix, e.g. /calguard/nicu")
+        self.host, self.port, self.prefix, self.tls = broker_address(self.parts, self.config)
         self._client: aiomqtt.Client | None = None
         self._reader: asyncio.Task[None] | None = None
 
     async def _open(self) -> None:
-        password = None
-        if self.config["password_env"]:
-            password = os.environ.get(self.config["password_env"])
-            if password is None:
-                raise SinkError(
-                    f"the environment variable {self.config['password_env']} is not set"
-                )
-        tls = None
-        if self.tls:
-            try:
-                tls = ssl.create_default_context(cafile=self.config["ca_file"])
-                if self.config["cert_file"]:
-                    tls.load_cert_chain(self.config["cert_file"], self.config["key_file"])
-            except (OSError, ssl.SSLError) as exc:
-                raise SinkError(f"TLS set-up failed: {exc}") from exc
+        try:
+            secret, tls = password(self.config), tls_context(self.config, self.tls)
+        except ValueError as exc:
+            raise SinkError(str(exc)) from exc
         client = aiomqtt.Client(
             self.host,
             self.port,
             identifier=self.config["client_id"],
             username=self.config["username"],
-            password=password,
+            password=secret,
             protocol=aiomqtt.ProtocolVersion.V5,
             keepalive=self.config["keepalive"],
             tls_context=tls,
