@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 from alerts.log import AlertLog
@@ -17,9 +21,45 @@ from monitor.records import InputRecord
 from monitor.timeutil import format_ts
 from monitor.transitions import AlertTransition
 
+ROOT = Path(__file__).parent.parent
+
+
+def calguard_process(*args: str, env: dict[str, str]) -> subprocess.Popen[str]:
+    """``calguard ARGS`` as a separate process (text pipes for stdout and stderr)."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "monitor.cli", *args],
+        cwd=ROOT,
+        env={**os.environ, **env},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
 
 def now_ts(clock: Clock | None = None) -> str:
     return format_ts((clock or SystemClock()).now_us())
+
+
+def admission(
+    t: str,
+    *,
+    bed: str = "B1",
+    line: str = "L1",
+    pump: str = "P1",
+    weight: str = "1 kg",
+    age: str | None = "5 day",
+) -> list[dict[str, Any]]:
+    """The bedside documentation before calcium may run: an infant, a PIV, the pump
+    connected to it and a blood-backflow check, all at ``t``."""
+    patient: dict[str, Any] = {"t": t, "type": "patient", "bed": bed, "weight": weight}
+    if age is not None:
+        patient["postnatal_age"] = age
+    return [
+        patient,
+        {"t": t, "type": "line", "line": line, "bed": bed, "kind": "piv"},
+        {"t": t, "type": "connect", "pump": pump, "line": line},
+        {"t": t, "type": "patency_check", "line": line, "result": "blood_return"},
+    ]
 
 
 class LiveBay:

@@ -12,7 +12,7 @@ from pathlib import Path
 from alerts.sinks import open_sink
 from drivers.virtual import VirtualDriver
 from tests.brokers import Broker
-from tests.live import LiveBay, now_ts
+from tests.live import LiveBay, admission, now_ts
 
 ROOT = Path(__file__).parent.parent
 CA = "Calcium gluconate 10%"
@@ -45,10 +45,7 @@ async def test_a_charge_nurse_lists_acknowledges_and_overrides_from_the_command_
     async with LiveBay([VirtualDriver(url_in)], sinks=[sink]) as bay:
         t = now_ts()
         for event in (
-            {"t": t, "type": "patient", "bed": "B2", "weight": "1 kg", "postnatal_age": "5 day"},
-            {"t": t, "type": "line", "line": "L1", "bed": "B2", "kind": "piv"},
-            {"t": t, "type": "connect", "pump": "P1", "line": "L1"},
-            {"t": t, "type": "patency_check", "line": "L1", "result": "blood_return"},
+            *admission(t, bed="B2"),
             {"t": t, "type": "reading", "pump": "P1", "rate": "180 ml/h", "drug": CA},
         ):
             VirtualDriver.put(url_in, event)

@@ -22,7 +22,7 @@ from monitor.clock import SystemClock
 from simulators.hl7_gateway import pcd01_message
 from simulators.ne1000 import PumpBus, SimulatedPump
 from tests.brokers import Broker
-from tests.live import LiveBay, now_ts
+from tests.live import LiveBay, admission, now_ts
 
 CA = "Calcium gluconate 20 mg/ml"
 
@@ -168,12 +168,7 @@ KINDS = ["serial", "mqtt", "hl7", "virtual", "replay"]
 
 def document(bay: LiveBay) -> None:
     t = now_ts()
-    for event in (
-        {"t": t, "type": "patient", "bed": "B1", "weight": "1 kg"},
-        {"t": t, "type": "line", "line": "L1", "bed": "B1", "kind": "piv"},
-        {"t": t, "type": "connect", "pump": "P1", "line": "L1"},
-        {"t": t, "type": "patency_check", "line": "L1", "result": "blood_return"},
-    ):
+    for event in admission(t, age=None):
         bay.monitor.pipeline.feed_object(event, raw=orjson.dumps(event), source="bedside")
 
 

@@ -7,10 +7,8 @@ from __future__ import annotations
 import asyncio
 import io
 import json
-import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -24,19 +22,13 @@ from monitor.clock import ScaledClock, SystemClock
 from monitor.replay import replay
 from monitor.timeutil import format_ts, parse_ts
 from simulators.ne1000 import PumpBus, SimulatedPump
-from tests.live import LiveBay
+from tests.live import LiveBay, admission, calguard_process
 
-ROOT = Path(__file__).parent.parent
 CA = "Calcium gluconate 10 mg/ml"
 
 
 def bedside(url: str, t: str) -> None:
-    for event in (
-        {"t": t, "type": "patient", "bed": "B1", "weight": "1.2 kg", "postnatal_age": "3 day"},
-        {"t": t, "type": "line", "line": "L1", "bed": "B1", "kind": "piv"},
-        {"t": t, "type": "connect", "pump": "P1", "line": "L1"},
-        {"t": t, "type": "patency_check", "line": "L1", "result": "blood_return"},
-    ):
+    for event in admission(t, weight="1.2 kg", age="3 day"):
         VirtualDriver.put(url, event)
 
 
@@ -101,17 +93,6 @@ async def test_a_live_sessions_log_replays_to_the_same_alerts(tmp_path: Path) ->
     assert out.getvalue().splitlines() == live
 
 
-def _calguard(*args: str, env: dict[str, str]) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "monitor.cli", *args],
-        cwd=ROOT,
-        env={**os.environ, **env},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-
-
 def test_calguard_run_stops_cleanly_on_sigterm_and_flushes_its_log(tmp_path: Path) -> None:
     events = tmp_path / "bedside.jsonl"
     events.write_text("")
@@ -121,14 +102,11 @@ def test_calguard_run_stops_cleanly_on_sigterm_and_flushes_its_log(tmp_path: Pat
         f'[site]\nname = "test ward"\ndb = "sqlite:///{db}"\n\n'
         f'[[drivers]]\nurl = "replay://{events}"\npoll = 0.05\n'
     )
-    proc = _calguard("run", "--config", str(site), env={"CALGUARD_DATA_DIR": str(tmp_path)})
+    proc = calguard_process("run", "--config", str(site), env={"CALGUARD_DATA_DIR": str(tmp_path)})
     try:
         now = format_ts(SystemClock().now_us())
         lines = [
-            {"t": now, "type": "patient", "bed": "B1", "weight": "1 kg"},
-            {"t": now, "type": "line", "line": "L1", "bed": "B1", "kind": "piv"},
-            {"t": now, "type": "connect", "pump": "P1", "line": "L1"},
-            {"t": now, "type": "patency_check", "line": "L1", "result": "blood_return"},
+            *admission(now, age=None),
             {"t": now, "type": "reading", "pump": "P1", "rate": "180 ml/h", "drug": CA},
         ]
         with events.open("a") as out:
@@ -153,7 +131,7 @@ def test_calguard_run_stops_cleanly_on_sigterm_and_flushes_its_log(tmp_path: Pat
 
 def test_calguard_demo_runs_on_a_fresh_install(tmp_path: Path) -> None:
     start = time.monotonic()
-    proc = _calguard(
+    proc = calguard_process(
         "demo", "--speed", "240", "--no-view", env={"CALGUARD_DATA_DIR": str(tmp_path)}
     )
     try:
@@ -181,7 +159,9 @@ def test_a_restarted_calguard_run_keeps_the_alarm_states_people_left(tmp_path: P
             f'[site]\nname = "test ward"\ndb = "sqlite:///{db}"\n\n'
             f'[[drivers]]\nurl = "replay://{events}"\npoll = 0.05\n'
         )
-        return _calguard("run", "--config", str(site), env={"CALGUARD_DATA_DIR": str(tmp_path)})
+        return calguard_process(
+            "run", "--config", str(site), env={"CALGUARD_DATA_DIR": str(tmp_path)}
+        )
 
     def stop(proc: subprocess.Popen[str]) -> None:
         if proc.poll() is None:
@@ -205,10 +185,7 @@ def test_a_restarted_calguard_run_keeps_the_alarm_states_people_left(tmp_path: P
             out.writelines(
                 orjson.dumps(e).decode() + "\n"
                 for e in (
-                    {"t": now, "type": "patient", "bed": "B1", "weight": "1 kg"},
-                    {"t": now, "type": "line", "line": "L1", "bed": "B1", "kind": "piv"},
-                    {"t": now, "type": "connect", "pump": "P1", "line": "L1"},
-                    {"t": now, "type": "patency_check", "line": "L1", "result": "blood_return"},
+                    *admission(now, age=None),
                     {"t": now, "type": "reading", "pump": "P1", "rate": "180 ml/h", "drug": CA},
                 )
             )

@@ -19,7 +19,7 @@ from monitor.errors import DriverError
 from simulators.mqtt_ward import MqttPump
 from simulators.scenario import PumpSpec
 from tests.brokers import Broker
-from tests.live import LiveBay, now_ts
+from tests.live import LiveBay, admission, now_ts
 
 PREFIX = "calguard/test"
 CA = "Calcium gluconate 20 mg/ml"
@@ -40,13 +40,7 @@ async def publish(broker: Broker, topic: str, payload: object, *, retain: bool =
 
 
 def bedside(bed: str = "B1", line: str = "L1", pump: str = "P1") -> list[dict[str, Any]]:
-    t = now_ts()
-    return [
-        {"t": t, "type": "patient", "bed": bed, "weight": "1 kg", "postnatal_age": "5 day"},
-        {"t": t, "type": "line", "line": line, "bed": bed, "kind": "piv"},
-        {"t": t, "type": "connect", "pump": pump, "line": line},
-        {"t": t, "type": "patency_check", "line": line, "result": "blood_return"},
-    ]
+    return admission(now_ts(), bed=bed, line=line, pump=pump)
 
 
 def reading(pump: str = "P1", rate: str = "1 ml/h", seq: int = 1, **extra: Any) -> dict[str, Any]:

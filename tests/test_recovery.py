@@ -16,7 +16,7 @@ from monitor.records import InputRecord
 from monitor.recovery import warm_start
 from monitor.timeutil import format_ts
 from monitor.transitions import AlertTransition, Description
-from tests.live import LiveBay
+from tests.live import LiveBay, admission
 
 TEN = "Calcium gluconate 10%"
 SECOND = 1_000_000
@@ -31,16 +31,7 @@ async def first_run(url: str, start: int) -> list[dict[str, object]]:
         await log.start_session("live", "first run", load_library())
         async with LiveBay([VirtualDriver(feed)], log=log) as bay:
             for event in (
-                {
-                    "t": t,
-                    "type": "patient",
-                    "bed": "B1",
-                    "weight": "1.2 kg",
-                    "postnatal_age": "3 day",
-                },
-                {"t": t, "type": "line", "line": "L1", "bed": "B1", "kind": "piv"},
-                {"t": t, "type": "connect", "pump": "P1", "line": "L1"},
-                {"t": t, "type": "patency_check", "line": "L1", "result": "blood_return"},
+                *admission(t, weight="1.2 kg", age="3 day"),
                 {"t": t, "type": "reading", "pump": "P1", "rate": "1 ml/h", "drug": TEN, "seq": 1},
             ):
                 VirtualDriver.put(feed, event)

@@ -22,7 +22,7 @@ from alerts.sinks import Delivery, open_sink
 from alerts.sinks.base import Sink
 from drivers.virtual import VirtualDriver
 from tests.brokers import Broker, free_port
-from tests.live import LiveBay, now_ts
+from tests.live import LiveBay, admission, now_ts
 
 CA = "Calcium gluconate 10%"
 _urls = itertools.count()
@@ -33,13 +33,7 @@ def bedside_url() -> str:
 
 
 def admit(url: str) -> None:
-    t = now_ts()
-    for event in (
-        {"t": t, "type": "patient", "bed": "B1", "weight": "1 kg", "postnatal_age": "5 day"},
-        {"t": t, "type": "line", "line": "L1", "bed": "B1", "kind": "piv"},
-        {"t": t, "type": "connect", "pump": "P1", "line": "L1"},
-        {"t": t, "type": "patency_check", "line": "L1", "result": "blood_return"},
-    ):
+    for event in admission(now_ts()):
         VirtualDriver.put(url, event)
 
 

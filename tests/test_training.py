@@ -6,11 +6,9 @@ MQTT through this test's own Mosquitto, HL7 over a real MLLP socket."""
 from __future__ import annotations
 
 import json
-import os
 import queue
 import signal
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -18,8 +16,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from tests.brokers import Broker, free_port
+from tests.live import calguard_process
 
-ROOT = Path(__file__).parent.parent
 SPEED = "60"  # an hour a minute: a scenario of minutes runs in seconds
 
 
@@ -28,14 +26,7 @@ class Proc:
 
     def __init__(self, *args: str, env: dict[str, str]) -> None:
         self.args = args
-        self.popen = subprocess.Popen(
-            [sys.executable, "-m", "monitor.cli", *args],
-            cwd=ROOT,
-            env={**os.environ, **env},
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
+        self.popen = calguard_process(*args, env=env)
         self.lines: queue.Queue[str] = queue.Queue()
         self.seen: list[str] = []
         self.err: list[str] = []
