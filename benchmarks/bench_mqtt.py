@@ -94,22 +94,24 @@ def reading(n: int, sent_ns: int) -> tuple[str, bytes]:
     return f"{PREFIX}/pumps/P{pump}/telemetry", orjson.dumps(body)
 
 
-def persistent() -> Properties:
+def session_client(port: int, client_id: str, *, burst: bool = False) -> aiomqtt.Client:
+    """A subscriber with a persistent session (MQTT 5, clean start off, kept an hour)."""
     props = Properties(PacketTypes.CONNECT)
     props.SessionExpiryInterval = 3600
-    return props
-
-
-async def subscribe_once(port: int, client_id: str) -> None:
-    """Create the persistent session (subscriptions) before messages are queued for it."""
-    async with aiomqtt.Client(
+    return aiomqtt.Client(
         "127.0.0.1",
         port,
         identifier=client_id,
         protocol=aiomqtt.ProtocolVersion.V5,
         clean_start=False,
-        properties=persistent(),
-    ) as client:
+        properties=props,
+        queue_type=_Inbox if burst else None,
+    )
+
+
+async def subscribe_once(port: int, client_id: str) -> None:
+    """Create the persistent session (subscriptions) before messages are queued for it."""
+    async with session_client(port, client_id) as client:
         for topic in (
             f"{PREFIX}/pumps/+/telemetry",
             f"{PREFIX}/pumps/+/status",
@@ -162,15 +164,7 @@ async def bare(
     ``burst``: take what has already arrived at once, as CalGuard's driver does."""
     inbox = _Inbox if burst else None
     rate = Rate(expected)  # from the connection: the broker delivers from that moment on
-    async with aiomqtt.Client(
-        "127.0.0.1",
-        port,
-        identifier=client_id,
-        protocol=aiomqtt.ProtocolVersion.V5,
-        clean_start=False,
-        properties=persistent(),
-        queue_type=_Inbox if burst else None,
-    ) as client:
+    async with session_client(port, client_id, burst=burst) as client:
         for topic in (f"{PREFIX}/pumps/+/telemetry", f"{PREFIX}/events"):
             await client.subscribe(topic, qos=1)
         messages = aiter(client.messages)
