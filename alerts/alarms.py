@@ -38,6 +38,10 @@ __all__ = ["TECHNICAL_RULES", "Alarm", "AlarmManager", "category"]
 TECHNICAL_RULES = frozenset({"telemetry-stale", "telemetry-invalid"})
 
 
+def _urgency(alarm: Alarm) -> tuple[int, int]:
+    return -PRIORITY_RANK[alarm.last.priority], alarm.raised_t
+
+
 def category(rule: str) -> str:
     return "technical" if rule in TECHNICAL_RULES else "clinical"
 
@@ -351,6 +355,11 @@ class AlarmManager:
         return self.advance(now)
 
     def active(self) -> list[Alarm]:
+        """Every alarm shown now, the most urgent first."""
+        return sorted(self.alarms.values(), key=_urgency)
+
+    def of_bed(self, bed: str | None) -> list[Alarm]:
+        """One bed's alarms, the most urgent first (without sorting the whole ward's)."""
         return sorted(
-            self.alarms.values(), key=lambda a: (-PRIORITY_RANK[a.last.priority], a.raised_t)
+            (a for a in self.alarms.values() if a.last.description.bed == bed), key=_urgency
         )

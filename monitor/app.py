@@ -212,7 +212,5 @@ class Monitor:
         state: tuple[dict[str, object], ...] = ()
         if alarms is not None:
             audiences = alarms.policy.audiences
-            state = tuple(
-                a.snapshot(audiences) for a in alarms.active() if a.last.description.bed == bed
-            )
+            state = tuple(a.snapshot(audiences) for a in alarms.of_bed(bed))
         return Delivery(tr, line, state, bed or "unassigned")
