@@ -26,11 +26,11 @@ from __future__ import annotations
 import heapq
 from dataclasses import dataclass, replace
 
-from config.library import AlarmPolicy
-from monitor.errors import EventError
-from monitor.events import AlarmAction
-from monitor.timeutil import format_ts
-from monitor.transitions import PRIORITY_RANK, ActiveAlert, AlertTransition
+from calguard.monitor.errors import EventError
+from calguard.monitor.events import AlarmAction
+from calguard.monitor.library import AlarmPolicy
+from calguard.monitor.timeutil import format_ts
+from calguard.monitor.transitions import PRIORITY_RANK, ActiveAlert, AlertTransition
 
 __all__ = ["TECHNICAL_RULES", "Alarm", "AlarmManager", "category"]
 

@@ -16,10 +16,9 @@ import hashlib
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from calguard.alerts.schema import audit_chain
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import create_async_engine
-
-from alerts.schema import audit_chain
 
 __all__ = ["GENESIS", "AuditLink", "ChainReport", "link_hash", "verify_chain", "verify_rows"]
 

@@ -21,12 +21,8 @@ from types import TracebackType
 from typing import Any
 
 import orjson
-from sqlalchemy import event, func, insert, select, text, update
-from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
-
-from alerts.audit import GENESIS, link_hash
-from alerts.schema import (
+from calguard.alerts.audit import GENESIS, link_hash
+from calguard.alerts.schema import (
     alert_transitions,
     audit_chain,
     inputs,
@@ -34,11 +30,14 @@ from alerts.schema import (
     migrate,
     sessions,
 )
-from config.library import Library
-from monitor.errors import LogError
-from monitor.events import ALARM_ACTIONS
-from monitor.records import InputRecord
-from monitor.transitions import AlertTransition
+from calguard.monitor.errors import LogError
+from calguard.monitor.events import ALARM_ACTIONS
+from calguard.monitor.library import Library
+from calguard.monitor.records import InputRecord
+from calguard.monitor.transitions import AlertTransition
+from sqlalchemy import event, func, insert, select, text, update
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 __all__ = ["AlertLog", "default_db_url", "normalise_db_url", "session_rows"]
 

@@ -18,12 +18,11 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+from calguard.alerts.alarms import category
+from calguard.alerts.schema import alert_transitions, inputs
+from calguard.monitor.timeutil import format_ts
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import create_async_engine
-
-from alerts.alarms import category
-from alerts.schema import alert_transitions, inputs
-from monitor.timeutil import format_ts
 
 __all__ = ["AlarmRow", "Report", "build_report", "load_report", "write_csv", "write_png"]
 
@@ -133,7 +132,7 @@ class Report:
 
 def build_report(lines: list[dict[str, Any]], bed_days: int, since: int | None) -> Report:
     """From alert lines in time order (the log's, or a replay's)."""
-    from monitor.timeutil import parse_ts
+    from calguard.monitor.timeutil import parse_ts
 
     rows: dict[str, AlarmRow] = {}
     for line in lines:
@@ -179,7 +178,7 @@ async def load_report(url: str, since: int | None) -> Report:
     finally:
         await engine.dispose()
     days = {(bed, t // _DAY_US) for bed, t in bed_rows}
-    from monitor.timeutil import parse_ts
+    from calguard.monitor.timeutil import parse_ts
 
     for line in lines:  # beds with alarms count too, though their documentation is older
         t = parse_ts(line["t"])

@@ -32,14 +32,15 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from alerts.log import AlertLog
-from config import load_library
-from monitor.engine import Engine
-from monitor.events import decode_json, parse_event
-from monitor.pipeline import Pipeline
-from monitor.replay import replay
-from monitor.units import ureg
-from simulators.shift import load_shift
+from calguard.alerts.log import AlertLog
+from calguard.config import load_library
+from calguard.monitor.engine import Engine
+from calguard.monitor.events import decode_json, parse_event
+from calguard.monitor.units import ureg
+from calguard.simulators.shift import load_shift
+
+from calguard.pipeline import Pipeline
+from calguard.replay import replay
 
 
 def naive(lines: list[bytes]) -> int:

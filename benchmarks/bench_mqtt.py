@@ -33,13 +33,14 @@ from paho.mqtt.properties import Properties
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from alerts.log import AlertLog
-from config import load_library
-from drivers.mqtt import MqttDriver, _Inbox
-from monitor.app import Monitor
-from monitor.clock import SystemClock
-from monitor.engine import Engine
-from monitor.timeutil import format_ts
+from calguard.alerts.log import AlertLog
+from calguard.config import load_library
+from calguard.drivers.clock import SystemClock
+from calguard.drivers.mqtt import MqttDriver, _Inbox
+from calguard.monitor.engine import Engine
+from calguard.monitor.timeutil import format_ts
+
+from calguard.app import Monitor
 from tests.brokers import Broker
 
 ROOT = Path(__file__).resolve().parent.parent

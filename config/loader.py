@@ -20,16 +20,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from config.library import (
-    AlarmPolicy,
-    ConfiguredQuantity,
-    Library,
-    Product,
-    RuleConfig,
-    Salt,
-    normalise_label,
-)
-from config.schema import (
+from calguard.config.schema import (
     CLASSES,
     PRIORITIES,
     RULES,
@@ -38,8 +29,17 @@ from config.schema import (
     QuantitySetting,
     RuleSpec,
 )
-from monitor import units
-from monitor.errors import ConfigError, ConfigProblem, QuantityError
+from calguard.monitor import units
+from calguard.monitor.errors import ConfigError, ConfigProblem, QuantityError
+from calguard.monitor.library import (
+    AlarmPolicy,
+    ConfiguredQuantity,
+    Library,
+    Product,
+    RuleConfig,
+    Salt,
+    normalise_label,
+)
 
 __all__ = [
     "BUILTIN",
@@ -60,7 +60,7 @@ _ELEMENTAL_TOLERANCE = 0.01
 
 
 def builtin_text() -> str:
-    return resources.files("config").joinpath("default_library.toml").read_text("utf-8")
+    return resources.files("calguard.config").joinpath("default_library.toml").read_text("utf-8")
 
 
 @dataclass

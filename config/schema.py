@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from monitor import units
-from monitor.units import Kind
+from calguard.monitor import units
+from calguard.monitor.units import Kind
 
 __all__ = [
     "CLASSES",

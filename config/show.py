@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from config.library import ConfiguredQuantity, Library, Product
-from config.schema import RULES
-from monitor import units
-from monitor.units import CALCIUM_MG_PER_MMOL, format_number
+from calguard.config.schema import RULES
+from calguard.monitor import units
+from calguard.monitor.library import ConfiguredQuantity, Library, Product
+from calguard.monitor.units import CALCIUM_MG_PER_MMOL, format_number
 
 __all__ = ["render_library"]
 

@@ -23,8 +23,10 @@
     drug = "Calcium gluconate 20 mg/ml"
     concentration = "20 mg/ml"
 
-Each driver declares the options it takes (``Driver.options``); they are checked here, with
-the library, so that every problem is reported at once, with file and key.
+Each driver and sink declares the options it takes (``options``, a map of ``OptionSpec``);
+they are checked here, with the library, so that every problem is reported at once, with
+file and key. The drivers and sinks live floors above ``config``, so the caller hands in
+the lookups that find their classes (``calguard.site.load_site`` does, with the registries).
 """
 
 from __future__ import annotations
@@ -36,13 +38,17 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from config.library import Library
-from config.loader import check_library
-from drivers.base import OptionSpec
-from monitor.errors import ConfigError, ConfigProblem, DriverError
-from monitor.timeutil import parse_ts
+from calguard.config.loader import check_library
+from calguard.config.options import OptionSpec
+from calguard.monitor.errors import ConfigError, ConfigProblem, DriverError
+from calguard.monitor.library import Library
+from calguard.monitor.timeutil import parse_ts
 
-__all__ = ["DriverConfig", "Site", "load_site"]
+__all__ = ["DriverConfig", "Lookup", "Site", "load_site"]
+
+#: finds the class for a URL (its ``scheme`` and ``options``); raises ``DriverError`` or
+#: ``ValueError`` for a URL it does not know
+Lookup = Callable[[str], Any]
 
 _SITE_KEYS = ("name", "library", "db", "speed", "clock_anchor")
 
@@ -65,7 +71,13 @@ class Site:
     source: str = ""
 
 
-def load_site(path: str | Path, *, db_default: str | None = "default") -> Site:
+def load_site(
+    path: str | Path,
+    *,
+    drivers: Lookup,
+    sinks: Lookup,
+    db_default: str | None = "default",
+) -> Site:
     """Read and check a site config; ``ConfigError`` listing every problem."""
     source = str(path)
     problems: list[ConfigProblem] = []
@@ -105,8 +117,8 @@ def load_site(path: str | Path, *, db_default: str | None = "default") -> Site:
     db = site.get("db", db_default)
     if db is not None and not isinstance(db, str):
         problem("site.db", 'a database URL, or "none", is expected')
-    drivers = _drivers(doc.get("drivers", []), problem)
-    sinks = _sinks(doc.get("sinks", []), problem)
+    driver_configs = _drivers(doc.get("drivers", []), drivers, problem)
+    sink_configs = _sinks(doc.get("sinks", []), sinks, problem)
     if problems:
         raise ConfigError(problems)
     assert result.library is not None
@@ -114,8 +126,8 @@ def load_site(path: str | Path, *, db_default: str | None = "default") -> Site:
         name=str(site.get("name", Path(path).stem)),
         library=result.library,
         db=_db(db),
-        drivers=tuple(drivers),
-        sinks=tuple(sinks),
+        drivers=tuple(driver_configs),
+        sinks=tuple(sink_configs),
         speed=float(speed),
         clock_anchor_us=anchor,
         source=source,
@@ -144,9 +156,7 @@ def _db(db: object) -> str | None:
     return "" if db == "default" else str(db)
 
 
-def _drivers(items: object, problem: Any) -> list[DriverConfig]:
-    from drivers.registry import driver_class  # drivers are only imported when configured
-
+def _drivers(items: object, driver_class: Lookup, problem: Any) -> list[DriverConfig]:
     if not isinstance(items, list) or not items:
         problem("drivers", "at least one [[drivers]] entry with a url is expected")
         return []
@@ -156,9 +166,7 @@ def _drivers(items: object, problem: Any) -> list[DriverConfig]:
     ]
 
 
-def _sinks(items: object, problem: Any) -> list[DriverConfig]:
-    from alerts.sinks import sink_class  # sinks are only imported when configured
-
+def _sinks(items: object, sink_class: Lookup, problem: Any) -> list[DriverConfig]:
     if not isinstance(items, list):
         problem("sinks", "an array of tables ([[sinks]]) is expected")
         return []

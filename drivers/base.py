@@ -26,10 +26,12 @@ from types import TracebackType
 from typing import Any, ClassVar
 from urllib.parse import urlsplit
 
-from monitor.clock import Clock, SystemClock
-from monitor.errors import DriverError
+from calguard.config.options import OptionSpec
+from calguard.drivers.clock import SystemClock
+from calguard.monitor.clock import Clock
+from calguard.monitor.errors import DriverError
 
-__all__ = ["Backoff", "Driver", "DriverStats", "Inbound", "OptionSpec"]
+__all__ = ["Backoff", "Driver", "DriverStats", "Inbound"]
 
 log = logging.getLogger(__name__)
 
@@ -47,16 +49,6 @@ class Inbound:
     obj: object | None = None
     problem: str | None = None
     pump: tuple[str, str] | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class OptionSpec:
-    """One option a driver accepts in the site config: its type, default and meaning."""
-
-    kind: type
-    default: Any
-    help: str
-    minimum: float | None = None  # for a number: the least value that makes sense
 
 
 @dataclass

@@ -26,11 +26,11 @@ from typing import Any, ClassVar
 
 import hl7
 import orjson
+from calguard.config.options import OptionSpec
+from calguard.drivers.base import Driver, Inbound
+from calguard.monitor.errors import DriverError
+from calguard.monitor.timeutil import format_ts
 from hl7.mllp import start_hl7_server
-
-from drivers.base import Driver, Inbound, OptionSpec
-from monitor.errors import DriverError
-from monitor.timeutil import format_ts
 
 __all__ = ["MllpDriver", "Pcd01", "ack", "translate_pcd01"]
 

@@ -28,13 +28,13 @@ from typing import Any, ClassVar
 
 import aiomqtt
 import orjson
+from calguard.config.options import OptionSpec
+from calguard.drivers.base import Driver, Inbound
+from calguard.drivers.mqtt_link import LINK_OPTIONS, broker_address, password, tls_context
+from calguard.monitor.errors import DriverError
+from calguard.monitor.timeutil import format_ts
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
-
-from drivers.base import Driver, Inbound, OptionSpec
-from drivers.mqtt_link import LINK_OPTIONS, broker_address, password, tls_context
-from monitor.errors import DriverError
-from monitor.timeutil import format_ts
 
 __all__ = ["MqttDriver", "monitor_status_topic", "topics"]
 

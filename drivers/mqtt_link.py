@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from typing import Any, NamedTuple
 from urllib.parse import SplitResult
 
-from drivers.base import OptionSpec
+from calguard.config.options import OptionSpec
 
 __all__ = ["LINK_OPTIONS", "BrokerAddress", "broker_address", "password", "tls_context"]
 

@@ -9,19 +9,19 @@ from importlib.metadata import entry_points
 from typing import Any
 from urllib.parse import urlsplit
 
-from drivers.base import Driver
-from monitor.clock import Clock
-from monitor.errors import DriverError
+from calguard.drivers.base import Driver
+from calguard.monitor.clock import Clock
+from calguard.monitor.errors import DriverError
 
 __all__ = ["BUILTIN_DRIVERS", "driver_class", "open_driver"]
 
 BUILTIN_DRIVERS = {
-    "serial": "drivers.serial:SerialDriver",
-    "mqtt": "drivers.mqtt:MqttDriver",
-    "mqtts": "drivers.mqtt:MqttDriver",
-    "mllp": "drivers.hl7:MllpDriver",
-    "replay": "drivers.replay:ReplayDriver",
-    "virtual": "drivers.virtual:VirtualDriver",
+    "serial": "calguard.drivers.serial:SerialDriver",
+    "mqtt": "calguard.drivers.mqtt:MqttDriver",
+    "mqtts": "calguard.drivers.mqtt:MqttDriver",
+    "mllp": "calguard.drivers.hl7:MllpDriver",
+    "replay": "calguard.drivers.replay:ReplayDriver",
+    "virtual": "calguard.drivers.virtual:VirtualDriver",
 }
 
 

@@ -14,10 +14,10 @@ from pathlib import Path
 from typing import Any, BinaryIO, ClassVar
 
 import orjson
-
-from drivers.base import Driver, Inbound, OptionSpec
-from monitor.errors import DriverError
-from monitor.events import MAX_LINE_BYTES
+from calguard.config.options import OptionSpec
+from calguard.drivers.base import Driver, Inbound
+from calguard.monitor.errors import DriverError
+from calguard.monitor.events import MAX_LINE_BYTES
 
 __all__ = ["OversizeLine", "ReplayDriver", "read_lines"]
 

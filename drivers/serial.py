@@ -28,9 +28,9 @@ from urllib.parse import parse_qs
 import orjson
 import serial
 import serial_asyncio_fast
-
-from drivers.base import Driver, Inbound, OptionSpec
-from drivers.ne1000 import (
+from calguard.config.options import OptionSpec
+from calguard.drivers.base import Driver, Inbound
+from calguard.drivers.ne1000 import (
     FrameParser,
     Garbage,
     Response,
@@ -39,8 +39,8 @@ from drivers.ne1000 import (
     parse_response,
     parse_volume,
 )
-from monitor.errors import DriverError
-from monitor.timeutil import format_ts
+from calguard.monitor.errors import DriverError
+from calguard.monitor.timeutil import format_ts
 
 __all__ = ["PumpMapping", "SerialDriver"]
 

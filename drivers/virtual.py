@@ -11,8 +11,7 @@ import asyncio
 from typing import Any, ClassVar
 
 import orjson
-
-from drivers.base import Driver, Inbound
+from calguard.drivers.base import Driver, Inbound
 
 __all__ = ["VirtualDriver"]
 

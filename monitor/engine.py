@@ -18,9 +18,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from config.library import Library
-from monitor.errors import EventError
-from monitor.events import (
+from calguard.monitor.errors import EventError
+from calguard.monitor.events import (
     AlarmAction,
     Clock,
     Connect,
@@ -35,11 +34,12 @@ from monitor.events import (
     Reading,
     SiteCheck,
 )
-from monitor.model import Bed, ChannelState, LineState, Ward
-from monitor.rules import Rules
-from monitor.timers import TimerQueue
-from monitor.timeutil import format_ts
-from monitor.transitions import ActiveAlert, AlertBook, AlertTransition
+from calguard.monitor.library import Library
+from calguard.monitor.model import Bed, ChannelState, LineState, Ward
+from calguard.monitor.rules import Rules
+from calguard.monitor.timers import TimerQueue
+from calguard.monitor.timeutil import format_ts
+from calguard.monitor.transitions import ActiveAlert, AlertBook, AlertTransition
 
 __all__ = ["Engine"]
 

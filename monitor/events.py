@@ -13,10 +13,9 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, NamedTuple, TypeGuard
 
 import orjson
-
-from monitor import units
-from monitor.errors import EventError, QuantityError
-from monitor.timeutil import parse_ts
+from calguard.monitor import units
+from calguard.monitor.errors import EventError, QuantityError
+from calguard.monitor.timeutil import parse_ts
 
 __all__ = [
     "ALARM_ACTIONS",

@@ -10,8 +10,8 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass, field
 
-from config.library import LabelMatch
-from monitor.dose import DoseLedger
+from calguard.monitor.dose import DoseLedger
+from calguard.monitor.library import LabelMatch
 
 __all__ = [
     "CENTRAL_KINDS",

@@ -11,7 +11,7 @@ import re
 from datetime import UTC, date, datetime
 from functools import lru_cache
 
-from monitor.errors import QuantityError
+from calguard.monitor.errors import QuantityError
 
 __all__ = ["MINUTE_US", "SECOND_US", "format_ts", "parse_ts", "to_datetime"]
 

@@ -12,7 +12,7 @@ import json
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 
-from monitor.timeutil import format_ts, parse_ts
+from calguard.monitor.timeutil import format_ts, parse_ts
 
 __all__ = ["PRIORITY_RANK", "ActiveAlert", "AlertBook", "AlertTransition", "Description"]
 

@@ -22,8 +22,7 @@ from functools import cache
 from typing import Any
 
 import pint
-
-from monitor.errors import QuantityError
+from calguard.monitor.errors import QuantityError
 
 __all__ = [
     "CONCENTRATION",

@@ -15,11 +15,10 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
+from calguard.monitor.clock import Clock
+from calguard.monitor.timeutil import to_datetime
+from calguard.simulators.scenario import Scenario, Step
 from hl7.mllp import open_hl7_connection
-
-from monitor.clock import Clock
-from monitor.timeutil import to_datetime
-from simulators.scenario import Scenario, Step
 
 __all__ = ["Hl7Gateway", "pcd01_message"]
 

@@ -19,11 +19,10 @@ from typing import Any
 
 import aiomqtt
 import orjson
-
-from drivers.mqtt import monitor_status_topic
-from monitor.clock import Clock
-from monitor.timeutil import format_ts
-from simulators.scenario import PumpSpec, Scenario, Step
+from calguard.drivers.mqtt import monitor_status_topic
+from calguard.monitor.clock import Clock
+from calguard.monitor.timeutil import format_ts
+from calguard.simulators.scenario import PumpSpec, Scenario, Step
 
 __all__ = ["MqttPump", "MqttWard", "wait_for_monitor"]
 

@@ -22,14 +22,15 @@ import tty
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from drivers.ne1000 import (
+from calguard.drivers.clock import SystemClock
+from calguard.drivers.ne1000 import (
     CR,
     FrameParser,
     Garbage,
     encode_safe_packet,
     format_number,
 )
-from monitor.clock import Clock, SystemClock
+from calguard.monitor.clock import Clock
 
 __all__ = ["PumpBus", "SimulatedPump"]
 

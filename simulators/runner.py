@@ -12,10 +12,10 @@ import logging
 from pathlib import Path
 from typing import Any, Protocol
 
-from drivers.virtual import VirtualDriver
-from monitor.clock import Clock
-from monitor.timeutil import format_ts
-from simulators.scenario import Scenario, Step
+from calguard.drivers.virtual import VirtualDriver
+from calguard.monitor.clock import Clock
+from calguard.monitor.timeutil import format_ts
+from calguard.simulators.scenario import Scenario, Step
 
 __all__ = ["BedsideFile", "BedsideQueue", "WardBackend", "play"]
 

@@ -55,9 +55,9 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from monitor import units
-from monitor.errors import ConfigError, ConfigProblem, QuantityError
-from monitor.timeutil import format_ts
+from calguard.monitor import units
+from calguard.monitor.errors import ConfigError, ConfigProblem, QuantityError
+from calguard.monitor.timeutil import format_ts
 
 __all__ = ["FAULTS", "PumpSpec", "Scenario", "Step", "list_scenarios", "load_scenario"]
 
@@ -125,7 +125,7 @@ class Scenario:
 
 
 def _scenario_dir() -> Any:
-    return resources.files("simulators").joinpath("scenarios")
+    return resources.files("calguard.simulators").joinpath("scenarios")
 
 
 def list_scenarios() -> list[tuple[str, str]]:

@@ -15,10 +15,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from monitor.clock import Clock
-from monitor.units import VOLUME_RATE, parse_quantity
-from simulators.ne1000 import PumpBus, SimulatedPump
-from simulators.scenario import Scenario, Step
+from calguard.monitor.clock import Clock
+from calguard.monitor.units import VOLUME_RATE, parse_quantity
+from calguard.simulators.ne1000 import PumpBus, SimulatedPump
+from calguard.simulators.scenario import Scenario, Step
 
 __all__ = ["SerialWard"]
 

@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from monitor.timeutil import SECOND_US, format_ts, parse_ts
+from calguard.monitor.timeutil import SECOND_US, format_ts, parse_ts
 
 __all__ = ["ShiftBuilder", "day_shift", "load_shift"]
 

@@ -15,8 +15,8 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
+from calguard.config import Library, load_library
 
-from config import Library, load_library
 from tests.brokers import Broker
 
 PG_URL = os.environ.get("CALGUARD_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")

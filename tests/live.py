@@ -10,16 +10,18 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from alerts.log import AlertLog
-from alerts.sinks import Sink
-from config import Library, load_library
-from drivers.base import Driver
-from monitor.app import Monitor
-from monitor.clock import Clock, SystemClock
-from monitor.engine import Engine
-from monitor.records import InputRecord
-from monitor.timeutil import format_ts
-from monitor.transitions import AlertTransition
+from calguard.alerts.log import AlertLog
+from calguard.alerts.sinks import Sink
+from calguard.config import Library, load_library
+from calguard.drivers.base import Driver
+from calguard.drivers.clock import SystemClock
+from calguard.monitor.clock import Clock
+from calguard.monitor.engine import Engine
+from calguard.monitor.records import InputRecord
+from calguard.monitor.timeutil import format_ts
+from calguard.monitor.transitions import AlertTransition
+
+from calguard.app import Monitor
 
 ROOT = Path(__file__).parent.parent
 
@@ -27,7 +29,7 @@ ROOT = Path(__file__).parent.parent
 def calguard_process(*args: str, env: dict[str, str]) -> subprocess.Popen[str]:
     """``calguard ARGS`` as a separate process (text pipes for stdout and stderr)."""
     return subprocess.Popen(
-        [sys.executable, "-m", "monitor.cli", *args],
+        [sys.executable, "-m", "calguard.cli", *args],
         cwd=ROOT,
         env={**os.environ, **env},
         stdout=subprocess.PIPE,

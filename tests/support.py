@@ -13,11 +13,12 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from config import Library, load_library
-from monitor.engine import Engine
-from monitor.pipeline import Pipeline
-from monitor.records import InputRecord
-from monitor.timeutil import parse_ts
+from calguard.config import Library, load_library
+from calguard.monitor.engine import Engine
+from calguard.monitor.records import InputRecord
+from calguard.monitor.timeutil import parse_ts
+
+from calguard.pipeline import Pipeline
 
 DAY = "2026-11-21"
 

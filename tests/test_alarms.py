@@ -12,14 +12,15 @@ import json
 from dataclasses import replace
 from typing import Any
 
-from alerts.alarms import AlarmManager
-from alerts.log import AlertLog
-from config import builtin_text, parse_library
-from monitor.engine import Engine
-from monitor.live import _restore_alarms
-from monitor.replay import replay
-from monitor.timeutil import format_ts
-from monitor.transitions import AlertTransition
+from calguard.alerts.alarms import AlarmManager
+from calguard.alerts.log import AlertLog
+from calguard.config import builtin_text, parse_library
+from calguard.monitor.engine import Engine
+from calguard.monitor.timeutil import format_ts
+from calguard.monitor.transitions import AlertTransition
+
+from calguard.live import _restore_alarms
+from calguard.replay import replay
 from tests.support import Bedside, ts, us
 
 DILUTED = "Calcium gluconate 20 mg/ml"
@@ -257,8 +258,9 @@ async def test_a_replayed_shift_with_actions_prints_every_transition_in_time_ord
 
 async def test_live_a_pause_ends_on_the_live_clock_at_its_exact_time() -> None:
     """The monitor's clock task sleeps until the alarm layer's next deadline too."""
-    from drivers.virtual import VirtualDriver
-    from monitor.clock import ScaledClock, SystemClock
+    from calguard.drivers.clock import ScaledClock, SystemClock
+    from calguard.drivers.virtual import VirtualDriver
+
     from tests.live import LiveBay, now_ts
 
     clock = ScaledClock(60.0, anchor_us=SystemClock().now_us())  # a 2 min pause lasts 2 s
@@ -295,7 +297,7 @@ async def test_live_a_pause_ends_on_the_live_clock_at_its_exact_time() -> None:
 
 
 def test_the_view_shows_each_alarm_with_its_state() -> None:
-    from monitor.view import render
+    from calguard.view import render
 
     bay = picc("3 ml/h")
     act(bay, "08:02", "ack", by="rn42")

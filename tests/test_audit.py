@@ -11,14 +11,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+from calguard.alerts.audit import link_hash, verify_chain
+from calguard.alerts.log import AlertLog, normalise_db_url
+from calguard.alerts.schema import alert_transitions, audit_chain
+from calguard.config import load_library
 from sqlalchemy import delete, select, update
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from alerts.audit import link_hash, verify_chain
-from alerts.log import AlertLog, normalise_db_url
-from alerts.schema import alert_transitions, audit_chain
-from config import load_library
-from monitor.replay import replay
+from calguard.replay import replay
 
 ROOT = Path(__file__).parent.parent
 T = "2026-11-21T08:{:02d}:00Z"
@@ -134,7 +134,7 @@ def test_calguard_audit_verify_and_export(tmp_path: Path) -> None:
 
     def calguard(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [sys.executable, "-m", "monitor.cli", *args, "--db", url],
+            [sys.executable, "-m", "calguard.cli", *args, "--db", url],
             cwd=ROOT,
             capture_output=True,
             text=True,

@@ -9,8 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
-
-from config.loader import builtin_text
+from calguard.config.loader import builtin_text
 
 ROOT = Path(__file__).parent.parent
 EXAMPLE = ROOT / "examples" / "quickstart.jsonl"
@@ -19,7 +18,7 @@ EXAMPLE = ROOT / "examples" / "quickstart.jsonl"
 def calguard(*args: str, stdin: bytes | None = None, tmp: Path) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "CALGUARD_DATA_DIR": str(tmp / "data")}
     return subprocess.run(
-        [sys.executable, "-m", "monitor.cli", *args],
+        [sys.executable, "-m", "calguard.cli", *args],
         input=stdin.decode() if stdin else None,
         capture_output=True,
         text=True,

@@ -9,8 +9,9 @@ import os
 import sys
 from pathlib import Path
 
-from alerts.sinks import open_sink
-from drivers.virtual import VirtualDriver
+from calguard.alerts.sinks import open_sink
+from calguard.drivers.virtual import VirtualDriver
+
 from tests.brokers import Broker
 from tests.live import LiveBay, admission, now_ts
 
@@ -22,7 +23,7 @@ async def calguard(*args: str) -> tuple[int, str, str]:
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "monitor.cli",
+        "calguard.cli",
         *args,
         cwd=ROOT,
         env=dict(os.environ),

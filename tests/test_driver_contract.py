@@ -10,17 +10,17 @@ from typing import Any, Protocol
 import aiomqtt
 import orjson
 import pytest
+from calguard.drivers.base import Driver
+from calguard.drivers.clock import SystemClock
+from calguard.drivers.hl7 import MllpDriver
+from calguard.drivers.mqtt import MqttDriver
+from calguard.drivers.replay import ReplayDriver
+from calguard.drivers.serial import SerialDriver
+from calguard.drivers.virtual import VirtualDriver
+from calguard.simulators.hl7_gateway import pcd01_message
+from calguard.simulators.ne1000 import PumpBus, SimulatedPump
 from hl7.mllp import open_hl7_connection
 
-from drivers.base import Driver
-from drivers.hl7 import MllpDriver
-from drivers.mqtt import MqttDriver
-from drivers.replay import ReplayDriver
-from drivers.serial import SerialDriver
-from drivers.virtual import VirtualDriver
-from monitor.clock import SystemClock
-from simulators.hl7_gateway import pcd01_message
-from simulators.ne1000 import PumpBus, SimulatedPump
 from tests.brokers import Broker
 from tests.live import LiveBay, admission, now_ts
 

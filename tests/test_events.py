@@ -6,11 +6,11 @@ import json
 import math
 
 import pytest
+from calguard.monitor.errors import EventError
+from calguard.monitor.events import MAX_LINE_BYTES, Reading, decode_json, parse_event
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from monitor.errors import EventError
-from monitor.events import MAX_LINE_BYTES, Reading, decode_json, parse_event
 from tests.support import Bedside
 
 GOOD = {"t": "2026-11-21T08:03:00Z", "type": "reading", "pump": "P7", "rate": "1.2 ml/h"}

@@ -7,12 +7,12 @@ import re
 from pathlib import Path
 
 import pytest
+from calguard.drivers.clock import SystemClock
+from calguard.drivers.hl7 import HL7Problem, MllpDriver, hl7_time, translate_pcd01
+from calguard.simulators.hl7_gateway import Hl7Gateway, pcd01_message
+from calguard.simulators.scenario import load_scenario
 from hl7.mllp import open_hl7_connection
 
-from drivers.hl7 import HL7Problem, MllpDriver, hl7_time, translate_pcd01
-from monitor.clock import SystemClock
-from simulators.hl7_gateway import Hl7Gateway, pcd01_message
-from simulators.scenario import load_scenario
 from tests.live import LiveBay
 
 EXAMPLE = (Path(__file__).parent / "data" / "pcd01-example.hl7").read_bytes()

@@ -5,10 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
-from config import RULES, check_library, load_library, parse_library
-from config.loader import builtin_text
-from monitor import units
+from calguard.config import RULES, check_library, load_library, parse_library
+from calguard.config.loader import builtin_text
+from calguard.monitor import units
 
 # The rule table of the clinical reference: id -> (priority, {setting: default}).
 RULE_TABLE = {
@@ -219,7 +218,7 @@ def test_limits_are_converted_once_at_load() -> None:
 
 
 def test_the_alarm_policy_is_validated_like_the_limits() -> None:
-    from config import builtin_text, parse_library
+    from calguard.config import builtin_text, parse_library
 
     text = builtin_text()
     head, _, _ = text.partition("[alarms]")

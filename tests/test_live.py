@@ -13,15 +13,15 @@ import time
 from pathlib import Path
 
 import orjson
+from calguard.alerts.log import AlertLog, session_rows
+from calguard.config import load_library
+from calguard.drivers.clock import ScaledClock, SystemClock
+from calguard.drivers.serial import SerialDriver
+from calguard.drivers.virtual import VirtualDriver
+from calguard.monitor.timeutil import format_ts, parse_ts
+from calguard.simulators.ne1000 import PumpBus, SimulatedPump
 
-from alerts.log import AlertLog, session_rows
-from config import load_library
-from drivers.serial import SerialDriver
-from drivers.virtual import VirtualDriver
-from monitor.clock import ScaledClock, SystemClock
-from monitor.replay import replay
-from monitor.timeutil import format_ts, parse_ts
-from simulators.ne1000 import PumpBus, SimulatedPump
+from calguard.replay import replay
 from tests.live import LiveBay, admission, calguard_process
 
 CA = "Calcium gluconate 10 mg/ml"

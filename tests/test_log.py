@@ -8,10 +8,8 @@ import json
 from pathlib import Path
 
 import pytest
-from sqlalchemy import create_engine, func, inspect, select, text
-
-from alerts.log import AlertLog, normalise_db_url
-from alerts.schema import (
+from calguard.alerts.log import AlertLog, normalise_db_url
+from calguard.alerts.schema import (
     MIGRATIONS,
     alert_transitions,
     inputs,
@@ -19,9 +17,11 @@ from alerts.schema import (
     metadata,
     sessions,
 )
-from config import load_library
-from monitor.errors import LogError
-from monitor.replay import replay
+from calguard.config import load_library
+from calguard.monitor.errors import LogError
+from sqlalchemy import create_engine, func, inspect, select, text
+
+from calguard.replay import replay
 
 EXAMPLE = (Path(__file__).parent.parent / "examples" / "quickstart.jsonl").read_bytes()
 BAD_LINES = (
@@ -126,7 +126,7 @@ async def test_batches_are_flushed_on_exit_even_when_small(tmp_path: Path) -> No
 
 async def test_back_pressure_keeps_memory_bounded(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'log.sqlite3'}"
-    from simulators.shift import day_shift
+    from calguard.simulators.shift import day_shift
 
     data = "".join(json.dumps(e) + "\n" for e in day_shift()).encode()
     async with AlertLog(url, batch_size=100, max_pending=200) as log:

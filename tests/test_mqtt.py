@@ -12,12 +12,12 @@ from typing import Any
 import aiomqtt
 import orjson
 import pytest
+from calguard.drivers.clock import SystemClock
+from calguard.drivers.mqtt import MqttDriver
+from calguard.monitor.errors import DriverError
+from calguard.simulators.mqtt_ward import MqttPump
+from calguard.simulators.scenario import PumpSpec
 
-from drivers.mqtt import MqttDriver
-from monitor.clock import SystemClock
-from monitor.errors import DriverError
-from simulators.mqtt_ward import MqttPump
-from simulators.scenario import PumpSpec
 from tests.brokers import Broker
 from tests.live import LiveBay, admission, now_ts
 

@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
-
-from drivers.ne1000 import (
+from calguard.drivers.ne1000 import (
     FrameParser,
     Garbage,
     crc16_xmodem,
@@ -16,6 +13,8 @@ from drivers.ne1000 import (
     parse_response,
     parse_volume,
 )
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 
 def test_the_manuals_safe_mode_example_packet() -> None:

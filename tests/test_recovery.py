@@ -7,15 +7,15 @@ from pathlib import Path
 
 import orjson
 import pytest
+from calguard.alerts.log import AlertLog
+from calguard.config import load_library
+from calguard.drivers.clock import SystemClock
+from calguard.drivers.virtual import VirtualDriver
+from calguard.monitor.records import InputRecord
+from calguard.monitor.timeutil import format_ts
+from calguard.monitor.transitions import AlertTransition, Description
 
-from alerts.log import AlertLog
-from config import load_library
-from drivers.virtual import VirtualDriver
-from monitor.clock import SystemClock
-from monitor.records import InputRecord
-from monitor.recovery import warm_start
-from monitor.timeutil import format_ts
-from monitor.transitions import AlertTransition, Description
+from calguard.recovery import warm_start
 from tests.live import LiveBay, admission
 
 TEN = "Calcium gluconate 10%"

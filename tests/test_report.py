@@ -10,10 +10,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-from alerts.log import AlertLog, normalise_db_url
-from alerts.report import load_report
-from config import load_library
-from monitor.replay import replay
+from calguard.alerts.log import AlertLog, normalise_db_url
+from calguard.alerts.report import load_report
+from calguard.config import load_library
+
+from calguard.replay import replay
 
 ROOT = Path(__file__).parent.parent
 SHIFT = ROOT / "examples" / "nicu-shift.jsonl"
@@ -82,7 +83,7 @@ async def test_the_report_of_a_replayed_shift(db_url: str) -> None:
 async def test_since_limits_the_report_to_later_alarms(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'log.sqlite3'}"
     await replay_into(url)
-    from monitor.timeutil import parse_ts
+    from calguard.monitor.timeutil import parse_ts
 
     report = await load_report(normalise_db_url(url), parse_ts(f"{DAY}12:00:00Z"))
     assert [a.rule for a in report.alarms] == [
@@ -99,7 +100,7 @@ def test_calguard_report_writes_the_table_csv_and_chart(tmp_path: Path) -> None:
     asyncio.run(replay_into(url))
     result = subprocess.run(
         [
-            sys.executable, "-m", "monitor.cli", "report", "--db", url,
+            sys.executable, "-m", "calguard.cli", "report", "--db", url,
             "--csv", str(tmp_path / "alarms.csv"), "--png", str(tmp_path / "alarms.png"),
         ],
         cwd=ROOT, capture_output=True, text=True, timeout=120,

@@ -4,9 +4,9 @@ occlusion. Every timer is checked to fire at its exact expiry, not at the next i
 from __future__ import annotations
 
 import pytest
+from calguard.config import parse_library
+from calguard.config.loader import builtin_text
 
-from config import parse_library
-from config.loader import builtin_text
 from tests.support import Bedside
 
 CA = "Calcium gluconate 20 mg/ml"

@@ -5,8 +5,8 @@ from __future__ import annotations
 import math
 
 import pytest
+from calguard.monitor.timeutil import format_ts
 
-from monitor.timeutil import format_ts
 from tests.support import Bedside, us
 
 GLUCONATE_CA = 0.093

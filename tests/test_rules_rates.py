@@ -5,9 +5,9 @@ from the clinical constants rather than taken from the engine."""
 from __future__ import annotations
 
 import pytest
+from calguard.config import parse_library
+from calguard.config.loader import builtin_text
 
-from config import parse_library
-from config.loader import builtin_text
 from tests.support import Bedside
 
 GLUCONATE_CA = 0.093  # mg Ca per mg calcium gluconate

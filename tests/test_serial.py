@@ -9,12 +9,11 @@ import logging
 from typing import Any
 
 import pytest
+from calguard.drivers.base import Inbound
+from calguard.drivers.serial import SerialDriver
+from calguard.simulators.ne1000 import PumpBus, SimulatedPump
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
-from drivers.base import Inbound
-from drivers.serial import SerialDriver
-from simulators.ne1000 import PumpBus, SimulatedPump
 
 MAPPING = [
     {"address": 0, "pump": "P1", "drug": "Calcium gluconate 20 mg/ml", "concentration": "20 mg/ml"},

@@ -8,9 +8,10 @@ import io
 import json
 from pathlib import Path
 
-from config import load_library
-from monitor.replay import replay
-from simulators.shift import day_shift
+from calguard.config import load_library
+from calguard.simulators.shift import day_shift
+
+from calguard.replay import replay
 
 SHIFT = Path(__file__).parent.parent / "examples" / "nicu-shift.jsonl"
 

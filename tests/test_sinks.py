@@ -16,11 +16,11 @@ from typing import Any
 import aiomqtt
 import orjson
 import pytest
+from calguard.alerts.sinks import Delivery, open_sink
+from calguard.alerts.sinks.base import Sink
+from calguard.drivers.virtual import VirtualDriver
 from hl7.mllp import start_hl7_server
 
-from alerts.sinks import Delivery, open_sink
-from alerts.sinks.base import Sink
-from drivers.virtual import VirtualDriver
 from tests.brokers import Broker, free_port
 from tests.live import LiveBay, admission, now_ts
 
@@ -297,9 +297,9 @@ async def test_one_dead_sink_does_not_hold_up_another(tmp_path: Path) -> None:
 
 
 async def test_undelivered_lines_go_to_the_audit_chain(tmp_path: Path) -> None:
-    from alerts.audit import verify_chain
-    from alerts.log import AlertLog, normalise_db_url
-    from config import load_library
+    from calguard.alerts.audit import verify_chain
+    from calguard.alerts.log import AlertLog, normalise_db_url
+    from calguard.config import load_library
 
     db = f"sqlite:///{tmp_path / 'log.sqlite3'}"
     sink = open_sink(f"http://127.0.0.1:{free_port()}/nobody", capacity=1)
@@ -310,10 +310,9 @@ async def test_undelivered_lines_go_to_the_audit_chain(tmp_path: Path) -> None:
             admit(url)
             reading(url, "180 ml/h")
             await bay.until(lambda: sink.stats.undelivered >= 1)
+    from calguard.alerts.schema import audit_chain
     from sqlalchemy import select
     from sqlalchemy.ext.asyncio import create_async_engine
-
-    from alerts.schema import audit_chain
 
     engine = create_async_engine(normalise_db_url(db))
     async with engine.connect() as conn:
@@ -429,7 +428,7 @@ async def test_pcd04_an_ae_answer_is_logged_undelivered() -> None:
 async def test_the_terminal_sink_writes_one_readable_line_per_transition() -> None:
     import io as _io
 
-    from alerts.sinks.simple import TerminalSink
+    from calguard.alerts.sinks.simple import TerminalSink
 
     out = _io.StringIO()
     sink = TerminalSink("terminal://", out=out)

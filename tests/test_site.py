@@ -6,10 +6,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from calguard.monitor.errors import ConfigError
+from calguard.monitor.timeutil import parse_ts
 
-from config.site import load_site
-from monitor.errors import ConfigError
-from monitor.timeutil import parse_ts
+from calguard.site import load_site
 
 
 def write(tmp_path: Path, text: str) -> Path:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from monitor.timers import TimerQueue
+from calguard.monitor.timers import TimerQueue
 
 
 def test_deadlines_fire_in_time_order_then_scheduling_order() -> None:

@@ -5,13 +5,12 @@ from __future__ import annotations
 import math
 
 import pytest
+from calguard.monitor import units
+from calguard.monitor.errors import QuantityError
+from calguard.monitor.timeutil import format_ts, parse_ts
+from calguard.monitor.units import ureg
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-from monitor import units
-from monitor.errors import QuantityError
-from monitor.timeutil import format_ts, parse_ts
-from monitor.units import ureg
 
 UNITS_BY_KIND = {
     units.VOLUME_RATE: ["ml/h", "mL/min", "ml/hr", "ul/min", "µl/h", "l/h", "cc/h"],

@@ -8,18 +8,18 @@ from importlib.metadata import entry_points
 from typing import Any
 from urllib.parse import urlsplit
 
-from alerts.sinks.base import Delivery, Refused, Sink, SinkError
+from calguard.alerts.sinks.base import Delivery, Refused, Sink, SinkError
 
 __all__ = ["BUILTIN_SINKS", "Delivery", "Refused", "Sink", "SinkError", "open_sink", "sink_class"]
 
 BUILTIN_SINKS = {
-    "terminal": "alerts.sinks.simple:TerminalSink",
-    "jsonlog": "alerts.sinks.simple:JsonLogSink",
-    "http": "alerts.sinks.webhook:WebhookSink",
-    "https": "alerts.sinks.webhook:WebhookSink",
-    "mqtt": "alerts.sinks.mqtt:MqttSink",
-    "mqtts": "alerts.sinks.mqtt:MqttSink",
-    "mllp": "alerts.sinks.pcd04:Pcd04Sink",
+    "terminal": "calguard.alerts.sinks.simple:TerminalSink",
+    "jsonlog": "calguard.alerts.sinks.simple:JsonLogSink",
+    "http": "calguard.alerts.sinks.webhook:WebhookSink",
+    "https": "calguard.alerts.sinks.webhook:WebhookSink",
+    "mqtt": "calguard.alerts.sinks.mqtt:MqttSink",
+    "mqtts": "calguard.alerts.sinks.mqtt:MqttSink",
+    "mllp": "calguard.alerts.sinks.pcd04:Pcd04Sink",
 }
 
 

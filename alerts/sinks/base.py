@@ -27,8 +27,9 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 from urllib.parse import urlsplit
 
-from drivers.base import Backoff, OptionSpec
-from monitor.transitions import AlertTransition
+from calguard.config.options import OptionSpec
+from calguard.drivers.base import Backoff
+from calguard.monitor.transitions import AlertTransition
 
 __all__ = ["Delivery", "Refused", "Sink", "SinkError", "SinkStats"]
 

@@ -29,10 +29,9 @@ from typing import Any, ClassVar
 
 import aiomqtt
 import orjson
-
-from alerts.sinks.base import Delivery, Sink, SinkError
-from drivers.base import OptionSpec
-from drivers.mqtt_link import LINK_OPTIONS, broker_address, password, tls_context
+from calguard.alerts.sinks.base import Delivery, Sink, SinkError
+from calguard.config.options import OptionSpec
+from calguard.drivers.mqtt_link import LINK_OPTIONS, broker_address, password, tls_context
 
 __all__ = ["MqttSink"]
 

@@ -19,12 +19,11 @@ import asyncio
 import itertools
 from typing import Any, ClassVar
 
+from calguard.alerts.alarms import category
+from calguard.alerts.sinks.base import Delivery, Refused, Sink, SinkError
+from calguard.config.options import OptionSpec
+from calguard.monitor.timeutil import format_ts
 from hl7.mllp import open_hl7_connection
-
-from alerts.alarms import category
-from alerts.sinks.base import Delivery, Refused, Sink, SinkError
-from drivers.base import OptionSpec
-from monitor.timeutil import format_ts
 
 __all__ = ["Pcd04Sink", "pcd04_message"]
 

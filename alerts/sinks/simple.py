@@ -10,9 +10,9 @@ import os
 import sys
 from typing import Any, ClassVar, TextIO
 
-from alerts.alarms import category
-from alerts.sinks.base import Delivery, Sink, SinkError
-from drivers.base import OptionSpec
+from calguard.alerts.alarms import category
+from calguard.alerts.sinks.base import Delivery, Sink, SinkError
+from calguard.config.options import OptionSpec
 
 __all__ = ["JsonLogSink", "TerminalSink", "describe"]
 

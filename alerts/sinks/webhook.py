@@ -13,9 +13,8 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 import httpx
-
-from alerts.sinks.base import Delivery, Refused, Sink, SinkError
-from drivers.base import OptionSpec
+from calguard.alerts.sinks.base import Delivery, Refused, Sink, SinkError
+from calguard.config.options import OptionSpec
 
 __all__ = ["WebhookSink"]
 

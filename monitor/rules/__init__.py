@@ -19,14 +19,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Hashable
 
-from config.library import Library
-from monitor.model import Bed, ChannelState, LineState, Ward
-from monitor.rules.base import RuleContext
-from monitor.rules.channel import ChannelRules
-from monitor.rules.lines import LineRules
-from monitor.rules.patient import PatientRules
-from monitor.timers import TimerQueue
-from monitor.transitions import AlertBook
+from calguard.monitor.library import Library
+from calguard.monitor.model import Bed, ChannelState, LineState, Ward
+from calguard.monitor.rules.base import RuleContext
+from calguard.monitor.rules.channel import ChannelRules
+from calguard.monitor.rules.lines import LineRules
+from calguard.monitor.rules.patient import PatientRules
+from calguard.monitor.timers import TimerQueue
+from calguard.monitor.transitions import AlertBook
 
 __all__ = ["Rules"]
 

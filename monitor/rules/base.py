@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from collections.abc import Callable, Hashable
 
-from config.library import ConfiguredQuantity, Library
-from monitor.model import ChannelState, LineState, Ward
-from monitor.timers import TimerQueue
-from monitor.transitions import AlertBook, Description
+from calguard.monitor.library import ConfiguredQuantity, Library
+from calguard.monitor.model import ChannelState, LineState, Ward
+from calguard.monitor.timers import TimerQueue
+from calguard.monitor.transitions import AlertBook, Description
 
 __all__ = ["DAY_US", "DOSE_EPSILON", "RuleContext", "above"]
 

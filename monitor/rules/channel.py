@@ -4,13 +4,13 @@ and the per-reading technical rules (stale, invalid, pressure trend)."""
 
 from __future__ import annotations
 
-from config.library import ConfiguredQuantity, Product
-from monitor import units
-from monitor.model import Bed, ChannelState, LineState
-from monitor.rules import messages as say
-from monitor.rules.base import RuleContext, above
-from monitor.timeutil import format_ts
-from monitor.transitions import Description
+from calguard.monitor import units
+from calguard.monitor.library import ConfiguredQuantity, Product
+from calguard.monitor.model import Bed, ChannelState, LineState
+from calguard.monitor.rules import messages as say
+from calguard.monitor.rules.base import RuleContext, above
+from calguard.monitor.timeutil import format_ts
+from calguard.monitor.transitions import Description
 
 __all__ = ["ChannelRules"]
 

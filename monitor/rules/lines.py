@@ -3,12 +3,12 @@ patency check, the hourly site check, an abnormal site, and cannula rotation."""
 
 from __future__ import annotations
 
-from monitor.model import ChannelState, LineState
-from monitor.rules import messages as say
-from monitor.rules.base import RuleContext
-from monitor.rules.channel import ChannelRules
-from monitor.timeutil import format_ts
-from monitor.transitions import Description
+from calguard.monitor.model import ChannelState, LineState
+from calguard.monitor.rules import messages as say
+from calguard.monitor.rules.base import RuleContext
+from calguard.monitor.rules.channel import ChannelRules
+from calguard.monitor.timeutil import format_ts
+from calguard.monitor.transitions import Description
 
 __all__ = ["LineRules"]
 

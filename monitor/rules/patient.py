@@ -3,12 +3,12 @@ near ceftriaxone in a neonate, and a calcium medication the library does not kno
 
 from __future__ import annotations
 
-from monitor import units
-from monitor.model import Bed, ChannelState
-from monitor.rules import messages as say
-from monitor.rules.base import DAY_US, DOSE_EPSILON, RuleContext
-from monitor.timeutil import format_ts
-from monitor.transitions import Description
+from calguard.monitor import units
+from calguard.monitor.model import Bed, ChannelState
+from calguard.monitor.rules import messages as say
+from calguard.monitor.rules.base import DAY_US, DOSE_EPSILON, RuleContext
+from calguard.monitor.timeutil import format_ts
+from calguard.monitor.transitions import Description
 
 __all__ = ["PatientRules"]
 

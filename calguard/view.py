@@ -15,14 +15,14 @@ import sys
 from collections.abc import Sequence
 from typing import TextIO
 
-from alerts.alarms import Alarm, AlarmManager
-from drivers.base import Driver
-from monitor.clock import Clock
-from monitor.engine import Engine
-from monitor.model import ChannelState, LineState
-from monitor.timeutil import format_ts
-from monitor.transitions import PRIORITY_RANK, ActiveAlert
-from monitor.units import format_number
+from calguard.alerts.alarms import Alarm, AlarmManager
+from calguard.drivers.base import Driver
+from calguard.monitor.clock import Clock
+from calguard.monitor.engine import Engine
+from calguard.monitor.model import ChannelState, LineState
+from calguard.monitor.timeutil import format_ts
+from calguard.monitor.transitions import PRIORITY_RANK, ActiveAlert
+from calguard.monitor.units import format_number
 
 __all__ = ["TerminalView", "render"]
 

@@ -11,12 +11,12 @@ import asyncio
 from dataclasses import dataclass, field
 from typing import BinaryIO, TextIO
 
-from alerts.log import AlertLog
-from config.library import Library
-from drivers.replay import OversizeLine, read_lines
-from monitor.engine import Engine
-from monitor.pipeline import Pipeline
-from monitor.transitions import AlertTransition
+from calguard.alerts.log import AlertLog
+from calguard.drivers.replay import OversizeLine, read_lines
+from calguard.monitor.engine import Engine
+from calguard.monitor.library import Library
+from calguard.monitor.transitions import AlertTransition
+from calguard.pipeline import Pipeline
 
 __all__ = ["ReplaySummary", "replay"]
 

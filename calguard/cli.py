@@ -22,11 +22,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import BinaryIO
 
-from alerts import cli as alarm_cli
-from alerts.log import AlertLog, default_db_url
-from config.loader import builtin_text, check_library
-from config.show import render_library
-from monitor.errors import ConfigError, LogError
+from calguard import alarm_cli
+from calguard.alerts.log import AlertLog, default_db_url
+from calguard.config.loader import builtin_text, check_library
+from calguard.config.show import render_library
+from calguard.monitor.errors import ConfigError, LogError
 
 __all__ = ["main"]
 
@@ -151,7 +151,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from alerts.log import session_rows
+    from calguard.alerts.log import session_rows
 
     try:
         session, rows, alerts = asyncio.run(session_rows(args.db, args.session))
@@ -177,8 +177,8 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _simulate(args: argparse.Namespace) -> int:
-    from simulators.cli import main_list, simulate
-    from simulators.scenario import load_scenario
+    from calguard.simulate import main_list, simulate
+    from calguard.simulators.scenario import load_scenario
 
     if args.list or args.wire is None:
         return main_list()
@@ -204,8 +204,8 @@ def _simulate(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from config.site import load_site
-    from monitor.live import run_site
+    from calguard.live import run_site
+    from calguard.site import load_site
 
     try:
         site = load_site(args.config)
@@ -224,9 +224,9 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from config.loader import load_library
-    from monitor.live import run_demo
-    from simulators.scenario import load_scenario
+    from calguard.config.loader import load_library
+    from calguard.live import run_demo
+    from calguard.simulators.scenario import load_scenario
 
     try:
         scenario = load_scenario(args.scenario)
@@ -265,7 +265,7 @@ def _config(args: argparse.Namespace) -> int:
 
 
 def _replay(args: argparse.Namespace) -> int:
-    from monitor.replay import replay  # the engine is only imported when it is used
+    from calguard.replay import replay  # the engine is only imported when it is used
 
     result = check_library(args.config)
     for warning in result.warnings:

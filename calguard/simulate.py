@@ -17,15 +17,16 @@ import tempfile
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from drivers.mqtt import monitor_status_topic
-from monitor.clock import Clock, ScaledClock, SystemClock
-from monitor.timeutil import format_ts
-from simulators.hl7_gateway import Hl7Gateway
-from simulators.mqtt_ward import MqttWard, wait_for_monitor
-from simulators.ne1000 import PumpBus
-from simulators.runner import BedsideFile, play
-from simulators.scenario import Scenario
-from simulators.serial_ward import SerialWard
+from calguard.drivers.clock import ScaledClock, SystemClock
+from calguard.drivers.mqtt import monitor_status_topic
+from calguard.monitor.clock import Clock
+from calguard.monitor.timeutil import format_ts
+from calguard.simulators.hl7_gateway import Hl7Gateway
+from calguard.simulators.mqtt_ward import MqttWard, wait_for_monitor
+from calguard.simulators.ne1000 import PumpBus
+from calguard.simulators.runner import BedsideFile, play
+from calguard.simulators.scenario import Scenario
+from calguard.simulators.serial_ward import SerialWard
 
 __all__ = ["simulate"]
 
@@ -212,7 +213,7 @@ async def _hl7(
 
 
 def main_list() -> int:
-    from simulators.scenario import list_scenarios
+    from calguard.simulators.scenario import list_scenarios
 
     for name, title in list_scenarios():
         sys.stdout.write(f"{name:<24} {title}\n")

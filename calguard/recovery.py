@@ -16,12 +16,12 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
-from alerts.log import AlertLog
-from config.library import Library
-from monitor.engine import Engine
-from monitor.events import ALARM_ACTIONS
-from monitor.pipeline import Pipeline
-from monitor.transitions import AlertTransition, Description
+from calguard.alerts.log import AlertLog
+from calguard.monitor.engine import Engine
+from calguard.monitor.events import ALARM_ACTIONS
+from calguard.monitor.library import Library
+from calguard.monitor.transitions import AlertTransition, Description
+from calguard.pipeline import Pipeline
 
 __all__ = ["WarmStart", "warm_start"]
 

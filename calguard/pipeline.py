@@ -13,10 +13,10 @@ from __future__ import annotations
 import logging
 from typing import Protocol
 
-from alerts.alarms import AlarmManager
-from monitor.engine import Engine
-from monitor.errors import EventError, QuantityError
-from monitor.events import (
+from calguard.alerts.alarms import AlarmManager
+from calguard.monitor.engine import Engine
+from calguard.monitor.errors import EventError, QuantityError
+from calguard.monitor.events import (
     MAX_LINE_BYTES,
     AlarmAction,
     Event,
@@ -24,9 +24,9 @@ from monitor.events import (
     named_pump,
     parse_event,
 )
-from monitor.records import InputRecord
-from monitor.timeutil import parse_ts
-from monitor.transitions import AlertTransition
+from calguard.monitor.records import InputRecord
+from calguard.monitor.timeutil import parse_ts
+from calguard.monitor.transitions import AlertTransition
 
 __all__ = ["WIRE", "InputJournal", "Pipeline"]
 

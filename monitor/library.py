@@ -12,8 +12,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
-from monitor import units
-from monitor.units import CALCIUM_MG_PER_MMOL, Kind
+from calguard.monitor import units
+from calguard.monitor.units import CALCIUM_MG_PER_MMOL, Kind
 
 __all__ = [
     "AlarmPolicy",

@@ -18,16 +18,16 @@ from collections.abc import Callable, Sequence
 
 import orjson
 
-from alerts.log import AlertLog
-from alerts.sinks.base import Delivery, Sink
-from config.library import Library
-from drivers.base import Driver, Inbound
-from monitor.clock import Clock
-from monitor.engine import Engine
-from monitor.events import ALARM_ACTIONS
-from monitor.pipeline import Pipeline
-from monitor.timeutil import format_ts
-from monitor.transitions import AlertTransition
+from calguard.alerts.log import AlertLog
+from calguard.alerts.sinks.base import Delivery, Sink
+from calguard.drivers.base import Driver, Inbound
+from calguard.monitor.clock import Clock
+from calguard.monitor.engine import Engine
+from calguard.monitor.events import ALARM_ACTIONS
+from calguard.monitor.library import Library
+from calguard.monitor.timeutil import format_ts
+from calguard.monitor.transitions import AlertTransition
+from calguard.pipeline import Pipeline
 
 __all__ = ["Monitor"]
 

@@ -13,11 +13,11 @@ from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from alerts.audit import verify_chain
-from alerts.log import default_db_url, normalise_db_url
-from alerts.schema import audit_chain
-from monitor.errors import ConfigError
-from monitor.timeutil import format_ts
+from calguard.alerts.audit import verify_chain
+from calguard.alerts.log import default_db_url, normalise_db_url
+from calguard.alerts.schema import audit_chain
+from calguard.monitor.errors import ConfigError
+from calguard.monitor.timeutil import format_ts
 
 __all__ = ["add_parsers", "dispatch"]
 
@@ -86,7 +86,7 @@ def _broker(args: argparse.Namespace) -> str:
     if args.broker:
         return str(args.broker)
     if args.config:
-        from config.site import load_site
+        from calguard.site import load_site
 
         site = load_site(args.config, db_default=None)
         for sink in site.sinks:
@@ -98,7 +98,7 @@ def _broker(args: argparse.Namespace) -> str:
 
 def dispatch(args: argparse.Namespace) -> int:
     if args.command not in ("audit", "report"):
-        from alerts import remote
+        from calguard import remote
 
         try:
             broker = _broker(args)
@@ -123,11 +123,11 @@ def dispatch(args: argparse.Namespace) -> int:
 
 
 def _report(url: str, args: argparse.Namespace) -> int:
-    from alerts.report import load_report, write_csv, write_png
-    from monitor import units
-    from monitor.clock import SystemClock
-    from monitor.errors import QuantityError
-    from monitor.timeutil import parse_ts
+    from calguard.alerts.report import load_report, write_csv, write_png
+    from calguard.drivers.clock import SystemClock
+    from calguard.monitor import units
+    from calguard.monitor.errors import QuantityError
+    from calguard.monitor.timeutil import parse_ts
 
     since = None
     if args.since:

@@ -17,26 +17,27 @@ from collections import Counter
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import TextIO
 
-from alerts.alarms import AlarmManager
-from alerts.log import AlertLog
-from alerts.sinks import Sink, open_sink
-from config.library import Library
-from config.site import Site
-from drivers.base import Driver
-from drivers.registry import open_driver
-from drivers.serial import SerialDriver
-from drivers.virtual import VirtualDriver
-from monitor.app import Monitor
-from monitor.clock import Clock, ScaledClock, SystemClock
-from monitor.engine import Engine
-from monitor.recovery import warm_start
-from monitor.timeutil import format_ts
-from monitor.transitions import AlertTransition
-from monitor.view import TerminalView
-from simulators.ne1000 import PumpBus
-from simulators.runner import BedsideQueue, play
-from simulators.scenario import Scenario
-from simulators.serial_ward import SerialWard
+from calguard.alerts.alarms import AlarmManager
+from calguard.alerts.log import AlertLog
+from calguard.alerts.sinks import Sink, open_sink
+from calguard.app import Monitor
+from calguard.config.site import Site
+from calguard.drivers.base import Driver
+from calguard.drivers.clock import ScaledClock, SystemClock
+from calguard.drivers.registry import open_driver
+from calguard.drivers.serial import SerialDriver
+from calguard.drivers.virtual import VirtualDriver
+from calguard.monitor.clock import Clock
+from calguard.monitor.engine import Engine
+from calguard.monitor.library import Library
+from calguard.monitor.timeutil import format_ts
+from calguard.monitor.transitions import AlertTransition
+from calguard.recovery import warm_start
+from calguard.simulators.ne1000 import PumpBus
+from calguard.simulators.runner import BedsideQueue, play
+from calguard.simulators.scenario import Scenario
+from calguard.simulators.serial_ward import SerialWard
+from calguard.view import TerminalView
 
 __all__ = ["run_demo", "run_site"]
 
