@@ -16,6 +16,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from calguard.alerts.audit import verify_chain
 from calguard.alerts.log import default_db_url, normalise_db_url
 from calguard.alerts.schema import audit_chain
+from calguard.cliargs import retire_config
 from calguard.monitor.errors import ConfigError
 from calguard.monitor.timeutil import format_ts
 
@@ -53,8 +54,9 @@ def _broker_args(p: argparse.ArgumentParser) -> None:
         "--broker", metavar="URL", help=f"the monitor's MQTT alarm sink (default {DEFAULT_BROKER})"
     )
     where.add_argument(
-        "--config", metavar="SITE.toml", help="take the broker from the site's mqtt sink"
+        "--site", metavar="SITE.toml", help="take the broker from the site's mqtt sink"
     )
+    retire_config(p)
 
 
 def add_alarm_parsers(sub: Any) -> None:
@@ -85,14 +87,14 @@ def add_alarm_parsers(sub: Any) -> None:
 def _broker(args: argparse.Namespace) -> str:
     if args.broker:
         return str(args.broker)
-    if args.config:
+    if args.site:
         from calguard.site import load_site
 
-        site = load_site(args.config, db_default=None)
+        site = load_site(args.site, db_default=None)
         for sink in site.sinks:
             if sink.url.startswith(("mqtt://", "mqtts://")):
                 return sink.url
-        raise ValueError(f"{args.config} has no mqtt sink: the alarm commands travel over MQTT")
+        raise ValueError(f"{args.site} has no mqtt sink: the alarm commands travel over MQTT")
     return DEFAULT_BROKER
 
 

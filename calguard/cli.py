@@ -1,6 +1,7 @@
 """The ``calguard`` command line.
 
-    calguard replay FILE.jsonl [--config LIBRARY.toml] [--db URL | --no-db]
+    calguard replay FILE.jsonl [--library LIBRARY.toml] [--db URL | --no-db]
+    calguard run --site SITE.toml [--view]
     calguard config check FILE
     calguard config show [FILE]
     calguard config init            # print the built-in library, to copy and edit
@@ -17,15 +18,18 @@ import asyncio
 import dataclasses
 import gc
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import BinaryIO
 
-from calguard import alarm_cli
+from calguard import __version__, alarm_cli
 from calguard.alerts.log import AlertLog, default_db_url
+from calguard.cliargs import retire_config
 from calguard.config.loader import builtin_text, check_library
 from calguard.config.show import render_library
+from calguard.logs import FORMATS, setup_logging
 from calguard.monitor.errors import ConfigError, LogError
 
 __all__ = ["main"]
@@ -45,17 +49,16 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="calguard", description="Neonatal IV calcium safety monitor"
     )
-    parser.add_argument(
-        "-v", "--verbose", action="store_true", help="more diagnostics on standard error"
-    )
-    parser.add_argument("-q", "--quiet", action="store_true", help="only errors on standard error")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.set_defaults(verbose=False, quiet=False, log_format="text")
     sub = parser.add_subparsers(dest="command", required=True)
 
     rp = sub.add_parser("replay", help="replay a JSON Lines file of events; print alert lines")
     rp.add_argument("file", help="event file (JSON Lines), or - for standard input")
     rp.add_argument(
-        "--config", metavar="LIBRARY.toml", help="drug library (default: the built-in one)"
+        "--library", metavar="LIBRARY.toml", help="drug library (default: the built-in one)"
     )
+    retire_config(rp)
     db = rp.add_mutually_exclusive_group()
     db.add_argument("--db", metavar="URL", help=f"log database URL (default: {default_db_url()})")
     db.add_argument("--no-db", action="store_true", help="do not write the durable log")
@@ -74,7 +77,8 @@ def _parser() -> argparse.ArgumentParser:
     csub.add_parser("init", help="print the built-in library to start your own from")
 
     run = sub.add_parser("run", help="monitor live pumps as the site config says")
-    run.add_argument("--config", required=True, metavar="SITE.toml", help="the site config")
+    run.add_argument("--site", required=True, metavar="SITE.toml", help="the site config")
+    retire_config(run)
     run.add_argument(
         "--view", action="store_true", help="show the live terminal view instead of alert lines"
     )
@@ -126,13 +130,49 @@ def _parser() -> argparse.ArgumentParser:
         help="mqtt: start at once instead of waiting for the monitor to subscribe",
     )
     alarm_cli.add_parsers(sub)
+    _everywhere(parser)
     return parser
+
+
+def _everywhere(parser: argparse.ArgumentParser) -> None:
+    """The diagnostics options, accepted before or after any subcommand (defaults are set
+    once on the top parser, so a subcommand's parser does not reset what was given)."""
+    parser.add_argument(
+        "-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="more diagnostics"
+    )
+    parser.add_argument(
+        "-q", "--quiet", action="store_true", default=argparse.SUPPRESS, help="only errors"
+    )
+    parser.add_argument(
+        "--log-format",
+        choices=FORMATS,
+        default=argparse.SUPPRESS,
+        help="diagnostics on standard error as text (time, level, logger) or JSON lines",
+    )
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in dict.fromkeys(action.choices.values()):
+                _everywhere(child)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     level = logging.DEBUG if args.verbose else logging.ERROR if args.quiet else logging.INFO
-    logging.basicConfig(level=level, stream=sys.stderr, format="calguard: %(message)s")
+    setup_logging(level, args.log_format)
+    try:
+        return _dispatch(args)
+    except BrokenPipeError:
+        # the reader went away (`calguard alerts --json | head`): stop quietly, as Unix
+        # tools do, and keep Python from complaining again when it flushes at exit
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return _SIGPIPE_EXIT
+
+
+_SIGPIPE_EXIT = 128 + 13  # what a shell reports for a process ended by SIGPIPE
+
+
+def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "config":
         return _config(args)
     if args.command == "replay":
@@ -208,7 +248,7 @@ def _run(args: argparse.Namespace) -> int:
     from calguard.site import load_site
 
     try:
-        site = load_site(args.config)
+        site = load_site(args.site)
     except ConfigError as exc:
         for problem in exc.problems:
             log.error("%s", problem)
@@ -267,7 +307,7 @@ def _config(args: argparse.Namespace) -> int:
 def _replay(args: argparse.Namespace) -> int:
     from calguard.replay import replay  # the engine is only imported when it is used
 
-    result = check_library(args.config)
+    result = check_library(args.library)
     for warning in result.warnings:
         log.warning("warning: %s", warning)
     if result.library is None:

@@ -127,7 +127,7 @@ async def _serial(
                 f"NE-1000 pumps ({mode} mode, 19200 baud) on {bus.path}",
                 f"bedside documentation appended to {bedside.path}",
                 f"site config: {site}{note}",
-                f"monitor it:  calguard run --config {site} --view",
+                f"monitor it:  calguard run --site {site} --view",
             ],
         )
         await _until_stopped(scenario, ward, clock, once)
@@ -162,9 +162,9 @@ async def _mqtt(
             f"{len(scenario.pumps)} pumps publishing to mqtt://{host}:{port}/{prefix}/pumps/<pump>/...",
             f"bedside events on {prefix}/events",
             f"site config: {site}{note}",
-            f"monitor it:  calguard run --config {site} --view",
-            f"then:        calguard alerts --config {site}",
-            f"             calguard ack ALERT --by YOU --config {site}",
+            f"monitor it:  calguard run --site {site} --view",
+            f"then:        calguard alerts --site {site}",
+            f"             calguard ack ALERT --by YOU --site {site}",
         ],
     )
     if wait:  # bedside events published before the monitor subscribes would be lost
@@ -203,7 +203,7 @@ async def _hl7(
             f"a PCD-01 gateway sending to mllp://{host}:{port} (retrying until it listens)",
             f"bedside documentation appended to {bedside.path}",
             f"site config: {site}{note}",
-            f"monitor it:  calguard run --config {site} --view",
+            f"monitor it:  calguard run --site {site} --view",
         ],
     )
     try:

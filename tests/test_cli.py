@@ -137,7 +137,7 @@ def test_config_init_writes_a_library_that_checks(tmp_path: Path) -> None:
     ("args", "code", "message"),
     [
         (("replay", "missing.jsonl", "--no-db"), 1, "No such file"),
-        (("replay", str(EXAMPLE), "--config", "missing.toml"), 1, "file not found"),
+        (("replay", str(EXAMPLE), "--library", "missing.toml"), 1, "file not found"),
         (
             ("replay", str(EXAMPLE), "--db", "postgresql://nobody@127.0.0.1:1/x"),
             3,

@@ -60,7 +60,7 @@ async def test_a_charge_nurse_lists_acknowledges_and_overrides_from_the_command_
         assert [a["priority"] for a in listed] == ["high"] * 3 + ["medium"]  # by priority
         assert {a["alert"] for a in listed} == {a["alert"] for a in bay.alerts}
 
-        code, out, err = await calguard("ack", rate, "--by", "charge1", "--config", str(site))
+        code, out, err = await calguard("ack", rate, "--by", "charge1", "--site", str(site))
         assert code == 0 and "done" in out, err
         code, out, _ = await calguard("reset", rate, "--by", "charge1", "--broker", broker_url)
         assert code == 1 and "still holds" in out

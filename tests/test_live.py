@@ -102,7 +102,7 @@ def test_calguard_run_stops_cleanly_on_sigterm_and_flushes_its_log(tmp_path: Pat
         f'[site]\nname = "test ward"\ndb = "sqlite:///{db}"\n\n'
         f'[[drivers]]\nurl = "replay://{events}"\npoll = 0.05\n'
     )
-    proc = calguard_process("run", "--config", str(site), env={"CALGUARD_DATA_DIR": str(tmp_path)})
+    proc = calguard_process("run", "--site", str(site), env={"CALGUARD_DATA_DIR": str(tmp_path)})
     try:
         now = format_ts(SystemClock().now_us())
         lines = [
@@ -160,7 +160,7 @@ def test_a_restarted_calguard_run_keeps_the_alarm_states_people_left(tmp_path: P
             f'[[drivers]]\nurl = "replay://{events}"\npoll = 0.05\n'
         )
         return calguard_process(
-            "run", "--config", str(site), env={"CALGUARD_DATA_DIR": str(tmp_path)}
+            "run", "--site", str(site), env={"CALGUARD_DATA_DIR": str(tmp_path)}
         )
 
     def stop(proc: subprocess.Popen[str]) -> None:

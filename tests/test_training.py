@@ -1,5 +1,5 @@
 """What the README tells a trainer to do, as two processes on real wires: ``calguard
-simulate <wire> --scenario NAME`` in one terminal, ``calguard run --config <the site config
+simulate <wire> --scenario NAME`` in one terminal, ``calguard run --site <the site config
 it wrote>`` in another, and the scenario's alerts appear. Serial over a pseudo-terminal,
 MQTT through this test's own Mosquitto, HL7 over a real MLLP socket."""
 
@@ -85,8 +85,8 @@ def training(wire: str, scenario: str, tmp: Path, *extra: str) -> Iterator[tuple
     monitor: Proc | None = None
     try:
         line = sim.wait_for(lambda s: "monitor it:" in s, 30)
-        site = line.split("--config", 1)[1].split()[0]
-        monitor = Proc("run", "--config", site, "--db", f"sqlite:///{tmp}/run.sqlite3", env=env)
+        site = line.split("--site", 1)[1].split()[0]
+        monitor = Proc("run", "--site", site, "--db", f"sqlite:///{tmp}/run.sqlite3", env=env)
         yield sim, monitor
     finally:
         code = monitor.stop() if monitor is not None else 0
