@@ -161,14 +161,9 @@ class Monitor:
             if event["type"] not in ALARM_ACTIONS:
                 why = f"action {obj.get('action')!r}: one of {', '.join(ALARM_ACTIONS)} is expected"
             else:
-                before = self.pipeline.counts["rejected"]
                 self.emit(self.pipeline.feed_object(event, raw=orjson.dumps(event), source=source))
                 self._timer_moved.set()  # a pause or override brings a deadline
-                return (
-                    None
-                    if self.pipeline.counts["rejected"] == before
-                    else self.pipeline.last_refusal
-                )
+                return self.pipeline.refusal  # the verdict on this very command
         elif obj is not None:
             why = "a JSON object is expected"
         self.pipeline.feed_problem(raw, why, source=source, t=self.clock.now_us())

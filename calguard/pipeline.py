@@ -57,8 +57,9 @@ class Pipeline:
             "duplicate": 0,
             "out_of_order": 0,
         }
-        #: why the last refused alarm action was refused (for the command's answer)
-        self.last_refusal: str | None = None
+        #: the verdict on the latest input: None if it was used, else why it was refused
+        #: (a command's answer is this, for that very command)
+        self.refusal: str | None = None
         # Rejections that arrive before any valid time is known wait for the first one.
         self._waiting: list[tuple[str, str, str]] = []
 
@@ -74,6 +75,7 @@ class Pipeline:
     def feed_object(
         self, obj: object, *, raw: bytes | str, source: str, line_no: int | None = None
     ) -> list[AlertTransition]:
+        self.refusal = None
         try:
             event = parse_event(obj)
         except EventError as exc:
@@ -135,7 +137,7 @@ class Pipeline:
             self.counts["rejected"] += 1
             reason = exc.describe() if line_no is None else exc.at_line(line_no).describe()
             log.warning("%s: rejected: %s", source, reason)
-            self.last_refusal = exc.describe()
+            self.refusal = exc.describe()
             self._journal(raw, source, "rejected", action, line_no, exc.describe())
         else:
             self.counts["accepted"] += 1
@@ -231,6 +233,7 @@ class Pipeline:
         at: int | None = None,
     ) -> list[AlertTransition]:
         self.counts["rejected"] += 1
+        self.refusal = exc.describe()
         already = self.engine.take()  # timers that fired on the way to a refused event
         reason = exc.describe() if line_no is None else exc.at_line(line_no).describe()
         log.warning("%s: rejected: %s", source, reason)

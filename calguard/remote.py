@@ -14,6 +14,8 @@ from urllib.parse import urlsplit
 import aiomqtt
 import orjson
 
+from calguard.alerts.sinks.mqtt import presence_topic
+
 __all__ = ["send_action", "show_alerts"]
 
 log = logging.getLogger("calguard")
@@ -40,20 +42,31 @@ def _client(host: str, port: int) -> aiomqtt.Client:
 async def show_alerts(broker: str, bed: str | None, priority: str | None, as_json: bool) -> int:
     host, port, prefix = _target(broker)
     alarms: dict[str, list[dict[str, object]]] = {}
+    presence: object = None
     try:
         async with _client(host, port) as client:
             await client.subscribe(f"{prefix}/alerts/active/+", qos=1)
+            await client.subscribe(presence_topic(prefix), qos=1)
             messages = aiter(client.messages)
             while True:
                 try:
                     message = await asyncio.wait_for(anext(messages), _QUIET_S)
                 except TimeoutError:
                     break
-                if message.retain:
-                    name = str(message.topic).rsplit("/", 1)[-1]
-                    alarms[name] = orjson.loads(message.payload)
+                if not message.retain:
+                    continue
+                payload = _payload(message.payload)
+                if str(message.topic) == presence_topic(prefix):
+                    presence = payload
+                elif isinstance(payload, list):
+                    alarms[str(message.topic).rsplit("/", 1)[-1]] = payload
     except aiomqtt.MqttError as exc:
         log.error("cannot reach the broker %s:%s: %s", host, port, exc)
+        return 3
+    offline = _offline(presence, prefix)
+    if offline is not None:
+        # a dead monitor must never look like a quiet ward
+        log.error("%s", offline)
         return 3
     rows = [
         a
@@ -67,7 +80,7 @@ async def show_alerts(broker: str, bed: str | None, priority: str | None, as_jso
             sys.stdout.write(orjson.dumps(a).decode() + "\n")
         return 0
     if not rows:
-        print("no active alarms" + (f" at {bed}" if bed else ""))
+        print(f"no active alarms{f' at {bed}' if bed else ''} (monitor online under {prefix!r})")
         return 0
     print(
         f"{'PRIORITY':<9}{'SINCE':<10}{'ALERT':<10}{'STATE':<14}{'RULE':<26}{'BED':<5}{'TO':<14}MESSAGE"
@@ -79,6 +92,31 @@ async def show_alerts(broker: str, bed: str | None, priority: str | None, as_jso
             f"{a.get('bed', '-') or '-':<5}{a.get('audience', ''):<14}{a.get('message', '')}"
         )
     return 0
+
+
+def _payload(raw: object) -> object:
+    try:
+        return orjson.loads(raw if isinstance(raw, bytes | str) else b"")
+    except orjson.JSONDecodeError:
+        return None
+
+
+def _offline(presence: object, prefix: str) -> str | None:
+    """Why the alarm states under ``prefix`` cannot be taken as the ward's, or None."""
+    if not isinstance(presence, dict):
+        return (
+            f"no monitor publishes alarms under {prefix!r}: none is running with an mqtt "
+            "sink there, or the prefix is wrong"
+        )
+    if presence.get("online") is True:
+        return None
+    if presence.get("lost"):
+        return (
+            f"monitor offline under {prefix!r}: it lost its broker connection "
+            f"(it had been online since {presence.get('online_since', '?')}); "
+            "the alarms shown by stations are not current"
+        )
+    return f"monitor offline under {prefix!r} since {presence.get('since', '?')}"
 
 
 async def send_action(broker: str, args: argparse.Namespace) -> int:
@@ -105,8 +143,9 @@ async def send_action(broker: str, args: argparse.Namespace) -> int:
                         break
     except TimeoutError:
         log.error(
-            "no monitor answered on %s/commands within 10 s: is one running with an mqtt sink?",
+            "no monitor answered on %s/commands within %g s: is one running with an mqtt sink?",
             prefix,
+            args.wait,
         )
         return 3
     except aiomqtt.MqttError as exc:

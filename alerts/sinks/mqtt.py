@@ -11,6 +11,13 @@
                                      override "reason" and "duration"
     <prefix>/commands/results        out, QoS 1: {"id": "c-1", "ok": true} or
                                      {"id": "c-1", "ok": false, "reason": "..."}
+    <prefix>/alerts/status           retained: the alarm publisher's presence,
+                                     {"online": true, "since": T}; on a clean stop
+                                     {"online": false, "since": T}; as its Will (a lost
+                                     connection or a killed monitor) {"online": false,
+                                     "lost": true, "online_since": T}. A station that sees
+                                     no presence, or an offline one, must not take the
+                                     absence of alarms for a quiet ward.
 
 A command becomes an ``ack``/``pause``/``reset``/``override`` event stamped by the
 monitor's clock and goes through the pipeline like any input: logged, audited, replayable.
@@ -31,9 +38,21 @@ import aiomqtt
 import orjson
 from calguard.alerts.sinks.base import Delivery, Sink, SinkError
 from calguard.config.options import OptionSpec
+from calguard.drivers.clock import SystemClock
 from calguard.drivers.mqtt_link import LINK_OPTIONS, broker_address, password, tls_context
+from calguard.monitor.timeutil import format_ts
 
-__all__ = ["MqttSink"]
+__all__ = ["MqttSink", "presence_topic"]
+
+
+def presence_topic(prefix: str) -> str:
+    """Where the alarm publisher's retained presence lives."""
+    return f"{prefix}/alerts/status"
+
+
+def _wall() -> str:
+    """Presence is stamped with the wall clock: it is about this process, not the ward."""
+    return format_ts(SystemClock().now_us())
 
 
 class MqttSink(Sink):
@@ -56,10 +75,13 @@ class MqttSink(Sink):
             secret, tls = password(self.config), tls_context(self.config, self.tls)
         except ValueError as exc:
             raise SinkError(str(exc)) from exc
+        since = _wall()
+        lost = orjson.dumps({"online": False, "lost": True, "online_since": since})
         client = aiomqtt.Client(
             self.host,
             self.port,
             identifier=self.config["client_id"],
+            will=aiomqtt.Will(presence_topic(self.prefix), lost, qos=1, retain=True),
             username=self.config["username"],
             password=secret,
             protocol=aiomqtt.ProtocolVersion.V5,
@@ -75,6 +97,8 @@ class MqttSink(Sink):
                 await client.subscribe(f"{self.prefix}/alerts/active/+", qos=1)
                 for bed, state in self.bed_states().items():
                     await self._publish_state(client, bed, state)
+            online = orjson.dumps({"online": True, "since": since})
+            await client.publish(presence_topic(self.prefix), online, qos=1, retain=True)
         except aiomqtt.MqttError as exc:
             with contextlib.suppress(aiomqtt.MqttError, OSError):
                 await client.__aexit__(None, None, None)
@@ -148,5 +172,10 @@ class MqttSink(Sink):
                 await reader
         client, self._client = self._client, None
         if client is not None:
+            with contextlib.suppress(aiomqtt.MqttError, OSError):
+                offline = orjson.dumps({"online": False, "since": _wall()})
+                await client.publish(
+                    presence_topic(self.prefix), offline, qos=1, retain=True, timeout=1
+                )
             with contextlib.suppress(aiomqtt.MqttError, OSError):
                 await client.__aexit__(None, None, None)
