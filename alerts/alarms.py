@@ -29,13 +29,13 @@ from dataclasses import dataclass, replace
 from calguard.monitor.errors import EventError
 from calguard.monitor.events import AlarmAction
 from calguard.monitor.library import AlarmPolicy
-from calguard.monitor.timeutil import format_ts
+from calguard.monitor.timeutil import format_duration, format_ts
 from calguard.monitor.transitions import PRIORITY_RANK, ActiveAlert, AlertTransition
 
 __all__ = ["TECHNICAL_RULES", "Alarm", "AlarmManager", "category"]
 
 #: Alarms about the monitoring itself, not the infant (IEC 60601-1-8 technical alarms).
-TECHNICAL_RULES = frozenset({"telemetry-stale", "telemetry-invalid"})
+TECHNICAL_RULES = frozenset({"telemetry-stale", "telemetry-invalid", "clock-skew"})
 
 
 def _urgency(alarm: Alarm) -> tuple[int, int]:
@@ -144,14 +144,18 @@ class AlarmManager:
                 out += self._fire(kind, self.alarms[alert_id], due)
         return out
 
-    def process(self, transitions: list[AlertTransition], now: int) -> list[AlertTransition]:
+    def process(
+        self, transitions: list[AlertTransition], now: int, *, inclusive: bool = True
+    ) -> list[AlertTransition]:
         """The engine's transitions of one input (at ``now``), with the alarm lines between
-        them at their exact times."""
+        them at their exact times. With ``inclusive=False`` the deadlines at ``now`` itself
+        wait for time to move on (a clock tick, or a later input): a person's action that
+        shares the instant must still come first, whatever other inputs arrive with it."""
         out: list[AlertTransition] = []
         for tr in transitions:
             out += self.advance(tr.t, inclusive=False)
             out += self._engine(tr)
-        return out + self.advance(now)
+        return out + self.advance(now, inclusive=inclusive)
 
     # -- the engine's transitions -----------------------------------------------------------
 
@@ -203,8 +207,8 @@ class AlarmManager:
             if duration > limit.us:
                 raise EventError(
                     "duration",
-                    action.duration_us,
-                    f"at most {limit.text} for a {alarm.last.priority} alarm",
+                    format_duration(duration),
+                    f"at most {format_duration(limit.us)} for a {alarm.last.priority} alarm",
                 )
             if not alarm.annunciating:
                 raise EventError(
@@ -231,7 +235,9 @@ class AlarmManager:
         limit = self.policy.override_max
         duration = action.duration_us or limit.us
         if duration > limit.us:
-            raise EventError("duration", action.duration_us, f"at most {limit.text}")
+            raise EventError(
+                "duration", format_duration(duration), f"at most {format_duration(limit.us)}"
+            )
         if not alarm.condition:
             raise EventError(
                 "alert", action.alert, "an alarm whose condition holds (reset a latched one)"

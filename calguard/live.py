@@ -30,7 +30,7 @@ from calguard.drivers.virtual import VirtualDriver
 from calguard.monitor.clock import Clock
 from calguard.monitor.engine import Engine
 from calguard.monitor.library import Library
-from calguard.monitor.timeutil import format_ts
+from calguard.monitor.timeutil import format_duration, format_ts
 from calguard.monitor.transitions import AlertTransition
 from calguard.recovery import warm_start
 from calguard.simulators.ne1000 import PumpBus
@@ -219,11 +219,11 @@ async def run_demo(
         ]
         ward = SerialWard(bus, BedsideQueue(bedside), clock)
         log.info(
-            "demo: %s - %g min of ward time at %gx: about %.0f s",
+            "demo: %s - %s of ward time at %gx: about %s",
             scenario.title,
-            scenario.duration_us / 60e6,
+            format_duration(scenario.duration_us),
             speed,
-            scenario.duration_us / 1e6 / speed,
+            format_duration(scenario.duration_us / speed),
         )
         log.info("simulated NE-1000 pumps on %s", bus.path)
 

@@ -20,34 +20,30 @@ from calguard.drivers.base import Driver
 from calguard.monitor.clock import Clock
 from calguard.monitor.engine import Engine
 from calguard.monitor.model import ChannelState, LineState
-from calguard.monitor.timeutil import format_ts
+from calguard.monitor.timeutil import format_duration, format_ts
 from calguard.monitor.transitions import PRIORITY_RANK, ActiveAlert
-from calguard.monitor.units import format_number
+from calguard.monitor.units import format_beside, format_number
 
 __all__ = ["TerminalView", "render"]
 
 _COLOURS = {"high": "\x1b[1;41;97m", "medium": "\x1b[1;43;30m", "low": "\x1b[1;46;30m"}
 _RESET = "\x1b[0m"
-_MIN_US = 60_000_000
-
-
-def _span(us: float) -> str:
-    minutes = abs(us) / _MIN_US
-    if minutes < 120:
-        return f"{minutes:.0f} min"
-    return f"{minutes / 60:.0f} h" if minutes < 72 * 60 else f"{minutes / 1440:.0f} days"
 
 
 def _until(due: int | None, now: int) -> str:
     if due is None:
         return "-"
-    return f"in {_span(due - now)}" if due >= now else f"{_span(now - due)} OVERDUE"
+    return (
+        f"in {format_duration(due - now)}"
+        if due >= now
+        else f"{format_duration(now - due)} OVERDUE"
+    )
 
 
 def _channel_row(engine: Engine, ch: ChannelState, now: int) -> str:
     limit = engine.rules.ctx.rate_volume
     share = ch.rate_ml_min / limit.value * 100 if limit.value else 0.0
-    percent = f"{share:.0f}%" if share >= 10 else f"{share:.1f}%"
+    percent = f"{format_beside(share, 100.0, significant=2)}%"  # 100.02% is over, not 100%
     dose = ""
     bed = engine.ward.bed_of(ch)
     product = ch.match.product if ch.match else None
@@ -59,10 +55,14 @@ def _channel_row(engine: Engine, ch: ChannelState, now: int) -> str:
             * product.gluconate_equivalent
             / bed.weight_kg
         )
+        # Weight-based limits are written for gluconate: another salt (chloride) is shown as
+        # the gluconate carrying the same calcium, and labelled so it is not read as its own.
         dose = f"{format_number(mg_kg_h)} mg/kg/h"
+        if not product.is_gluconate:
+            dose += " gluconate equivalent"
     silent = ""
     if ch.stale_watch and ch.latest_t is not None:
-        silent = f"last reading {format_number((now - ch.latest_t) / 1e6)} s ago"
+        silent = f"last reading {format_duration(now - ch.latest_t)} ago"
     state = ch.status + (f" ({ch.alarm})" if ch.alarm else "")
     flag = "Ca" if ch.calcium else "  "
     return (
@@ -80,7 +80,7 @@ def _line_row(engine: Engine, line: LineState, now: int) -> str:
     dwell = line.inserted + ctx.dwell.us if line.carried_calcium and line.peripheral else None
     where = f"{line.kind}{', ' + line.site if line.site else ''}"
     return (
-        f"  {line.line:<6} {where[:34]:<34} site check {_until(site, now):<18} "
+        f"  {line.line:<6} {where[:34]:<34} site check {_until(site, now):<20} "
         f"rotation {_until(dwell, now)}"
     )
 

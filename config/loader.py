@@ -40,6 +40,8 @@ from calguard.monitor.library import (
     Salt,
     normalise_label,
 )
+from calguard.monitor.timeutil import format_duration
+from calguard.monitor.units import Kind
 
 __all__ = [
     "BUILTIN",
@@ -299,9 +301,10 @@ class _Checker:
             )
             return None
         if not setting.low <= canonical <= setting.high:
-            shown = units.format_quantity(canonical, kind, setting.hint)
-            low = units.format_quantity(setting.low, kind, setting.hint)
-            high = units.format_quantity(setting.high, kind, setting.hint)
+            bound = setting.high if canonical > setting.high else setting.low
+            shown = _show(canonical, kind, setting.hint, bound)  # visibly outside the bound
+            low = _show(setting.low, kind, setting.hint)
+            high = _show(setting.high, kind, setting.hint)
             self.problem(
                 path,
                 f'"{value}" is {shown}, outside the plausible range {low} to {high} '
@@ -322,9 +325,12 @@ class _Checker:
         for unit in dict.fromkeys((setting.hint, setting.kind.canonical)):
             if isinstance(value, str) and value.strip().endswith(unit):
                 continue
+            if setting.kind is units.DURATION and unit != setting.hint:
+                continue  # the engine's microseconds are not a unit anyone writes
             canonical = number * units.unit_factor(unit, setting.kind)
             if setting.low <= canonical <= setting.high:
-                return f'; did you mean "{units.format_number(number)} {unit}"?'
+                typed = units.format_number(number, significant=15)  # the number as written
+                return f'; did you mean "{typed} {unit}"?'
         return ""
 
     # -- salts and products ---------------------------------------------------------------
@@ -604,3 +610,10 @@ class _Checker:
                     "rules.incompatible-coinfusion",
                     f"{sorted(overlap)} listed as both high and medium",
                 )
+
+
+def _show(value: float, kind: Kind, unit: str, limit: float | None = None) -> str:
+    """A setting's value or bound for the person editing the file; a span in words."""
+    if kind is units.DURATION and limit is None:
+        return format_duration(round(value))
+    return units.format_quantity(value, kind, unit, limit=limit)

@@ -36,8 +36,9 @@ class ConfiguredQuantity:
     value: float  # canonical unit of ``kind``
 
     def show(self, canonical_value: float) -> str:
-        """Express a canonical value in the unit this quantity was written in."""
-        return units.format_quantity(canonical_value, self.kind, self.unit)
+        """Express a canonical value in the unit this quantity was written in, never
+        rounded onto or past this quantity (the limit it is shown against)."""
+        return units.format_quantity(canonical_value, self.kind, self.unit, limit=self.value)
 
     @property
     def us(self) -> int:

@@ -32,6 +32,7 @@ __all__ = [
     "MASS_RATE",
     "PRESSURE",
     "SALT_PER_WEIGHT_RATE",
+    "SIGNIFICANT",
     "SUBSTANCE",
     "SUBSTANCE_PER_VOLUME",
     "SUBSTANCE_PER_WEIGHT",
@@ -40,6 +41,7 @@ __all__ = [
     "VOLUME_RATE",
     "WEIGHT",
     "Kind",
+    "format_beside",
     "format_number",
     "format_quantity",
     "from_canonical",
@@ -295,18 +297,56 @@ def from_canonical(value: float, kind: Kind, unit: str) -> float:
     return value / unit_factor(unit, kind)
 
 
-def format_number(x: float) -> str:
-    """A number for a nurse: at most 4 significant digits, no exponent, no trailing zeros."""
-    if x == 0 or not math.isfinite(x):
-        return "0" if x == 0 else str(x)
-    digits = max(0, 3 - math.floor(math.log10(abs(x))))
-    text = f"{round(x, digits):.{digits}f}"
+#: Significant digits of a number shown to people: enough to act on, no false precision.
+SIGNIFICANT = 3
+# Beyond this many digits a float shows its binary noise (2.0000000000000004).
+_MAX_SIGNIFICANT = 15
+# A value within this relative distance of a limit *is* at the limit: the rules' own slack
+# (rules.base.above), so that a unit conversion's last bit never shows up as digits.
+_AT_LIMIT = 1e-9
+
+
+def format_number(x: float, significant: int = SIGNIFICANT) -> str:
+    """A number for people: ``significant`` significant digits (3), but every digit before
+    the point kept (``1235``, not ``1.24e3``), no exponent, no trailing zeros:
+    ``0.0008599`` -> ``0.00086``, ``0.5869`` -> ``0.587``, ``2.0`` -> ``2``."""
+    if not math.isfinite(x):
+        return str(x)
+    if x == 0:
+        return "0"
+    digits = max(0, significant - 1 - math.floor(math.log10(abs(x))))
+    text = f"{x:.{digits}f}"  # correctly rounded from the float's exact value
     if "." in text:
         text = text.rstrip("0").rstrip(".")
-    return text
+    return "0" if text == "-0" else text
 
 
-def format_quantity(value_canonical: float, kind: Kind, unit: str | None = None) -> str:
-    """``"3 ml/min"``: a canonical value shown in ``unit`` (default the canonical unit)."""
+def format_beside(x: float, limit: float, significant: int = SIGNIFICANT) -> str:
+    """``x`` as ``format_number`` shows it, with as many more digits as it takes to stay on
+    its side of ``limit``: 2.0004 against a limit of 2 is ``2.0004``, never ``2``, which
+    would read as "at the limit" on an alert that says it is above. A value within the
+    rules' slack of the limit is shown as the limit."""
+    if not (math.isfinite(x) and math.isfinite(limit)):
+        return format_number(x, significant)
+    bound = float(f"{limit:.12g}")  # the limit as written, without conversion noise
+    if abs(x - bound) <= _AT_LIMIT * abs(bound):
+        return format_number(bound if bound else x, significant)
+    for n in range(significant, _MAX_SIGNIFICANT + 1):
+        text = format_number(x, n)
+        if (float(text) > bound) == (x > bound) and float(text) != bound:
+            return text
+    return format_number(x, _MAX_SIGNIFICANT)
+
+
+def format_quantity(
+    value_canonical: float, kind: Kind, unit: str | None = None, *, limit: float | None = None
+) -> str:
+    """``"3 ml/min"``: a canonical value shown in ``unit`` (default the canonical unit).
+
+    ``limit`` (canonical, same kind): the limit the value is shown against; a value on one
+    side of it is never rounded onto it or past it (``format_beside``)."""
     unit = unit or kind.canonical
-    return f"{format_number(from_canonical(value_canonical, kind, unit))} {unit}"
+    shown = from_canonical(value_canonical, kind, unit)
+    if limit is None:
+        return f"{format_number(shown)} {unit}"
+    return f"{format_beside(shown, from_canonical(limit, kind, unit))} {unit}"

@@ -1,11 +1,11 @@
 """The house: one installed name, and floors that no import climbs.
 
-    4  calguard             the shell (CLI, live wiring, warm start, view)
-    3  calguard.alerts      alarms, sinks, log, audit, report
-    3  calguard.simulators  pumps and wards on real wires
-    2  calguard.drivers     wires in; the real clocks
-    1  calguard.config      the drug library and site config
-    0  calguard.monitor     the pure heart
+4  calguard             the shell (CLI, live wiring, warm start, view)
+3  calguard.alerts      alarms, sinks, log, audit, report
+3  calguard.simulators  pumps and wards on real wires
+2  calguard.drivers     wires in; the real clocks
+1  calguard.config      the drug library and site config
+0  calguard.monitor     the pure heart
 """
 
 from __future__ import annotations

@@ -64,9 +64,12 @@ def test_a_weight_based_limit_needs_an_amount_per_body_weight_per_time(text: str
     [
         (3.0, "3"),
         (0.02, "0.02"),
-        (1234.56, "1235"),
-        (0.2325, "0.2325"),
+        (1234.56, "1235"),  # digits before the point are never dropped
+        (0.2325, "0.233"),
         (0.000123, "0.000123"),
+        (0.0008599, "0.00086"),
+        (0.5869, "0.587"),
+        (9.996, "10"),
         (0.0, "0"),
     ],
 )

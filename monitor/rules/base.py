@@ -55,6 +55,8 @@ class RuleContext:
         self.min_grade = r("site-abnormal").ints["min_grade"]
         self.dwell = r("cannula-dwell").q("interval")
         self.stale_timeout = r("telemetry-stale").q("timeout")
+        cs = r("clock-skew")
+        self.skew_tolerance, self.backdate = cs.q("tolerance"), cs.q("backdate")
         pt = r("pressure-trend")
         self.pressure_rise, self.pressure_duration = pt.q("rise"), pt.q("duration")
 

@@ -9,7 +9,7 @@ from calguard.monitor.library import ConfiguredQuantity, Product
 from calguard.monitor.model import Bed, ChannelState, LineState
 from calguard.monitor.rules import messages as say
 from calguard.monitor.rules.base import RuleContext, above
-from calguard.monitor.timeutil import format_ts
+from calguard.monitor.timeutil import format_duration, format_ts
 from calguard.monitor.transitions import Description
 
 __all__ = ["ChannelRules"]
@@ -177,13 +177,12 @@ class ChannelRules:
             per = "mg/kg/min" if ch.mode == "bolus" else "mg/kg/h"
             salt = units.format_quantity(salt_mg_kg_min, units.SALT_PER_WEIGHT_RATE, per)
             elemental = lim.kind is units.SUBSTANCE_PER_WEIGHT_RATE
-            what = "elemental calcium" if elemental else "calcium gluconate"
             detail = (
                 f"{ch.rate_text} of {units.format_number(conc)} mg/ml at "
                 f"{units.format_number(weight)} kg, {ch.mode}"
             )
             text = say.rate_weight(
-                name, lim.show(value), what, salt, product.is_gluconate, detail, lim.text
+                name, lim.show(value), elemental, salt, product.is_gluconate, detail, lim.text
             )
             return ctx.channel_description(ch, text, lim.show(value), lim.text)
 
@@ -338,6 +337,24 @@ class ChannelRules:
             return ctx.channel_description(ch, text, rise, ctx.pressure_rise.text)
 
         ctx.put("pressure-trend", key, True, now, describe)
+
+    def clock_skew(self, ch: ChannelState, skew_us: int, now: int) -> None:
+        """A pump's own time against the monitor's: outside the tolerance is a clock fault
+        of that pump (one alert per pump, whichever of its channels reported it)."""
+        ctx, tolerance = self.ctx, self.ctx.skew_tolerance
+        off = abs(skew_us) > tolerance.us
+        ctx.put(
+            "clock-skew",
+            ("clock-skew", ch.pump),
+            off,
+            now,
+            lambda: ctx.channel_description(
+                ch,
+                say.clock_skew(ch.pump, format_duration(abs(skew_us)), skew_us > 0, tolerance.text),
+                tolerance.show(float(abs(skew_us))),  # a quantity, in the limit's own unit
+                tolerance.text,
+            ),
+        )
 
     def invalid(self, pump: str, channel: str, now: int, reason: str) -> None:
         ch = self.ctx.ward.channel(pump, channel)

@@ -10,6 +10,7 @@ from __future__ import annotations
 __all__ = [
     "cannula_dwell",
     "ceftriaxone",
+    "clock_skew",
     "concentration_peripheral",
     "dose_daily",
     "incompatible",
@@ -34,8 +35,10 @@ __all__ = [
 ]
 
 
-def _equivalent(is_gluconate: bool) -> str:
-    return "" if is_gluconate else " equivalent"
+def _as_gluconate(is_gluconate: bool) -> str:
+    """How a gluconate-based figure is labelled: a figure worked out for another salt
+    (chloride) is the gluconate carrying the same elemental calcium, and says so."""
+    return "calcium gluconate" if is_gluconate else "calcium gluconate equivalent"
 
 
 def rate_volume(name: str, value: str, pump_rate: str, limit: str) -> str:
@@ -47,7 +50,7 @@ def rate_volume(name: str, value: str, pump_rate: str, limit: str) -> str:
 
 def rate_mass(name: str, value: str, gluconate: bool, pump_rate: str, conc: str, limit: str) -> str:
     return (
-        f"{name} delivers {value} of calcium gluconate{_equivalent(gluconate)} "
+        f"{name} delivers {value} of {_as_gluconate(gluconate)} "
         f"({pump_rate} of {conc} mg/ml); the limit is {limit}"
     )
 
@@ -55,16 +58,19 @@ def rate_mass(name: str, value: str, gluconate: bool, pump_rate: str, conc: str,
 def rate_weight(
     name: str,
     value: str,
-    what: str,
+    elemental: bool,
     salt_rate: str,
     gluconate: bool,
     detail: str,
     limit: str,
 ) -> str:
-    return (
-        f"{name} gives {value} of {what} ({salt_rate} of gluconate{_equivalent(gluconate)}; "
-        f"{detail}); the limit is {limit}"
-    )
+    """``value`` is elemental calcium (the mmol/kg/h limit) or, when not ``elemental``,
+    calcium gluconate (equivalent) like ``salt_rate``, which is then not repeated."""
+    if elemental:
+        what = f"elemental calcium ({salt_rate} of {_as_gluconate(gluconate)}; {detail})"
+    else:
+        what = f"{_as_gluconate(gluconate)} ({detail})"
+    return f"{name} gives {value} of {what}; the limit is {limit}"
 
 
 def salt_not_gluconate(name: str, salt: str) -> str:
@@ -78,7 +84,7 @@ def concentration_peripheral(
     name: str, value: str, gluconate: bool, mode: str, line: str, limit: str
 ) -> str:
     return (
-        f"{name} at {value} (gluconate{_equivalent(gluconate)}) runs as a {mode} infusion into "
+        f"{name} at {value} ({_as_gluconate(gluconate)}) runs as a {mode} infusion into "
         f"peripheral {line}; the limit there is {limit}: dilute it or use a central line"
     )
 
@@ -154,6 +160,15 @@ def pressure_trend(
         f"Advisory: line pressure of {channel} ({drug}) has been at least {rise} above its "
         f"baseline ({base} -> {last} mmHg) for {duration} at an unchanged {rate}. This is NOT "
         "infiltration detection: a normal pressure does not mean the site is fine. Look at the site"
+    )
+
+
+def clock_skew(pump: str, skew: str, ahead: bool, tolerance: str) -> str:
+    way = "ahead of" if ahead else "behind"
+    return (
+        f"The clock of pump {pump} is {skew} {way} the monitor's (more than {tolerance}): its "
+        "readings are timed by the monitor's clock instead. Set the pump's clock or check "
+        "its gateway's time zone"
     )
 
 
