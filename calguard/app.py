@@ -131,10 +131,16 @@ class Monitor:
                 self._tick(due)
 
     def _process(self, item: Inbound) -> None:
+        now = self.clock.now_us()
         if item.problem is not None:
             transitions = self.pipeline.feed_problem(
-                item.raw, item.problem, source=item.source, pump=item.pump, t=self.clock.now_us()
+                item.raw, item.problem, source=item.source, pump=item.pump, t=now
             )
+        elif isinstance(item.obj, dict):
+            # the monitor's clock is the time: stamp the input on arrival (over whatever a
+            # sender wrote there) and log it so stamped, so a replay decides as we did
+            obj = {**item.obj, "received": format_ts(now)}
+            transitions = self.pipeline.feed_object(obj, raw=orjson.dumps(obj), source=item.source)
         else:
             transitions = self.pipeline.feed_object(item.obj, raw=item.raw, source=item.source)
         self.emit(transitions)

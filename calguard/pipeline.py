@@ -11,6 +11,7 @@ a journal to keep them.
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from typing import Protocol
 
 from calguard.alerts.alarms import AlarmManager
@@ -23,6 +24,10 @@ from calguard.monitor.events import (
     decode_json,
     named_pump,
     parse_event,
+    received_time,
+)
+from calguard.monitor.events import (
+    Clock as ClockEvent,
 )
 from calguard.monitor.records import InputRecord
 from calguard.monitor.timeutil import parse_ts
@@ -77,10 +82,13 @@ class Pipeline:
     ) -> list[AlertTransition]:
         self.refusal = None
         try:
+            received = received_time(obj)
             event = parse_event(obj)
         except EventError as exc:
             return self._reject(raw, source, line_no, exc, obj)
-        return self.feed_event(event, obj, raw=raw, source=source, line_no=line_no)
+        return self.feed_event(
+            event, obj, raw=raw, source=source, line_no=line_no, received=received
+        )
 
     def feed_event(
         self,
@@ -90,30 +98,40 @@ class Pipeline:
         raw: bytes | str,
         source: str,
         line_no: int | None = None,
+        received: int | None = None,
     ) -> list[AlertTransition]:
+        """``received``: a live input's receive time on the monitor's clock (see
+        ``Engine.handle``); None in replay."""
         engine = self.engine
         try:
-            transitions = engine.handle(event)
+            transitions = engine.handle(event, received)
         except EventError as exc:
-            return self._reject(raw, source, line_no, exc, obj)
+            return self._reject(raw, source, line_no, exc, obj, received)
+        if received is not None and type(event) is AlarmAction:
+            event = replace(event, t=max(received, engine.now or received))
         if self._waiting:
             transitions = self._release_waiting() + transitions
         if type(event) is AlarmAction:
             return self._act(event, transitions, raw=raw, source=source, line_no=line_no)
-        transitions = self._alarm(transitions)
+        transitions = self._alarm(transitions, inclusive=type(event) is ClockEvent)
         note, status = engine.note, engine.disposition
         self.counts[status] += 1
         if note is not None:
             log.info("%s: %s", _where(source, line_no), note)
-        self._journal(raw, source, status, event, line_no, note)
+        self._journal(raw, source, status, event, line_no, note, received)
         return transitions
 
-    def _alarm(self, transitions: list[AlertTransition]) -> list[AlertTransition]:
-        """The engine's transitions through the alarm layer, with its own lines due by now."""
+    def _alarm(
+        self, transitions: list[AlertTransition], *, inclusive: bool = False
+    ) -> list[AlertTransition]:
+        """The engine's transitions through the alarm layer, with its own lines due before
+        now. The alarm layer's deadlines *at* now fire only on a clock event or at the end
+        of input: actions win ties, so an ``ack`` at the very instant of an escalation
+        deadline stops it even when other inputs of that instant came before it."""
         now = self.engine.now
         if self.alarms is None or now is None:
             return transitions
-        return self.alarms.process(transitions, now)
+        return self.alarms.process(transitions, now, inclusive=inclusive)
 
     def _act(
         self,
@@ -145,7 +163,7 @@ class Pipeline:
                 "%s: %s %s by %s", _where(source, line_no), action.type, action.alert, action.by
             )
             self._journal(raw, source, "accepted", action, line_no, None)
-        return out + (alarms.advance(action.t) if alarms is not None else [])
+        return out + (alarms.advance(action.t, inclusive=False) if alarms is not None else [])
 
     def _journal(
         self,
@@ -155,6 +173,7 @@ class Pipeline:
         event: Event,
         line_no: int | None,
         reason: str | None,
+        received: int | None = None,
     ) -> None:
         if self.journal is not None:
             self.journal.add_input(
@@ -162,7 +181,8 @@ class Pipeline:
                     raw,
                     source,
                     status,
-                    t_us=event.t,
+                    # the monitor's time for a live input: a device's clock orders nothing
+                    t_us=event.t if received is None else received,
                     line_no=line_no,
                     reason=reason,
                     event_type=event.type,
@@ -221,7 +241,7 @@ class Pipeline:
                     len(self._waiting),
                 )
             return []
-        return self._alarm(self.engine.settle())
+        return self._alarm(self.engine.settle(), inclusive=True)
 
     def _reject(
         self,
@@ -232,12 +252,16 @@ class Pipeline:
         obj: object,
         at: int | None = None,
     ) -> list[AlertTransition]:
+        """``at``: the time the refusal counts at (a live input's receive time); else the
+        input's own valid time, if it has one."""
         self.counts["rejected"] += 1
         self.refusal = exc.describe()
         already = self.engine.take()  # timers that fired on the way to a refused event
         reason = exc.describe() if line_no is None else exc.at_line(line_no).describe()
         log.warning("%s: rejected: %s", source, reason)
         fields = obj if isinstance(obj, dict) else {}
+        if at is None and isinstance(obj, dict) and "received" in obj:
+            at = _valid_time(obj, "received")  # a live input whose event was unusable
         t = _valid_time(fields) if at is None else at
         if self.journal is not None:
             self.journal.add_input(
@@ -275,9 +299,9 @@ def _text(fields: dict[str, object], key: str, limit: int) -> str | None:
     return value[:limit] if isinstance(value, str) else None
 
 
-def _valid_time(fields: dict[str, object]) -> int | None:
+def _valid_time(fields: dict[str, object], key: str = "t") -> int | None:
     try:
-        return parse_ts(fields.get("t"))
+        return parse_ts(fields.get(key))
     except QuantityError:
         return None
 

@@ -171,5 +171,15 @@ RULES: dict[str, RuleSpec] = {
                 "duration": _dur(_MIN, 4 * _HOUR, "min"),
             },
         ),
+        # Technical rules CalGuard adds beside the clinical reference's table:
+        RuleSpec(
+            "clock-skew",
+            "medium",
+            {
+                "tolerance": _dur(1_000_000, 10 * _MIN, "s"),
+                "backdate": _dur(_MIN, 24 * _HOUR, "h"),
+            },
+            technical=True,
+        ),
     )
 }

@@ -11,15 +11,24 @@ the output is always in time order.
 
 Replay and live runs feed the same engine: replay with the events' own times, live with
 a real clock through ``tick()``; the same inputs in the same order give the same alerts.
+
+Time is not taken from outside on trust. A live monitor hands every input over with its
+own receive time (``received``): that, never a device's clock, moves the engine's time.
+A reading keeps its pump's time for ordering that pump's readings, and a pump whose time
+is off the monitor's by more than the tolerance raises ``clock-skew``; documentation
+keeps its charted time if it lies within the back-dating window before the monitor's
+clock and no further ahead than the tolerance, and is refused otherwise.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 from calguard.monitor.errors import EventError
 from calguard.monitor.events import (
+    DOCUMENTATION,
     AlarmAction,
     Clock,
     Connect,
@@ -38,7 +47,7 @@ from calguard.monitor.library import Library
 from calguard.monitor.model import Bed, ChannelState, LineState, Ward
 from calguard.monitor.rules import Rules
 from calguard.monitor.timers import TimerQueue
-from calguard.monitor.timeutil import format_ts
+from calguard.monitor.timeutil import format_duration, format_ts
 from calguard.monitor.transitions import ActiveAlert, AlertBook, AlertTransition
 
 __all__ = ["Engine"]
@@ -58,6 +67,7 @@ class Engine:
         self.disposition = "accepted"
         #: ... and, when it changed nothing or needs a word, why (for the log).
         self.note: str | None = None
+        self._received: int | None = None  # the live receive time of the event in hand
         self._handlers: dict[type[Any], Callable[[Any, int], None]] = {
             Reading: self._reading,
             Patient: self._patient,
@@ -79,16 +89,49 @@ class Engine:
     def active(self) -> dict[Any, ActiveAlert]:
         return self.book.active
 
-    def handle(self, event: Event) -> list[AlertTransition]:
-        """Apply one event; ``EventError`` if the event is valid JSON but unusable here."""
+    def handle(self, event: Event, received: int | None = None) -> list[AlertTransition]:
+        """Apply one event; ``EventError`` if the event is valid JSON but unusable here.
+
+        ``received``: the monitor's clock when a live input arrived; it, not the event's
+        own ``t``, moves the engine's time (None: replay, the event's time is the time)."""
         self.note, self.disposition = None, "accepted"
+        self._received = received
+        t = event.t
+        if received is not None:
+            event = self._at_receipt(event, received)
+            t = received
         now = self.now
-        if now is None or event.t > now:
-            self._advance(event.t)
+        if now is None or t > now:
+            self._advance(t)
             now = self.now
         assert now is not None
         self._handlers[type(event)](event, now)
         return self.book.take()
+
+    def _at_receipt(self, event: Event, received: int) -> Event:
+        """A live input's own time, checked against the monitor's clock."""
+        if type(event) is Reading:
+            return event  # the pump's time: compared in _reading
+        if type(event) not in DOCUMENTATION:
+            return replace(event, t=received)  # type: ignore[type-var]  # all dataclasses
+        ctx = self.rules.ctx
+        ahead = event.t - received
+        if ahead > ctx.skew_tolerance.us:
+            raise EventError(
+                "t",
+                format_ts(event.t),
+                f"documentation cannot be dated ahead of the monitor's clock "
+                f"({format_ts(received)}); this is {format_duration(ahead)} ahead",
+            )
+        if -ahead > ctx.backdate.us:
+            raise EventError(
+                "t",
+                format_ts(event.t),
+                f"documentation may be back-dated by at most {format_duration(ctx.backdate.us)}; "
+                f"this is {format_duration(-ahead)} before the monitor's clock "
+                f"({format_ts(received)}): chart it with a note instead",
+            )
+        return replace(event, t=received) if ahead > 0 else event  # type: ignore[type-var]
 
     def take(self) -> list[AlertTransition]:
         """Transitions not yet handed out: those of timers that fired while time moved to an
@@ -173,24 +216,34 @@ class Engine:
 
     def _reading(self, r: Reading, now: int) -> None:
         ch = self.ward.channels.get((r.pump, r.channel)) or self.ward.channel(r.pump, r.channel)
+        device_t, received = r.t, self._received
+        at = device_t  # the reading's time for the rules: the monitor's when it is live
+        skewed = False
+        if received is not None:
+            at = now
+            skew = device_t - received
+            skewed = abs(skew) > self.rules.ctx.skew_tolerance.us
+            if skewed or ch.device_skewed:
+                self.rules.channels.clock_skew(ch, skew, now)
+        last = ch.latest_device_t
         seq = r.seq
         if seq is not None and ch.seen_seq(seq):
-            if ch.latest_t is not None and r.t <= ch.latest_t:
+            if last is not None and device_t <= last:  # a redelivery: same seq, same time
                 self.disposition = "duplicate"
                 self.note = f"duplicate: seq {seq} of {ch.name} was already received"
                 return
             ch.forget_seqs()  # the pump restarted its counter: a new reading, not a duplicate
-        if ch.latest_t is not None and r.t < ch.latest_t:
+        # the pump's own times order its readings, unless its clock cannot be trusted
+        if last is not None and device_t < last and not (skewed or ch.device_skewed):
             self.disposition = "out_of_order"
             self.note = (
                 f"out of order: older than the latest reading of {ch.name} "
-                f"({format_ts(ch.latest_t)}); "
-                "logged, the channel's state is unchanged"
+                f"({format_ts(last)}); logged, the channel's state is unchanged"
             )
             return
         if seq is not None:
             ch.remember_seq(seq)
-        ch.latest_t = r.t
+        ch.latest_t, ch.latest_device_t, ch.device_skewed = at, device_t, skewed
         ch.offline = False
         active = self.book.active
         if ch.k_invalid in active:
@@ -219,11 +272,11 @@ class Engine:
             self._evaluate(now, [ch], [], set())
             self.rules.stale(ch, now)
         elif ch.stale_watch and ch.k_stale not in active:
-            self.timers.schedule(ch.k_stale, r.t + self.rules.stale_timeout.us)  # the steady state
+            self.timers.schedule(ch.k_stale, at + self.rules.stale_timeout.us)  # the steady state
         else:
             self.rules.stale(ch, now)
         if (r.pressure_mmhg is not None or ch.elevated_since is not None) and (
-            self.rules.track_pressure(ch, r.pressure_mmhg, r.t) or ch.k_pressure in active
+            self.rules.track_pressure(ch, r.pressure_mmhg, at) or ch.k_pressure in active
         ):
             self.rules.pressure(ch, now)
 

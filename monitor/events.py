@@ -19,6 +19,7 @@ from calguard.monitor.timeutil import parse_ts
 
 __all__ = [
     "ALARM_ACTIONS",
+    "DOCUMENTATION",
     "LINE_KINDS",
     "MAX_LINE_BYTES",
     "AlarmAction",
@@ -37,6 +38,7 @@ __all__ = [
     "decode_json",
     "named_pump",
     "parse_event",
+    "received_time",
 ]
 
 LINE_KINDS = ("piv", "midline", "picc", "uvc", "cvc", "uac", "arterial", "io")
@@ -543,6 +545,17 @@ _PARSERS: dict[str, Callable[[dict[str, Any], int], Event]] = {
 EVENT_TYPES = tuple(_PARSERS)
 
 
+def received_time(obj: object) -> int | None:
+    """The monitor's own receive time of a live input (``received``), or None.
+
+    A live monitor stamps every input it reads with its clock, overwriting whatever the
+    sender put there: the event's ``t`` stays the device's or the documenter's time. The
+    stamp is part of the logged input, so replaying a live session's log reproduces the
+    live decisions; a plain event file carries none and runs on its own times.
+    """
+    return _timestamp(obj, "received") if isinstance(obj, dict) else None
+
+
 def parse_event(obj: object) -> Event:
     """Validate a decoded JSON object as an event-format v1 event."""
     if not isinstance(obj, dict):
@@ -556,3 +569,17 @@ def parse_event(obj: object) -> Event:
     t = _timestamp(obj, "t", required=True)
     assert t is not None  # required=True
     return parser(obj, t)
+
+
+#: bedside documentation: dated by the person who charts it (within a window of the
+#: monitor's clock in live mode), never by a device
+DOCUMENTATION: tuple[type, ...] = (
+    Patient,
+    Line,
+    LineRemoved,
+    Connect,
+    Disconnect,
+    PatencyCheck,
+    SiteCheck,
+    Medication,
+)

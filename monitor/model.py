@@ -90,7 +90,9 @@ class ChannelState:
     pump: str
     channel: str
     line: str | None = None
-    latest_t: int | None = None
+    latest_t: int | None = None  # the engine's time of the latest reading (the monitor's clock)
+    latest_device_t: int | None = None  # the pump's own time of it, for ordering its readings
+    device_skewed: bool = False  # that time was off the monitor's clock by over the tolerance
     seqs: deque[int] = field(default_factory=lambda: deque(maxlen=_SEQ_WINDOW))
     max_seq: int = -1
     label: str | None = None

@@ -43,12 +43,16 @@ RULE_TABLE = {
     "context-missing": ("medium", {}),
     "pressure-trend": ("low", {"rise": "50 mmHg", "duration": "15 min"}),
 }
+# Technical rules CalGuard adds beside the table (README, docs/clinical-reference.md).
+ADDED_RULES = {
+    "clock-skew": ("medium", {"tolerance": "5 s", "backdate": "1 h"}),
+}
 
 
 def test_the_built_in_library_is_the_rule_table_of_the_clinical_reference() -> None:
     lib = load_library()
-    assert list(RULES) == list(RULE_TABLE)
-    for rule_id, (priority, defaults) in RULE_TABLE.items():
+    assert list(RULES) == list(RULE_TABLE) + list(ADDED_RULES)
+    for rule_id, (priority, defaults) in {**RULE_TABLE, **ADDED_RULES}.items():
         cfg = lib.rule(rule_id)
         assert cfg.enabled and cfg.priority == priority, rule_id
         for key, text in defaults.items():
@@ -109,7 +113,7 @@ def problems_of(text: str) -> list[str]:
 def test_a_rate_written_in_the_wrong_unit_is_caught_with_a_suggestion() -> None:
     (problem,) = problems_of(builtin_text().replace('limit = "2 ml/min"', 'limit = "2 ml/h"'))
     assert problem.startswith("nicu.toml: rules.rate-volume.limit:")
-    assert '"2 ml/h" is 0.03333 ml/min, outside the plausible range' in problem
+    assert '"2 ml/h" is 0.0333 ml/min, outside the plausible range' in problem
     assert 'did you mean "2 ml/min"?' in problem
 
 
