@@ -139,6 +139,8 @@ def format_duration(us: float) -> str:
         return _two(n // per, name, n % per, small)
     hours = round(us / HOUR_US)
     days, rest = divmod(hours, 24)
+    if days >= 730:  # a clock decades off: the years are what a person needs to read
+        return f"about {round(days / 365.25)} years"
     return _two(days, "day" if days == 1 else "days", rest, "h")
 
 
