@@ -3,36 +3,92 @@
 One row per alarm (from its alert lines): rule, priority, category, bed, when raised and
 cleared, whether and when acknowledged and by whom, how far it escalated, override reason.
 The summary: alarms per bed-day (a bed-day is one bed with monitoring data on one calendar
-day, UTC), by rule and priority, the share acknowledged, the median time to acknowledge,
-the share escalated beyond the bedside, override reasons. ``--png`` draws alarms raised per
-hour by priority (matplotlib, optional extra ``calguard[report]``).
+day of the site's time zone, UTC unless told), by rule and priority, the share
+acknowledged, the median time to acknowledge, the share escalated beyond the bedside,
+override reasons. ``--png`` draws alarms raised per local hour by priority, one panel per
+calendar day (matplotlib, optional extra ``calguard[report]``).
 """
 
 from __future__ import annotations
 
 import csv
+import difflib
 import statistics
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+from zoneinfo import ZoneInfo, available_timezones
 
 import orjson
 from calguard.alerts.alarms import category
 from calguard.alerts.schema import alert_transitions, inputs
-from calguard.monitor.timeutil import format_ts
+from calguard.monitor.timeutil import format_ts, parse_ts, to_datetime
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import create_async_engine
 
-__all__ = ["AlarmRow", "Report", "build_report", "load_report", "write_csv", "write_png"]
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
 
-_DAY_US = 86_400_000_000
-_HOUR_US = 3_600_000_000
+__all__ = [
+    "MAX_CHART_DAYS",
+    "AlarmRow",
+    "Report",
+    "build_report",
+    "chart",
+    "csv_cell",
+    "load_report",
+    "write_csv",
+    "write_png",
+    "zone",
+]
+
+MAX_CHART_DAYS = 14  # two weeks of panels keep the PNG readable (1350 x 1260 px at most)
+# Every zone offset and clock change in use since 1972 falls on a quarter hour, so a
+# quarter hour of data never straddles a local midnight: the database returns one row per
+# bed and quarter hour instead of every input.
+_BUCKET_US = 15 * 60 * 1_000_000
+_PRIORITIES = ("high", "medium", "low")
+# colour for the eye, hatching and text for everyone (and for grey-scale print-outs)
+_LOOK = {"high": ("#c62828", "xx"), "medium": ("#f9a825", "//"), "low": ("#1e88e5", "..")}
 CSV_FIELDS = (
-    "alert", "rule", "priority", "category", "bed", "raised", "cleared", "acknowledged",
-    "seconds_to_acknowledge", "acknowledged_by", "escalated_to", "overridden_reason",
-    "overridden_by", "latched", "reset_by",
+    "alert", "rule", "priority", "category", "bed", "raised", "raised_local", "cleared",
+    "acknowledged", "seconds_to_acknowledge", "acknowledged_by", "escalated_to",
+    "overridden_reason", "overridden_by", "latched", "reset_by",
 )  # fmt: skip
+# OWASP "CSV injection": a spreadsheet runs a cell starting with one of these as a formula.
+# A leading quote is escaped too, so that the escape can be undone (drop one leading quote).
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r", "'")
+
+
+def csv_cell(value: object) -> object:
+    """A CSV cell that a spreadsheet shows as text and never runs as a formula: text that
+    starts with = + - @ tab, CR (or a quote) gets a leading single quote. A user id of
+    ``=HYPERLINK(...)`` stays visible as typed; numbers pass unchanged."""
+    if isinstance(value, str) and value.startswith(_FORMULA_START):
+        return "'" + value
+    return value
+
+
+def zone(name: str) -> ZoneInfo:
+    """The IANA time zone ``name`` (``Europe/London``); ``ValueError`` saying what to type."""
+    try:
+        return ZoneInfo(name)
+    except (KeyError, ValueError, OSError):  # unknown, malformed, a folder such as "Europe"
+        keys = {key.lower(): key for key in available_timezones()}
+        close = difflib.get_close_matches(name.lower(), keys, n=1, cutoff=0.8)
+        hint = f" (did you mean {keys[close[0]]}?)" if close else ""
+        raise ValueError(
+            f"unknown time zone {name!r}: an IANA name is expected, such as Europe/London, "
+            f"America/New_York or UTC{hint}"
+        ) from None
+
+
+def local_day(us: int, tz: ZoneInfo) -> date:
+    return to_datetime(us).astimezone(tz).date()
 
 
 @dataclass
@@ -63,9 +119,24 @@ class AlarmRow:
 @dataclass
 class Report:
     alarms: list[AlarmRow]
-    bed_days: int
+    bed_days_seen: set[tuple[str, date]]  # (bed, local calendar day) with monitoring data
     since: int | None
+    tz: ZoneInfo = field(default_factory=lambda: ZoneInfo("UTC"))
     by_rule: Counter[tuple[str, str]] = field(default_factory=Counter)
+
+    @property
+    def bed_days(self) -> int:
+        return len(self.bed_days_seen)
+
+    @property
+    def days(self) -> list[date]:
+        """Every local calendar day from the first with data or an alarm to the last."""
+        seen = {day for _, day in self.bed_days_seen}
+        seen.update(local_day(a.raised, self.tz) for a in self.alarms)
+        if not seen:
+            return []
+        first, last = min(seen), max(seen)
+        return [first + timedelta(days=n) for n in range((last - first).days + 1)]
 
     @property
     def per_bed_day(self) -> float:
@@ -99,7 +170,7 @@ class Report:
     def text(self) -> str:
         window = f"since {format_ts(self.since)}" if self.since is not None else "the whole log"
         out = [
-            f"CalGuard alarm burden, {window}",
+            f"CalGuard alarm burden, {window}; days in {self.tz.key}",
             f"  alarms {len(self.alarms)} over {self.bed_days} bed-days: "
             f"{self.per_bed_day:.1f} per bed-day",
             f"  technical {sum(a.category == 'technical' for a in self.alarms)}, "
@@ -119,7 +190,7 @@ class Report:
             totals[rule] += n
         rules = sorted(totals, key=lambda r: (-totals[r], r))  # deterministic order
         for rule in rules:
-            counts = [self.by_rule[(rule, p)] for p in ("high", "medium", "low")]
+            counts = [self.by_rule[(rule, p)] for p in _PRIORITIES]
             out.append(f"  {rule:<28}{counts[0]:>6}{counts[1]:>8}{counts[2]:>6}{sum(counts):>7}")
         reasons = self.override_reasons
         out.append("")
@@ -130,13 +201,22 @@ class Report:
         return "\n".join(out)
 
 
-def build_report(lines: list[dict[str, Any]], bed_days: int, since: int | None) -> Report:
-    """From alert lines in time order (the log's, or a replay's)."""
-    from calguard.monitor.timeutil import parse_ts
-
+def build_report(
+    lines: list[dict[str, Any]],
+    beds: Iterable[tuple[str, int]],
+    since: int | None,
+    tz: ZoneInfo | None = None,
+) -> Report:
+    """From alert lines in time order (the log's, or a replay's) and the (bed, time) of the
+    monitoring data since ``since``; bed-days counted in ``tz`` (default UTC)."""
+    tz = tz or ZoneInfo("UTC")
+    seen = {(bed, local_day(t, tz)) for bed, t in beds}
     rows: dict[str, AlarmRow] = {}
     for line in lines:
         t = parse_ts(line["t"])
+        if line.get("bed") and (since is None or t >= since):
+            # beds with alarms count too, though their documentation is older
+            seen.add((line["bed"], local_day(t, tz)))
         state, alert = line["state"], line["alert"]
         row = rows.get(alert)
         if state == "raised":
@@ -158,10 +238,10 @@ def build_report(lines: list[dict[str, Any]], bed_days: int, since: int | None) 
         elif state == "reset":
             row.reset_by = line.get("by")
     alarms = list(rows.values())
-    return Report(alarms, bed_days, since, Counter((a.rule, a.priority) for a in alarms))
+    return Report(alarms, seen, since, tz, Counter((a.rule, a.priority) for a in alarms))
 
 
-async def load_report(url: str, since: int | None) -> Report:
+async def load_report(url: str, since: int | None, tz: ZoneInfo | None = None) -> Report:
     engine = create_async_engine(url)
     try:
         async with engine.connect() as conn:
@@ -169,26 +249,30 @@ async def load_report(url: str, since: int | None) -> Report:
                 alert_transitions.c.session_id, alert_transitions.c.seq
             )
             lines = [orjson.loads(r[0]) for r in (await conn.execute(query)).all()]
-            beds = select(inputs.c.bed, inputs.c.t_us).where(
-                inputs.c.bed.is_not(None), inputs.c.t_us.is_not(None)
+            # integer division on both SQLite and PostgreSQL (t_us is a BIGINT)
+            bucket = (inputs.c.t_us // _BUCKET_US).label("bucket")
+            beds = (
+                select(inputs.c.bed, bucket)
+                .where(inputs.c.bed.is_not(None), inputs.c.t_us.is_not(None))
+                .distinct()
             )
             if since is not None:
                 beds = beds.where(inputs.c.t_us >= since)
-            bed_rows = (await conn.execute(beds)).all()
+            bed_rows = [(bed, b * _BUCKET_US) for bed, b in (await conn.execute(beds)).all()]
     finally:
         await engine.dispose()
-    days = {(bed, t // _DAY_US) for bed, t in bed_rows}
-    from calguard.monitor.timeutil import parse_ts
-
-    for line in lines:  # beds with alarms count too, though their documentation is older
-        t = parse_ts(line["t"])
-        if line.get("bed") and (since is None or t >= since):
-            days.add((line["bed"], t // _DAY_US))
     lines.sort(key=lambda line: line["t"])  # sessions may interleave; RFC 3339 UTC sorts
-    return build_report(lines, len(days), since)
+    return build_report(lines, bed_rows, since, tz)
+
+
+def _local_text(us: int, tz: ZoneInfo) -> str:
+    """RFC 3339 with the zone's offset: ``2026-11-21T08:40:00+01:00``."""
+    return to_datetime(us).astimezone(tz).isoformat()
 
 
 def write_csv(report: Report, path: str | Path) -> None:
+    """One row per alarm; times in UTC (RFC 3339), and the raising time in the report's
+    zone too. Text cells are neutralised against spreadsheet formulas (``csv_cell``)."""
     with open(path, "w", newline="", encoding="utf-8") as out:
         writer = csv.writer(out)
         writer.writerow(CSV_FIELDS)
@@ -198,50 +282,113 @@ def write_csv(report: Report, path: str | Path) -> None:
                 "category": a.category,
                 "seconds_to_acknowledge": a.seconds_to_acknowledge,
                 "raised": format_ts(a.raised),
+                "raised_local": _local_text(a.raised, report.tz),
                 "cleared": format_ts(a.cleared) if a.cleared is not None else None,
                 "acknowledged": format_ts(a.acknowledged) if a.acknowledged is not None else None,
             }
-            writer.writerow(["" if values[f] is None else values[f] for f in CSV_FIELDS])
+            writer.writerow(["" if values[f] is None else csv_cell(values[f]) for f in CSV_FIELDS])
 
 
-def write_png(report: Report, path: str | Path) -> None:
-    """Alarms raised per hour, stacked by priority."""
-    import logging
+def _day_hours(day: date, tz: ZoneInfo) -> int:
+    """23 or 25 on the days the clocks change, else 24."""
+    start, end = (datetime.combine(d, time(), tz) for d in (day, day + timedelta(days=1)))
+    return round((end.astimezone(UTC) - start.astimezone(UTC)) / timedelta(hours=1))
 
-    import matplotlib
 
-    logging.getLogger("matplotlib").setLevel(logging.WARNING)
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+def chart(report: Report, max_days: int = MAX_CHART_DAYS) -> Figure:
+    """Alarms raised per local hour, stacked by priority: one panel per calendar day (the
+    last ``max_days`` days), two columns from four days on, the same y scale throughout."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    days = report.days
+    shown = days[-max_days:]
+    counts: Counter[tuple[date, int, str]] = Counter()
+    for a in report.alarms:
+        local = to_datetime(a.raised).astimezone(report.tz)
+        counts[(local.date(), local.hour, a.priority)] += 1
+    cols = 1 if len(shown) <= 3 else 2
+    rows = max(1, -(-len(shown) // cols))
+    fig = Figure(figsize=(1.5 + 6.0 * cols, 1.4 + 1.6 * rows), layout="constrained")
+    FigureCanvasAgg(fig)  # the Agg (PNG) canvas, without pyplot's global state
+    title = "CalGuard: alarms raised per hour, by priority"
+    if not shown:
+        fig.suptitle(f"{title}\nlocal time {report.tz.key}")
+        fig.text(0.5, 0.5, "no monitoring data and no alarms in this period", ha="center")
+        return fig
+    period = f"{shown[0]:%d %b %Y}" + (f" to {shown[-1]:%d %b %Y}" if len(shown) > 1 else "")
+    cut = f" (the last {len(shown)} of {len(days)} days)" if len(shown) < len(days) else ""
+    fig.suptitle(f"{title}\n{period}{cut}, local time {report.tz.key}")
+    axes = list(fig.subplots(rows, cols, sharey=True, squeeze=False).flat)
+    for i, (ax, day) in enumerate(zip(axes, shown, strict=False)):
+        _day_panel(ax, day, counts, report.tz)
+        if i + cols >= len(shown):  # the lowest panel of its column
+            ax.set_xlabel(f"hour of the day ({report.tz.key})")
+    for ax in axes[len(shown) :]:
+        ax.remove()  # the empty slot of an odd number of days
+    peak = max(
+        (sum(counts[(d, h, p)] for p in _PRIORITIES) for d in shown for h in range(24)), default=0
+    )
+    axes[0].set_ylim(0, max(peak, 1) * 1.3)  # shared: room for the totals above the bars
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", ncols=3, title="priority")
+    fig.supylabel("alarms raised")
+    return fig
+
+
+def _day_panel(ax: Axes, day: date, counts: Counter[tuple[date, int, str]], tz: ZoneInfo) -> None:
     from matplotlib.ticker import MaxNLocator
 
-    if not report.alarms:
-        hours: list[int] = []
-    else:
-        first = min(a.raised for a in report.alarms) // _HOUR_US
-        last = max(a.raised for a in report.alarms) // _HOUR_US
-        hours = list(range(first, last + 1))
-    colours = {"high": "#c62828", "medium": "#f9a825", "low": "#1e88e5"}
-    fig, ax = plt.subplots(figsize=(max(6, len(hours) * 0.5), 4), dpi=100)
-    bottom = [0] * len(hours)
-    for priority in ("high", "medium", "low"):
-        counts = Counter(a.raised // _HOUR_US for a in report.alarms if a.priority == priority)
-        values = [counts.get(h, 0) for h in hours]
+    hours = range(24)
+    bottom = [0] * 24
+    for priority in _PRIORITIES:
+        values = [counts[(day, h, priority)] for h in hours]
+        colour, hatch = _LOOK[priority]
         ax.bar(
-            range(len(hours)),
+            hours,
             values,
             bottom=bottom,
-            color=colours[priority],
+            color=colour,
+            hatch=hatch,
+            edgecolor="#333333",
+            linewidth=0.5,
             label=priority,
         )
         bottom = [b + v for b, v in zip(bottom, values, strict=True)]
-    ax.set_xticks(range(len(hours)), [format_ts(h * _HOUR_US)[11:16] for h in hours])
+    for h, total in zip(hours, bottom, strict=True):
+        if total:
+            ax.annotate(
+                str(total),
+                (h, total),
+                xytext=(0, 1),
+                textcoords="offset points",
+                ha="center",
+                va="bottom",
+                fontsize=7,
+            )
+    by_priority = ", ".join(f"{p} {sum(counts[(day, h, p)] for h in hours)}" for p in _PRIORITIES)
+    length = _day_hours(day, tz)
+    clocks = {23: "; clocks went forward (23 h)", 25: "; clocks went back (25 h)"}
+    ax.set_title(
+        f"{day:%a %d %b %Y}: {_plural(sum(bottom), 'alarm')} ({by_priority})"
+        + clocks.get(length, ""),
+        fontsize=9,
+        loc="left",
+    )
+    ax.set_xlim(-0.6, 23.6)
+    ax.set_xticks(range(0, 24, 3), [f"{h:02d}:00" for h in range(0, 24, 3)], fontsize=8)
     ax.yaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_ylabel("alarms raised")
-    ax.set_xlabel("hour (UTC)")
-    ax.set_title(f"CalGuard alarms per hour by priority ({len(report.alarms)} alarms)")
-    ax.legend()
-    plt.setp(ax.get_xticklabels(), rotation=45, ha="right")
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    ax.grid(axis="y", linewidth=0.3)
+    ax.set_axisbelow(True)
+
+
+def _plural(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
+def write_png(report: Report, path: str | Path, max_days: int = MAX_CHART_DAYS) -> None:
+    """The chart of ``chart`` as a PNG (100 dpi)."""
+    import logging
+
+    logging.getLogger("matplotlib").setLevel(logging.WARNING)
+    chart(report, max_days).savefig(path, dpi=100)

@@ -8,6 +8,7 @@ import csv
 import logging
 import sys
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
@@ -34,7 +35,13 @@ def add_parsers(sub: Any) -> None:
     export = audit_sub.add_parser("export", help="the chain as CSV, for retention elsewhere")
     for p in (verify, export):
         p.add_argument("--db", metavar="URL", help="log database (default: the local SQLite file)")
-    export.add_argument("--out", metavar="FILE.csv", help="default: standard output")
+    export.add_argument(
+        "--out",
+        metavar="FILE.csv",
+        help="default: standard output. Text a spreadsheet would run as a formula (starting "
+        "with = + - @ tab CR) gets a leading ' (and a leading ' is doubled): drop one leading "
+        "' from a cell to get the stored text, e.g. to recompute a hash",
+    )
     report = sub.add_parser(
         "report", help="the alarm burden: per bed-day, by rule, acknowledgement"
     )
@@ -43,9 +50,33 @@ def add_parsers(sub: Any) -> None:
         "--since",
         help='alarms raised from this time ("2026-11-21T07:00:00Z") or this long ago ("7 day")',
     )
-    report.add_argument("--csv", metavar="FILE.csv", help="one row per alarm")
-    report.add_argument("--png", metavar="FILE.png", help="alarms per hour by priority (chart)")
+    report.add_argument(
+        "--tz",
+        metavar="ZONE",
+        type=_time_zone,
+        default="UTC",
+        help="the site's IANA time zone (Europe/London): bed-days, days and hours of the "
+        "chart are counted in it (default UTC)",
+    )
+    report.add_argument(
+        "--csv", metavar="FILE.csv", help="one row per alarm (times in UTC, and raised_local)"
+    )
+    report.add_argument(
+        "--png",
+        metavar="FILE.png",
+        help="alarms per hour by priority, one panel per day (the last 14 days)",
+    )
     add_alarm_parsers(sub)
+
+
+def _time_zone(name: str) -> ZoneInfo:
+    """argparse type: a bad name is a usage error (exit 2) that says what to type."""
+    from calguard.alerts.report import zone
+
+    try:
+        return zone(name)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _broker_args(p: argparse.ArgumentParser) -> None:
@@ -145,7 +176,7 @@ def _report(url: str, args: argparse.Namespace) -> int:
                 )
                 return 2
             since = SystemClock().now_us() - round(ago)
-    report = asyncio.run(load_report(url, since))
+    report = asyncio.run(load_report(url, since, args.tz))
     print(report.text())
     if args.csv:
         write_csv(report, args.csv)
@@ -185,23 +216,15 @@ async def _audit_rows(url: str) -> list[Any]:
 
 
 def _export(rows: list[Any], out: str | None) -> int:
+    from calguard.alerts.report import csv_cell
+
     stream = open(out, "w", newline="", encoding="utf-8") if out else sys.stdout  # noqa: SIM115
     try:
         writer = csv.writer(stream)
         writer.writerow(["seq", "time", "session", "kind", "actor", "payload", "prev_hash", "hash"])
         for r in rows:
-            writer.writerow(
-                [
-                    r.seq,
-                    format_ts(r.t_us),
-                    r.session_id,
-                    r.kind,
-                    r.actor or "",
-                    r.payload,
-                    r.prev_hash,
-                    r.hash,
-                ]
-            )
+            cells = [r.seq, format_ts(r.t_us), r.session_id, r.kind, r.actor or "", r.payload]
+            writer.writerow([csv_cell(c) for c in (*cells, r.prev_hash, r.hash)])
     finally:
         if out:
             stream.close()

