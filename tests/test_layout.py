@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import ast
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -118,9 +119,16 @@ def test_a_card_folder_is_not_importable_under_its_own_name(name: str, tmp_path:
 
 
 def test_a_wheel_installs_only_calguard(tmp_path: Path) -> None:
-    """Build the wheel as pip would and look inside: one top-level name."""
+    """Build the wheel as pip would and look inside: one top-level name. (From a copy:
+    setuptools builds in the source tree, and the checkout must stay as it was.)"""
+    source = tmp_path / "source"
+    shutil.copytree(
+        ROOT,
+        source,
+        ignore=shutil.ignore_patterns(".venv", ".git", "build", "*.egg-info", "__pycache__", ".*"),
+    )
     done = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path), str(ROOT)],
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path), str(source)],
         capture_output=True,
         text=True,
         check=False,
