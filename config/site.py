@@ -3,6 +3,7 @@
     [site]
     name = "NICU North"
     library = "nicu-library.toml"   # relative to this file; default: the built-in library
+    timezone = "Europe/London"      # IANA name: local time in reports (default UTC)
     db = "postgresql://calguard@127.0.0.1/calguard"   # default: the local SQLite file; "none"
     speed = 1.0                     # training only: the clock runs this many times faster
     clock_anchor = 2026-11-22T14:00:00Z   # training only: where the fast clock starts
@@ -23,34 +24,45 @@
     drug = "Calcium gluconate 20 mg/ml"
     concentration = "20 mg/ml"
 
-Each driver and sink declares the options it takes (``options``, a map of ``OptionSpec``);
-they are checked here, with the library, so that every problem is reported at once, with
-file and key. The drivers and sinks live floors above ``config``, so the caller hands in
-the lookups that find their classes (``calguard.site.load_site`` does, with the registries).
+Each driver and sink declares the options it takes (``options``, a map of ``OptionSpec``),
+a driver also the parameters of its URL (``url_params``; none when it declares none) and
+any check across them (``config_problems(url, options)``, (key, message) pairs). They are
+checked here, with the library, so that every problem is reported at once, with file and
+key; a pump table's drug must be a product of the library (or no calcium and nothing like
+one), its concentration a mass per volume. The drivers and sinks live floors above
+``config``, so the caller hands in the lookups that find their classes
+(``calguard.site.load_site`` does, with the registries).
 """
 
 from __future__ import annotations
 
+import difflib
 import tomllib
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
+from functools import cache
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
+from zoneinfo import ZoneInfo, available_timezones
 
-from calguard.config.loader import check_library
-from calguard.config.options import OptionSpec
+from calguard.config.loader import builtin_text, check_library
+from calguard.config.options import OptionSpec, check_options, parse_query
+from calguard.config.pumps import check_pumps
 from calguard.monitor.errors import ConfigError, ConfigProblem, DriverError
 from calguard.monitor.library import Library
 from calguard.monitor.timeutil import parse_ts
 
-__all__ = ["DriverConfig", "Lookup", "Site", "load_site"]
+__all__ = ["DriverConfig", "Lookup", "Site", "load_site", "time_zone"]
 
 #: finds the class for a URL (its ``scheme`` and ``options``); raises ``DriverError`` or
 #: ``ValueError`` for a URL it does not know
 Lookup = Callable[[str], Any]
+Problem = Callable[[str, str], None]
 
-_SITE_KEYS = ("name", "library", "db", "speed", "clock_anchor")
+_SECTIONS = ("site", "drivers", "sinks")
+_SITE_KEYS = ("name", "library", "timezone", "db", "speed", "clock_anchor")
 
 
 @dataclass(frozen=True)
@@ -68,6 +80,7 @@ class Site:
     sinks: tuple[DriverConfig, ...] = ()  # notification sinks: url and options
     speed: float = 1.0
     clock_anchor_us: int | None = None  # a training clock's start (None: 00:00 UTC)
+    timezone: str = "UTC"  # IANA name: the local time of reports and the station
     source: str = ""
 
 
@@ -85,15 +98,8 @@ def load_site(
     def problem(key: str, message: str) -> None:
         problems.append(ConfigProblem(source, key, message))
 
-    try:
-        doc = tomllib.loads(Path(path).read_text("utf-8"))
-    except FileNotFoundError:
-        raise ConfigError([ConfigProblem(source, "", "file not found")]) from None
-    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
-        raise ConfigError([ConfigProblem(source, "", f"cannot be read: {exc}")]) from None
-    for key in doc:
-        if key not in ("site", "drivers", "sinks"):
-            problem(key, "unknown section; expected [site], [[drivers]] and [[sinks]]")
+    doc = _read(path, source)
+    _sections(doc, source, Path(path).name, problem)
     site = doc.get("site", {})
     if not isinstance(site, dict):
         site = {}
@@ -114,10 +120,11 @@ def load_site(
         problem("site.speed", f"{speed!r} — a number above 0 (1 = real time) is expected")
         speed = 1.0
     anchor = _anchor(site.get("clock_anchor"), problem)
+    timezone = _timezone(site["timezone"], problem) if "timezone" in site else "UTC"
     db = site.get("db", db_default)
     if db is not None and not isinstance(db, str):
         problem("site.db", 'a database URL, or "none", is expected')
-    driver_configs = _drivers(doc.get("drivers", []), drivers, problem)
+    driver_configs = _drivers(doc.get("drivers", []), drivers, result.library, problem)
     sink_configs = _sinks(doc.get("sinks", []), sinks, problem)
     if problems:
         raise ConfigError(problems)
@@ -130,11 +137,53 @@ def load_site(
         sinks=tuple(sink_configs),
         speed=float(speed),
         clock_anchor_us=anchor,
+        timezone=timezone,
         source=source,
     )
 
 
-def _anchor(value: object, problem: Callable[[str, str], None]) -> int | None:
+def _read(path: str | Path, source: str) -> dict[str, Any]:
+    try:
+        return tomllib.loads(Path(path).read_text("utf-8"))
+    except FileNotFoundError:
+        raise ConfigError([ConfigProblem(source, "", "file not found")]) from None
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError([ConfigProblem(source, "", f"cannot be read: {exc}")]) from None
+
+
+@cache
+def _library_sections() -> frozenset[str]:
+    """The sections of a drug library document (those of the built-in one)."""
+    return frozenset(tomllib.loads(builtin_text()))
+
+
+def _sections(doc: dict[str, Any], source: str, name: str, problem: Problem) -> None:
+    library = _library_sections()
+    if library & doc.keys() and not any(key in doc for key in _SECTIONS):
+        # the wrong file was given: say so once, not once for each of its sections
+        raise ConfigError(
+            [
+                ConfigProblem(
+                    source,
+                    "",
+                    "this is a drug library, not a site config. A site config names its "
+                    f'library in its [site] table: library = "{name}"; to replay a file of '
+                    f"events with this library: calguard replay FILE.jsonl --library {name}",
+                )
+            ]
+        )
+    for key in doc:
+        if key in library:
+            problem(
+                key,
+                "a section of a drug library, not of a site config; the library is a file of "
+                'its own, named here by [site] library = "FILE.toml"',
+            )
+        elif key not in _SECTIONS:
+            problem(key, "unknown section; expected [site], [[drivers]] and [[sinks]]")
+
+
+def _anchor(value: object, problem: Problem) -> int | None:
     if value is None:
         return None
     if isinstance(value, datetime) and value.utcoffset() is not None:
@@ -149,6 +198,32 @@ def _anchor(value: object, problem: Callable[[str, str], None]) -> int | None:
     return None
 
 
+def time_zone(name: str) -> ZoneInfo:
+    """The IANA time zone ``name`` ("Europe/London"); ``ValueError`` saying what to write."""
+    try:
+        return ZoneInfo(name)
+    except (KeyError, ValueError, OSError):  # unknown, malformed, a folder such as "Europe"
+        keys = {key.lower(): key for key in available_timezones()}
+        close = difflib.get_close_matches(name.strip().lower(), keys, n=1, cutoff=0.8)
+        hint = f'; did you mean "{keys[close[0]]}"?' if close else ""
+        raise ValueError(
+            f'"{name}" is not a time zone; an IANA name is expected, such as "Europe/London", '
+            f'"America/New_York" or "UTC"{hint}'
+        ) from None
+
+
+def _timezone(value: object, problem: Problem) -> str:
+    if not isinstance(value, str):
+        problem("site.timezone", f'{value!r} — an IANA time zone name such as "Europe/London"')
+        return "UTC"
+    try:
+        time_zone(value)
+    except ValueError as exc:
+        problem("site.timezone", str(exc))
+        return "UTC"
+    return value
+
+
 def _db(db: object) -> str | None:
     """None: no durable log; "": the default SQLite file; otherwise a database URL."""
     if db is None or db == "none":
@@ -156,22 +231,32 @@ def _db(db: object) -> str | None:
     return "" if db == "default" else str(db)
 
 
-def _drivers(items: object, driver_class: Lookup, problem: Any) -> list[DriverConfig]:
+# -- drivers and sinks ------------------------------------------------------------------
+
+
+def _drivers(
+    items: object, driver_class: Lookup, library: Library | None, problem: Problem
+) -> list[DriverConfig]:
     if not isinstance(items, list) or not items:
         problem("drivers", "at least one [[drivers]] entry with a url is expected")
         return []
-    return [
-        DriverConfig(url, options)
-        for _, url, options, _ in _entries("drivers", items, driver_class, problem)
-    ]
+    entries = list(_entries("drivers", items, driver_class, problem, query=True))
+    check_pumps(
+        [(key, options, cls.options) for key, _, options, cls, _ in entries], library, problem
+    )
+    return [DriverConfig(url, options) for _, url, options, _, fine in entries if fine]
 
 
-def _sinks(items: object, sink_class: Lookup, problem: Any) -> list[DriverConfig]:
+def _sinks(items: object, sink_class: Lookup, problem: Problem) -> list[DriverConfig]:
     if not isinstance(items, list):
         problem("sinks", "an array of tables ([[sinks]]) is expected")
         return []
     out = []
-    for key, url, options, cls in _entries("sinks", items, sink_class, problem, _SINK_OPTIONS):
+    for key, url, options, cls, fine in _entries(
+        "sinks", items, sink_class, problem, _SINK_OPTIONS
+    ):
+        if not fine:
+            continue
         try:
             cls(url, **options)  # the URL itself (a prefix, https for remote hosts ...)
         except ValueError as exc:
@@ -184,16 +269,21 @@ def _sinks(items: object, sink_class: Lookup, problem: Any) -> list[DriverConfig
 #: options every sink takes besides its own
 _SINK_OPTIONS = {"capacity": OptionSpec(int, 1000, "alarm lines kept while it is down", 1)}
 
+Entry = tuple[str, str, dict[str, Any], Any, bool]
+
 
 def _entries(
     section: str,
     items: list[object],
-    lookup: Callable[[str], Any],
-    problem: Any,
+    lookup: Lookup,
+    problem: Problem,
     common: Mapping[str, OptionSpec] | None = None,
-) -> Iterator[tuple[str, str, dict[str, Any], Any]]:
-    """The ``[[section]]`` tables whose URL scheme is known and whose options all fit, as
-    (key, url, options, class); every other one is reported as a problem."""
+    *,
+    query: bool = False,
+) -> Iterator[Entry]:
+    """The ``[[section]]`` tables whose URL scheme is known, as (key, url, options, class,
+    whether the URL and options all fit); every problem is reported. With ``query`` the
+    URL's parameters are checked too (a sink's https URL may carry its own)."""
     for index, item in enumerate(items):
         key = f"{section}[{index}]"
         if not isinstance(item, dict) or not isinstance(item.get("url"), str):
@@ -206,28 +296,13 @@ def _entries(
             problem(f"{key}.url", str(exc))
             continue
         known = {**(common or {}), **cls.options}
-        fine = True
-        for name, value in options.items():
-            spec = known.get(name)
-            if spec is None:
-                fine = False
-                problem(
-                    f"{key}.{name}",
-                    f"unknown option for {cls.scheme}; expected one of {', '.join(known)}",
-                )
-            elif not _fits(value, spec.kind):
-                fine = False
-                problem(f"{key}.{name}", f"{value!r} — {spec.kind.__name__} expected ({spec.help})")
-            elif spec.minimum is not None and value < spec.minimum:
-                fine = False
-                problem(f"{key}.{name}", f"{value!r} — at least {spec.minimum:g} ({spec.help})")
-        if fine:
-            yield key, url, options, cls
-
-
-def _fits(value: object, kind: type) -> bool:
-    if kind is float:
-        return isinstance(value, int | float) and not isinstance(value, bool)
-    if kind is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    return isinstance(value, kind)
+        found = list(check_options(options, known, f"for the {cls.scheme} {section[:-1]}"))
+        if query:
+            params: Mapping[str, OptionSpec] = getattr(cls, "url_params", {})
+            _, wrong = parse_query(urlsplit(url).query, params, known)
+            found += [("url", message) for message in wrong]
+        if hasattr(cls, "config_problems"):  # the driver's own checks, which may repeat ours
+            found = list(dict.fromkeys([*found, *cls.config_problems(url, options)]))
+        for sub, message in found:
+            problem(f"{key}.{sub}", message)
+        yield key, url, options, cls, not found

@@ -223,7 +223,9 @@ class MllpDriver(Driver):
     scheme = "mllp"
     options: ClassVar[dict[str, OptionSpec]] = {
         "encoding": OptionSpec(str, "utf-8", "character encoding of the messages"),
-        "max_message_bytes": OptionSpec(int, 1 << 20, "larger messages are refused"),
+        "max_message_bytes": OptionSpec(
+            int, 1 << 20, "larger messages are refused", minimum=4096, maximum=1 << 26
+        ),
     }
 
     def __init__(self, url: str, **kwargs: Any) -> None:

@@ -21,7 +21,7 @@ LINK_OPTIONS: dict[str, OptionSpec] = {
     "ca_file": OptionSpec(str, None, "CA certificate(s) to verify the broker (TLS)"),
     "cert_file": OptionSpec(str, None, "client certificate (TLS)"),
     "key_file": OptionSpec(str, None, "client key (TLS)"),
-    "keepalive": OptionSpec(int, 15, "seconds between keepalive pings"),
+    "keepalive": OptionSpec(int, 15, "seconds between keepalive pings", minimum=5, maximum=600),
 }
 
 

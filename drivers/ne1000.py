@@ -14,6 +14,7 @@ basic-mode one by ETX. Nothing here does I/O; the driver and the simulator share
 
 from __future__ import annotations
 
+import binascii
 from dataclasses import dataclass
 
 __all__ = [
@@ -54,13 +55,9 @@ _MAX_SAFE_LENGTH = 80  # no response the pump sends is longer
 
 
 def crc16_xmodem(data: bytes) -> int:
-    crc = 0
-    for byte in data:
-        crc ^= byte << 8
-        for _ in range(8):
-            crc = ((crc << 1) ^ 0x1021) if crc & 0x8000 else crc << 1
-            crc &= 0xFFFF
-    return crc
+    """CRC-16/XMODEM (polynomial 0x1021, initial 0, no reflection, no final XOR): what
+    ``binascii.crc_hqx`` computes from a start value of 0, in C."""
+    return binascii.crc_hqx(data, 0)
 
 
 def encode_basic_command(address: int | None, command: str) -> bytes:

@@ -72,7 +72,13 @@ class ReplayDriver(Driver):
     scheme = "replay"
     options: ClassVar[dict[str, OptionSpec]] = {
         "follow": OptionSpec(bool, True, "keep reading lines appended to the file"),
-        "poll": OptionSpec(float, 0.2, "seconds between looks for new lines when following"),
+        "poll": OptionSpec(
+            float,
+            0.2,
+            "seconds between looks for new lines when following",
+            minimum=0.01,
+            maximum=60.0,
+        ),
     }
 
     def __init__(self, url: str, **kwargs: Any) -> None:

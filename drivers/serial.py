@@ -21,14 +21,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
-from urllib.parse import parse_qs
+from urllib.parse import urlsplit
 
 import orjson
 import serial
 import serial_asyncio_fast
-from calguard.config.options import OptionSpec
+from calguard.config.options import (
+    PUMP_OPTIONS,
+    OptionSpec,
+    check_options,
+    parse_query,
+    table_values,
+)
 from calguard.drivers.base import Driver, Inbound
 from calguard.drivers.ne1000 import (
     FrameParser,
@@ -57,6 +64,25 @@ _STATUS = {
 _INTER_BYTE_TIMEOUT = 0.5  # the manual's packet inter-byte time out
 
 
+#: what a [[drivers.pumps]] table says: an address on the line, and what that pump carries
+PUMP_TABLE: dict[str, OptionSpec] = {
+    "address": OptionSpec(
+        int, None, "the address set on the pump, 0-99", 0, 99, required=True, unique=True
+    ),
+    **PUMP_OPTIONS,
+    "pump": OptionSpec(
+        str,
+        lambda table: f"NE{table['address']:02d}",
+        'the pump\'s id in alerts (default "NE" and the address: NE07)',
+        unique=True,
+    ),
+}
+BAUD_RATES = (300, 1200, 2400, 9600, 19200)  # what the pump can be set to
+#: the most bytes one exchange puts on the line: a safe-mode DIS command and its answer
+_EXCHANGE_BYTES = 32
+_SAFE_TIMEOUT_MAX = 255  # SAF <n>: the longest time out the pumps take, in seconds
+
+
 @dataclass(frozen=True, slots=True)
 class PumpMapping:
     """Which pump answers at an address, and what it carries (from the site config)."""
@@ -68,18 +94,10 @@ class PumpMapping:
     concentration: str | None = None
 
     @classmethod
-    def from_config(cls, item: dict[str, Any]) -> PumpMapping:
-        address = item.get("address")
-        if not isinstance(address, int) or not 0 <= address <= 99:
-            raise DriverError(f"pump address {address!r}: a number 0-99 is expected")
-        pump = item.get("pump", f"NE{address:02d}")
-        return cls(
-            address,
-            str(pump),
-            str(item.get("channel", "A")),
-            item.get("drug"),
-            item.get("concentration"),
-        )
+    def from_config(cls, item: Mapping[str, Any]) -> PumpMapping:
+        """A checked [[drivers.pumps]] table (see ``SerialDriver.config_problems``)."""
+        values = table_values(item, PUMP_TABLE)
+        return cls(**values)
 
 
 def _fits(command: str, response: Response) -> bool:
@@ -97,28 +115,49 @@ def _fits(command: str, response: Response) -> bool:
 
 class SerialDriver(Driver):
     scheme = "serial"
+    url_params: ClassVar[dict[str, OptionSpec]] = {
+        "baud": OptionSpec(int, 19200, "the line's speed, as set on the pumps", choices=BAUD_RATES),
+        "mode": OptionSpec(
+            str,
+            "basic",
+            "safe: packets with a CRC, and the pumps stop if the monitor falls silent",
+            choices=("basic", "safe"),
+        ),
+        "protocol": OptionSpec(str, "ne1000", "the pumps' protocol", choices=("ne1000", "ne500")),
+    }
     options: ClassVar[dict[str, OptionSpec]] = {
         "pumps": OptionSpec(
-            list, [], "each address: {address, pump, channel, drug, concentration}"
+            list,
+            [],
+            "one [[drivers.pumps]] table for each address: address, pump, channel, drug, "
+            "concentration",
+            table=PUMP_TABLE,
         ),
-        "poll_interval": OptionSpec(float, 2.0, "seconds between polls of all pumps"),
-        "response_timeout": OptionSpec(float, 0.5, "seconds to wait for each answer"),
-        "safe_timeout": OptionSpec(int, 0, "safe mode: arm the pump's communications time out (s)"),
+        "poll_interval": OptionSpec(
+            float, 2.0, "seconds between polls of all pumps", minimum=0.05, maximum=30.0
+        ),
+        "response_timeout": OptionSpec(
+            float, 0.5, "seconds to wait for each answer", minimum=0.05, maximum=10.0
+        ),
+        "safe_timeout": OptionSpec(
+            int,
+            0,
+            "safe mode: arm the pump's communications time out, in seconds (0: leave it)",
+            minimum=0,
+            maximum=_SAFE_TIMEOUT_MAX,
+        ),
     }
 
     def __init__(self, url: str, **kwargs: Any) -> None:
         super().__init__(url, **kwargs)
-        query = {k: v[-1] for k, v in parse_qs(self.parts.query).items()}
+        problems = self.config_problems(url, kwargs)
+        if problems:
+            raise DriverError("; ".join(f"{k}: {m}" for k, m in problems), source=url)
+        params, _ = parse_query(self.parts.query, self.url_params)
         self.path = self.parts.path
-        self.baud = int(query.get("baud", "19200"))
-        self.safe = query.get("mode", "basic") == "safe"
-        if query.get("protocol", "ne1000") not in ("ne1000", "ne500"):
-            raise DriverError(
-                f"unknown serial protocol {query['protocol']!r}; ne1000 is supported", source=url
-            )
+        self.baud: int = params["baud"]
+        self.safe = params["mode"] == "safe"
         self.pumps = [PumpMapping.from_config(item) for item in self.config["pumps"]]
-        if not self.pumps:
-            raise DriverError("no pumps configured on this port", source=url)
         self._reader: asyncio.StreamReader | None = None
         self._writer: asyncio.StreamWriter | None = None
         self._parser = FrameParser(safe=self.safe)
@@ -127,6 +166,33 @@ class SerialDriver(Driver):
         self._answering: dict[int, bool] = {}
         self._seq: dict[int, int] = {}
         self._next_poll_us = 0  # on the injected clock: a training speed-up polls faster
+
+    @classmethod
+    def config_problems(cls, url: str, options: Mapping[str, Any]) -> list[tuple[str, str]]:
+        """Everything wrong with this URL and these options, as (key, message): a URL that
+        names no device or a bad parameter, no pump, a bad pump table or timing, time outs
+        that the line's speed or the pumps' safe mode cannot keep."""
+        parts = urlsplit(url)
+        params, wrong = parse_query(parts.query, cls.url_params, cls.options)
+        problems = [("url", message) for message in wrong]
+        if parts.netloc or not parts.path.strip("/"):
+            problems.append(
+                (
+                    "url",
+                    f"{url} — a device path is expected after three slashes, "
+                    "e.g. serial:///dev/ttyUSB0",
+                )
+            )
+        known = {key: value for key, value in options.items() if key in cls.options}
+        problems += check_options(known, cls.options, "for the serial driver")
+        if options.get("pumps") in (None, []):
+            problems.append(
+                ("pumps", "no pump on this line: add a [[drivers.pumps]] table for each address")
+            )
+        if problems:
+            return problems
+        config = {key: options.get(key, spec.default) for key, spec in cls.options.items()}
+        return _timing_problems(params["baud"], params["mode"], len(config["pumps"]), config)
 
     # -- lifecycle ----------------------------------------------------------------------
 
@@ -142,7 +208,8 @@ class SerialDriver(Driver):
         self._next_poll_us = self.clock.now_us()
         if self.safe and self.config["safe_timeout"]:
             for pump in self.pumps:  # put each pump in safe mode with the time out armed
-                self._write(encode_basic_command(pump.address, f"SAF{self.config['safe_timeout']}"))
+                command = f"SAF{self.config['safe_timeout']}"
+                self._write(encode_basic_command(pump.address, command))
                 await self._answer(pump.address)
 
     async def _close(self) -> None:
@@ -371,3 +438,41 @@ class SerialDriver(Driver):
         return Inbound(
             f"{self.url}#{pump.address:02d}", reason, problem=reason, pump=(pump.pump, pump.channel)
         )
+
+
+def _timing_problems(
+    baud: int, mode: str, pumps: int, config: Mapping[str, Any]
+) -> list[tuple[str, str]]:
+    problems = []
+    exchange = _EXCHANGE_BYTES * 10 / baud  # 8N1: ten bits a byte
+    if config["response_timeout"] < exchange:
+        problems.append(
+            (
+                "response_timeout",
+                f"{config['response_timeout']:g} — at {baud} baud a command and its answer "
+                f"take up to {exchange:.2f} s on the line; wait at least that long",
+            )
+        )
+    safe_timeout = config["safe_timeout"]
+    if safe_timeout and mode != "safe":
+        problems.append(
+            (
+                "safe_timeout",
+                f"{safe_timeout} — the pumps' communications time out is a safe-mode "
+                "feature: add mode=safe to the URL, or leave safe_timeout out",
+            )
+        )
+    # a poll asks each pump three things, each once more after garbage or silence
+    poll = pumps * 3 * 2 * config["response_timeout"]
+    silence = max(config["poll_interval"], poll) + poll
+    if safe_timeout and safe_timeout <= silence:
+        problems.append(
+            (
+                "safe_timeout",
+                f"{safe_timeout} — with {pumps} pump(s), poll_interval "
+                f"{config['poll_interval']:g} and response_timeout "
+                f"{config['response_timeout']:g} a pump may hear nothing for {silence:g} s, "
+                "and then alarms and stops: make safe_timeout longer than that",
+            )
+        )
+    return problems

@@ -25,6 +25,39 @@ def test_the_manuals_safe_mode_example_packet() -> None:
 
 def test_crc16_xmodem_check_value() -> None:
     assert crc16_xmodem(b"123456789") == 0x31C3  # the catalogued check value of CRC-16/XMODEM
+    assert crc16_xmodem(b"") == 0x0000  # initial value 0, no final XOR
+
+
+def crc_by_definition(data: bytes) -> int:
+    """The protocol's CRC from its definition, slowly: the remainder of the message, as a
+    polynomial over GF(2) with the first byte's high bit highest, times x^16, divided by
+    the CCITT polynomial x^16 + x^12 + x^5 + 1 (initial value 0, no reflection, no final
+    XOR: CRC-16/XMODEM)."""
+    remainder = int.from_bytes(data, "big") << 16
+    generator = 0x1_1021
+    while remainder.bit_length() > 16:
+        remainder ^= generator << (remainder.bit_length() - 17)
+    return remainder
+
+
+@settings(max_examples=500, deadline=None)
+@given(data=st.binary(max_size=300))
+def test_the_crc_is_the_protocols_definition(data: bytes) -> None:
+    assert crc16_xmodem(data) == crc_by_definition(data)
+
+
+@settings(max_examples=300, deadline=None)
+@given(data=st.binary(min_size=1, max_size=76))
+def test_a_safe_packet_carries_its_length_and_crc_high_byte_first(data: bytes) -> None:
+    packet = encode_safe_packet(data)
+    crc = crc_by_definition(data)
+    assert packet == bytes([0x02, len(data) + 4]) + data + bytes([crc >> 8, crc & 0xFF, 0x03])
+    assert packet[1] == len(packet) - 1  # the length counts every byte after STX
+
+
+def test_the_manual_examples_by_definition() -> None:
+    assert crc_by_definition(b"SAF0") == 0x5543
+    assert crc_by_definition(b"123456789") == 0x31C3
 
 
 def test_basic_commands() -> None:
