@@ -96,13 +96,19 @@ class Hl7Gateway:
         self._garbage = 0
         self._ids = itertools.count(1)
         self._task: asyncio.Task[None] | None = None
+        self._acknowledged = asyncio.Event()  # a monitor listens and answers
 
     async def start(self, scenario: Scenario, t0: int) -> None:
+        """Returns once a monitor has acknowledged the pumps' first message: a monitor that
+        is slow to start does not miss the beginning of the scenario."""
         lines = {line["line"]: line.get("bed") for line in scenario.lines}
         for spec in scenario.pumps:
             self.state.setdefault(spec.pump, {})[spec.channel] = dict(spec.settings)
             self.beds[spec.pump] = lines.get(spec.line) if spec.line else None
         self._task = asyncio.create_task(self._send_loop(), name="sim hl7 gateway")
+        if self.state:
+            log.info("the scenario starts when a monitor answers on %s:%s", self.host, self.port)
+            await self._acknowledged.wait()
 
     async def stop(self) -> None:
         if self._task is not None:
@@ -168,3 +174,4 @@ class Hl7Gateway:
             await writer.drain()
             block = await reader.readblock()
             self.acks.append(block.decode("utf-8", "replace"))
+            self._acknowledged.set()

@@ -1,10 +1,14 @@
 """Simulated New Era NE-1000 pumps on a pseudo-terminal, byte-exact to the manual.
 
 ``PumpBus`` opens a pty pair and answers, on the master side, like up to 100 daisy-chained
-pumps would: basic or safe mode, alarms reported once then cleared, unprompted alarm packets
-in safe mode, the safe-mode communications time out. The driver (or a terminal program)
-opens ``bus.path``: a stable symlink to the slave side, so that an "unplugged" bus that is
-plugged back in keeps its path, like a USB adapter does.
+pumps would: basic or safe mode, the safe-mode communications time out, and alarms as the
+manual (1200-02 section 8.4) has them: an alarm is held until it is acknowledged, either by
+being sent in the response to a valid command (which still answers a query with its data)
+or at the keypad, where the nurse clears it to restart the pump. Safe mode's unprompted
+alarm packets do not acknowledge it. A stalled pump stays stopped until it is restarted.
+
+The driver (or a terminal program) opens ``bus.path``: a stable symlink to the slave side,
+so that an "unplugged" bus that is plugged back in keeps its path, like a USB adapter does.
 
 Faults are injected, not imagined: ``inject`` writes garbage, ``split`` sends responses a
 byte at a time, ``corrupt`` damages the next responses, ``silence`` mutes a pump, ``stall``
@@ -37,6 +41,7 @@ __all__ = ["PumpBus", "SimulatedPump"]
 log = logging.getLogger(__name__)
 _UNITS_PER_ML_MIN = {"MH": 60.0, "MM": 1.0, "UH": 60_000.0, "UM": 1000.0}
 _ALARM_CODES = {"reset": "R", "occlusion": "S", "comms-timeout": "T", "program-error": "E"}
+_QUERIES = ("", "RAT", "DIS", "DIA")  # commands that change nothing
 
 
 @dataclass
@@ -50,7 +55,7 @@ class SimulatedPump:
     infused_ml: float = 0.0
     withdrawn_ml: float = 0.0
     diameter_mm: float = 14.43
-    alarm: str | None = None  # pending alarm type letter, reported once
+    alarm: str | None = None  # alarm type letter, held until acknowledged
     silent: bool = False
     _last_us: int | None = field(default=None, repr=False)
 
@@ -65,12 +70,27 @@ class SimulatedPump:
         if kind in ("occlusion", "comms-timeout", "reset"):
             self.status = "S"  # these stop the pump and its program
 
+    def restart(self) -> None:
+        """At the keypad: the nurse clears the alarm message (acknowledging it) and presses
+        Run. A held alarm no host has read is gone with it, as on the real pump."""
+        self.alarm = None
+        self.status = "I"
+
+    def alarm_report(self) -> str:
+        """Safe mode's unprompted alarm packet; it does not acknowledge the alarm."""
+        return f"{self.address:02d}A?{self.alarm}"
+
     def answer(self, command: str) -> str:
-        """The response data (address, status, data) to one command."""
-        if self.alarm is not None:  # any valid command returns the alarm once and clears it
-            alarm, self.alarm = self.alarm, None
-            return f"{self.address:02d}A?{alarm}"
-        return f"{self.address:02d}{self.status}{self._data(command)}"
+        """The response data (address, status, data) to one command.
+
+        A held alarm takes the status's place and is acknowledged by being sent. It must be
+        acknowledged before any data is changed or the pump is started, so with it a query
+        is answered (``00A?S0.500MH``) but a RUN or a new setting is not carried out."""
+        if self.alarm is None:
+            return f"{self.address:02d}{self.status}{self._data(command)}"
+        alarm, self.alarm = self.alarm, None
+        data = self._data(command) if command in _QUERIES else ""
+        return f"{self.address:02d}A?{alarm}{data}"
 
     def _data(self, command: str) -> str:
         if command == "":
@@ -130,6 +150,7 @@ class PumpBus:
         self.split_delay: float | None = None
         self._corrupt = 0
         self.received: list[bytes] = []  # every command, for byte-exact tests
+        self.polled = asyncio.Event()  # set when a pump first answers: a host is on the line
         self.dropped_writes = 0
 
     async def __aenter__(self) -> PumpBus:
@@ -193,7 +214,8 @@ class PumpBus:
         self.pumps[address].silent = silent
 
     def stall(self, address: int) -> None:
-        """The motor stalls (occlusion): alarm S, the pump stops; announced in safe mode."""
+        """The motor stalls (occlusion): alarm S, held until acknowledged, and the pump
+        stops until it is restarted; announced at once in safe mode."""
         self._alarm(address, "occlusion")
 
     def power_cycle(self, address: int) -> None:
@@ -204,7 +226,7 @@ class PumpBus:
         pump.advance(self.clock.now_us())
         pump.raise_alarm(kind)
         if self.safe and not pump.silent:  # the Auto-Alarm packet
-            self._send(pump.answer(""))
+            self._send(pump.alarm_report())
 
     # -- the pump side of the wire ---------------------------------------------------------
 
@@ -240,6 +262,7 @@ class PumpBus:
         if pump is None or pump.silent:
             return  # nobody at that address answers
         self._last_packet_us = self.clock.now_us()
+        self.polled.set()
         if command.startswith("SAF") and command[3:].isdigit():
             self.safe_timeout_s = int(command[3:])
             self.safe = self.safe_timeout_s > 0

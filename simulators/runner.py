@@ -1,8 +1,9 @@
 """Play a scenario on a simulated ward, whatever wire the ward speaks.
 
 A backend (serial, MQTT, HL7) implements three verbs: ``document`` a bedside event,
-``set_pump`` settings, and ``fault``. ``play`` walks the timeline on the injected clock,
-so a scenario runs in real time or, for training, faster (``ScaledClock``).
+``set_pump`` settings, and ``fault``, after ``start``, which may wait until a monitor
+listens. ``play`` walks the timeline on the injected clock from then on, so a scenario runs
+in real time or, for training, faster (``ScaledClock``).
 """
 
 from __future__ import annotations
@@ -56,8 +57,8 @@ class BedsideQueue:
 
 async def play(scenario: Scenario, ward: WardBackend, clock: Clock) -> None:
     """Set the ward up, then apply every step at its time; returns at the scenario's end."""
-    t0 = clock.now_us()
-    await ward.start(scenario, t0)
+    await ward.start(scenario, clock.now_us())
+    t0 = clock.now_us()  # after start: a ward may have waited for its monitor
     for event in scenario.opening(t0):
         await ward.document(event)
     for step in scenario.steps:

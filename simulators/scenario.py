@@ -35,7 +35,7 @@ are connected) and a timeline. Times are offsets from the start ("90 s", "12 min
     result = "blood_return"
 
     [[at]]                         # a pump change: rate, status, mode, drug, pressure ...
-    time = "5 min"
+    time = "5 min"                 # (status = "infusing" restarts a pump, after a stall too)
     pump = "P1"
     rate = "9 ml/h"
 

@@ -5,6 +5,11 @@ address to its pump, drug and concentration, as a real installation's would. A d
 in the middle of a scenario cannot travel on this wire (it is logged and skipped); use the
 MQTT ward for those. Bedside documentation goes to a file the monitor follows (separate
 processes) or to an in-process virtual driver (``calguard demo``).
+
+The scenario's clock starts when a monitor first polls the line, so that a monitor that
+is slow to start (another process, a loaded machine) does not miss the beginning. A
+scenario that sets a pump ``infusing`` restarts it at the keypad, as a nurse does after a
+stall: the alarm is cleared and the pump runs again.
 """
 
 from __future__ import annotations
@@ -95,11 +100,15 @@ class SerialWard:
         return "\n".join(lines)
 
     async def start(self, scenario: Scenario, t0: int) -> None:
+        """Returns once a monitor polls the pumps (at once if one already has)."""
         self.scenario = scenario
         self._drugs = {
             s.pump: (s.settings.get("drug"), s.settings.get("concentration"))
             for s in scenario.pumps
         }
+        if not self.bus.polled.is_set():
+            log.info("the scenario starts when a monitor polls the pumps on %s", self.bus.path)
+            await self.bus.polled.wait()
 
     async def document(self, event: dict[str, Any]) -> None:
         self._document(event)
@@ -122,7 +131,11 @@ class SerialWard:
         if "rate" in settings:
             sim.rate, sim.units = pump_rate(settings["rate"])
         if "status" in settings:
-            sim.status = _STATUS.get(settings["status"], "S")
+            status = _STATUS.get(settings["status"], "S")
+            if status == "I":
+                sim.restart()  # at the keypad, after a stall too: its alarm is cleared
+            else:
+                sim.status = status
 
     async def fault(self, step: Step) -> None:
         if step.fault == "broker-outage":

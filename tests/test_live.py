@@ -9,6 +9,7 @@ import io
 import json
 import signal
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -111,9 +112,8 @@ def test_calguard_run_stops_cleanly_on_sigterm_and_flushes_its_log(tmp_path: Pat
         ]
         with events.open("a") as out:
             out.writelines(orjson.dumps(e).decode() + "\n" for e in lines)
-        assert proc.stdout is not None
-        first = proc.stdout.readline()  # blocks until the monitor prints an alert line
-        assert json.loads(first)["rule"] == "rate-volume"
+        first = _next(proc, "raised")  # the first alert line the monitor prints
+        assert first["rule"] == "rate-volume"
         proc.send_signal(signal.SIGTERM)
         code = proc.wait(30)
     finally:
@@ -189,8 +189,7 @@ def test_a_restarted_calguard_run_keeps_the_alarm_states_people_left(tmp_path: P
                     {"t": now, "type": "reading", "pump": "P1", "rate": "180 ml/h", "drug": CA},
                 )
             )
-        assert first.stdout is not None
-        raised = json.loads(first.stdout.readline())
+        raised = _next(first, "raised")
         assert (raised["rule"], raised["state"]) == ("rate-volume", "raised")
         pause = {
             "t": format_ts(SystemClock().now_us()),
@@ -218,12 +217,18 @@ def test_a_restarted_calguard_run_keeps_the_alarm_states_people_left(tmp_path: P
     assert (resumed["alert"], resumed["t"]) == (raised["alert"], paused["until"])
 
 
-def _next(proc: subprocess.Popen[str], state: str) -> dict[str, object]:
+def _next(proc: subprocess.Popen[str], state: str, within: float = 60.0) -> dict[str, object]:
     """The next alert line in ``state`` the process prints (others, e.g. the other limits
-    the same reading breaks, are passed over)."""
+    the same reading breaks, are passed over). A process that prints none within ``within``
+    seconds is killed, so that the test fails instead of waiting for ever."""
     assert proc.stdout is not None
-    for line in proc.stdout:
-        d: dict[str, object] = json.loads(line)
-        if d["state"] == state:
-            return d
-    raise AssertionError(f"no {state} line before the process ended")
+    watchdog = threading.Timer(within, proc.kill)
+    watchdog.start()
+    try:
+        for line in proc.stdout:
+            d: dict[str, object] = json.loads(line)
+            if d["state"] == state:
+                return d
+    finally:
+        watchdog.cancel()
+    raise AssertionError(f"no {state} line within {within} s, before the process ended")

@@ -10,7 +10,8 @@ from typing import Any
 
 import pytest
 from calguard.drivers.base import Inbound
-from calguard.drivers.serial import SerialDriver
+from calguard.drivers.serial import PumpMapping, SerialDriver
+from calguard.monitor.errors import DriverError
 from calguard.simulators.ne1000 import PumpBus, SimulatedPump
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -98,6 +99,26 @@ async def test_a_stall_stays_an_occlusion_until_the_pump_runs_again() -> None:
     assert (first["status"], first["alarm"]) == ("alarm", "occlusion")
     assert (second["status"], second["alarm"]) == ("alarm", "occlusion")
     assert third["status"] == "infusing" and "alarm" not in third
+
+
+class StallsWhenAskedItsRate(SimulatedPump):
+    """A pump whose motor stalls in the middle of a poll, just before the rate query."""
+
+    def answer(self, command: str) -> str:
+        if command == "RAT" and self.status == "I":
+            self.raise_alarm("occlusion")
+        return super().answer(command)
+
+
+async def test_a_stall_in_the_middle_of_a_poll_is_still_an_occlusion() -> None:
+    """The alarm takes the place of the status in the answer to whatever command comes
+    next, which still carries its data (``00A?S2.500MH``): it is never lost."""
+    pumps = [StallsWhenAskedItsRate(0, 2.5, "MH", "I"), SimulatedPump(1, 5.0, "MH", "S")]
+    async with PumpBus(pumps) as bus, driver(bus) as d:
+        first = readings(await d.read())["P1"]
+        second = readings(await d.read())["P1"]
+    assert (first["status"], first["alarm"], first["rate"]) == ("alarm", "occlusion", "2.500 ml/h")
+    assert (second["status"], second["alarm"]) == ("alarm", "occlusion")
 
 
 async def test_a_power_cycle_is_reported_as_a_reset() -> None:
@@ -193,6 +214,42 @@ async def test_random_line_noise_never_breaks_the_driver(noise: bytes, safe: boo
         got = [readings(await d.read()) for _ in range(3)]
     # noise may cost a retry or one reading, never the pumps: the last poll is clean
     assert got[-1]["P1"]["rate"] == "2.500 ml/h" and got[-1]["P2"]["rate"] == "5.000 ml/h"
+
+
+@pytest.mark.parametrize(
+    ("url", "options", "words"),
+    [
+        ("serial:///dev/ttyUSB0?mode=safer", {}, ["url: mode=safer", "basic, safe"]),
+        ("serial:///dev/ttyUSB0?baud=19201", {}, ["url: baud=19201", "9600, 19200"]),
+        ("serial:///dev/ttyUSB0?speed=1", {}, ['unknown URL parameter "speed"']),
+        ("serial://dev/ttyUSB0", {}, ["three slashes"]),
+        ("serial:///dev/ttyUSB0", {"pumps": []}, ["no pump on this line"]),
+        (
+            "serial:///dev/ttyUSB0",
+            {"pumps": [*MAPPING, {"address": 0, "pump": "P3"}]},
+            ["pumps[2].address: 0 is also the address of pumps[0]"],
+        ),
+        ("serial:///dev/ttyUSB0", {"pumps": [{"pump": "P1"}]}, ["pumps[0].address: is missing"]),
+        ("serial:///dev/ttyUSB0", {"pumps": [{"address": 100}]}, ["from 0 to 99"]),
+        ("serial:///dev/ttyUSB0", {"safe_timeout": 30}, ["add mode=safe to the URL"]),
+        ("serial:///dev/ttyUSB0?baud=300", {}, ["at 300 baud", "1.07 s"]),
+    ],
+)
+def test_a_driver_that_cannot_work_is_refused_when_made(
+    url: str, options: dict[str, Any], words: list[str]
+) -> None:
+    with pytest.raises(DriverError) as caught:
+        SerialDriver(url, **{"pumps": MAPPING, **options})
+    assert all(word in str(caught.value) for word in words), str(caught.value)
+
+
+def test_the_url_and_the_pump_tables_are_read_with_their_defaults() -> None:
+    d = SerialDriver("serial:///dev/ttyUSB3?baud=9600&mode=safe", pumps=[{"address": 7}])
+    assert (d.path, d.baud, d.safe) == ("/dev/ttyUSB3", 9600, True)
+    assert d.pumps == [PumpMapping(7, "NE07", "A", None, None)]
+    plain = SerialDriver("serial:///dev/ttyUSB3", pumps=MAPPING)
+    assert (plain.baud, plain.safe) == (19200, False)
+    assert plain.pumps[1] == PumpMapping(1, "P2", "B", "Dextrose 10%", None)
 
 
 async def _until(condition: Any, within: float = 10.0) -> None:
