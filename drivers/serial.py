@@ -262,9 +262,13 @@ class SerialDriver(Driver):
             and isinstance(rate, Response)
             and isinstance(volume, Response)
         )
-        if rate.error or rate.rate() is None:
-            return [self._problem(pump, f"RAT answered {rate.data!r}, which is not a rate")]
         alarm = status.alarm or rate.alarm or volume.alarm
+        if rate.error or rate.rate() is None:
+            if alarm is None:
+                return [self._problem(pump, f"RAT answered {rate.data!r}, which is not a rate")]
+            # an alarm in place of the rate (a firmware that sends no data with it): the
+            # alarm is never lost; a stalled pump delivers nothing, so its rate is 0
+            return [self._reading(pump, status, "0 ml/h", parse_volume(volume.data), alarm)]
         return [
             self._reading(pump, status, rate.rate() or "0 ml/h", parse_volume(volume.data), alarm)
         ]

@@ -121,6 +121,23 @@ async def test_a_stall_in_the_middle_of_a_poll_is_still_an_occlusion() -> None:
     assert (second["status"], second["alarm"]) == ("alarm", "occlusion")
 
 
+class AlarmsWithoutData(SimulatedPump):
+    """A firmware that answers the rate query of a stalled pump with the bare alarm."""
+
+    def answer(self, command: str) -> str:
+        if command == "RAT" and self.status == "I":
+            self.status = "S"
+            return f"{self.address:02d}A?S"
+        return super().answer(command)
+
+
+async def test_an_alarm_in_place_of_the_rate_is_still_an_occlusion() -> None:
+    pumps = [AlarmsWithoutData(0, 2.5, "MH", "I"), SimulatedPump(1, 5.0, "MH", "S")]
+    async with PumpBus(pumps) as bus, driver(bus) as d:
+        first = readings(await d.read())["P1"]
+    assert (first["status"], first["alarm"], first["rate"]) == ("alarm", "occlusion", "0 ml/h")
+
+
 async def test_a_power_cycle_is_reported_as_a_reset() -> None:
     async with PumpBus(two_pumps()) as bus, driver(bus) as d:
         bus.power_cycle(0)
