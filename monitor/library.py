@@ -8,6 +8,7 @@ canonical unit and the engine never touches pint again.
 from __future__ import annotations
 
 import re
+import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -118,7 +119,70 @@ _MATCH_CACHE_MAX = 4096
 
 
 def normalise_label(label: str) -> str:
-    return _SPACES.sub(" ", label.strip()).lower()
+    """A drug label as it is matched: Unicode compatibility forms (NFKC: full-width
+    letters, ligatures), case, accents and invisible characters folded, letters that look
+    Latin but are Cyrillic or Greek folded to the Latin ones, spacing collapsed. A label
+    that only *looks* like "Calcium gluconate 10%" (its C and a written in Cyrillic)
+    then matches it: it can never pass as an unknown, neutral drug."""
+    text = unicodedata.normalize("NFKD", unicodedata.normalize("NFKC", label).casefold())
+    text = "".join(c for c in text if unicodedata.category(c) not in _DROPPED)
+    return _SPACES.sub(" ", text.translate(_CONFUSABLES).strip())
+
+
+#: combining marks (accents after NFKD), format characters (zero-width joiners, marks of
+#: direction), controls and unassigned code points: nothing a person sees on the pump
+_DROPPED = frozenset({"Mn", "Me", "Cf", "Cc", "Cn", "Co", "Cs"})
+
+#: lower-case Cyrillic and Greek letters drawn like Latin ones (Unicode's confusables for
+#: the letters that can spell a drug name), after casefold; written as escapes so that a
+#: reviewer sees which is which
+_CONFUSABLES = str.maketrans(
+    {
+        # Cyrillic
+        "\u0430": "a",  # cyrillic small letter a
+        "\u0432": "b",  # cyrillic small letter ve
+        "\u0441": "c",  # cyrillic small letter es
+        "\u0501": "d",  # cyrillic small letter komi de
+        "\u0435": "e",  # cyrillic small letter ie
+        "\u04bb": "h",  # cyrillic small letter shha
+        "\u0456": "i",  # cyrillic small letter byelorussian-ukrainian i
+        "\u0458": "j",  # cyrillic small letter je
+        "\u043a": "k",  # cyrillic small letter ka
+        "\u04cf": "l",  # cyrillic small letter palochka
+        "\u043c": "m",  # cyrillic small letter em
+        "\u043d": "h",  # cyrillic small letter en
+        "\u043e": "o",  # cyrillic small letter o
+        "\u0440": "p",  # cyrillic small letter er
+        "\u051b": "q",  # cyrillic small letter qa
+        "\u0455": "s",  # cyrillic small letter dze
+        "\u0442": "t",  # cyrillic small letter te
+        "\u0443": "y",  # cyrillic small letter u
+        "\u051d": "w",  # cyrillic small letter we
+        "\u0445": "x",  # cyrillic small letter ha
+        "\u04af": "y",  # cyrillic small letter straight u
+        "\u0475": "v",  # cyrillic small letter izhitsa
+        # Greek
+        "\u03b1": "a",  # greek small letter alpha
+        "\u03b2": "b",  # greek small letter beta
+        "\u03b5": "e",  # greek small letter epsilon
+        "\u03b7": "n",  # greek small letter eta
+        "\u03b9": "i",  # greek small letter iota
+        "\u03ba": "k",  # greek small letter kappa
+        "\u03bd": "v",  # greek small letter nu
+        "\u03bf": "o",  # greek small letter omicron
+        "\u03c1": "p",  # greek small letter rho
+        "\u03c4": "t",  # greek small letter tau
+        "\u03c5": "u",  # greek small letter upsilon
+        "\u03c7": "x",  # greek small letter chi
+        "\u03f2": "c",  # greek lunate sigma symbol
+        "\u03f3": "j",  # greek letter yot
+        "\u03bc": "u",  # greek small letter mu
+        # Latin look-alikes
+        "\u0261": "g",  # latin small letter script g
+        "\u0131": "i",  # latin small letter dotless i
+        "\u2113": "l",  # script small l
+    }
+)
 
 
 @dataclass(frozen=True)

@@ -31,11 +31,12 @@ _DAY_US = 86_400 * SECOND_US
 _EARLIEST_US = -2_208_988_800 * SECOND_US  # 1900-01-01T00:00:00Z
 _LATEST_US = 32_503_680_000 * SECOND_US  # 3000-01-01T00:00:00Z
 
-_RFC3339 = re.compile(
+_RFC3339 = re.compile(  # ASCII digits only (re.ASCII): "٢٠٢٦-..." is not a time
     r"(\d{4}-\d{2}-\d{2})[Tt ](\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,9}))?"
-    r"(?:([Zz])|([+-])(\d{2}):(\d{2}))\Z"
+    r"(?:([Zz])|([+-])(\d{2}):(\d{2}))\Z",
+    re.ASCII,
 )
-_NAIVE = re.compile(r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}(?::\d{2}(?:\.\d+)?)?\Z")
+_NAIVE = re.compile(r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}(?::\d{2}(?:\.\d+)?)?\Z", re.ASCII)
 
 
 @lru_cache(maxsize=4096)

@@ -161,12 +161,15 @@ _DIMENSION_NAMES = {
     "dimensionless": "a plain number",
 }
 
+# ASCII digits only: Python reads Arabic-Indic or full-width digits as numbers, which a
+# person checking the label or the log would not read so. Refused, not read.
 _NUMBER_UNIT = re.compile(
-    r"\s*(?P<num>[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?)\s*(?P<unit>.*?)\s*\Z", re.DOTALL
+    r"\s*(?P<num>[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?)\s*(?P<unit>.*?)\s*\Z",
+    re.DOTALL | re.ASCII,
 )
 _NOT_FINITE = re.compile(r"\s*[+-]?(?:nan|inf|infinity)\b", re.IGNORECASE)
 # Unit strings are handed to pint's expression parser, so only unit-like text gets there.
-_UNIT_TEXT = re.compile(r"[A-Za-zµμ/*^().\s\d_]{1,40}\Z")
+_UNIT_TEXT = re.compile(r"[A-Za-zµμ/*^(). \t0-9_]{1,40}\Z")
 _VALUE_CACHE_MAX = 8192
 
 
@@ -177,6 +180,9 @@ def split_quantity(text: object) -> tuple[float, str]:
             raise QuantityError(text, "a bare number", "a quantity string with its unit")
         raise QuantityError(text, "not a quantity string", 'a string such as "30 ml/h"')
     m = _NUMBER_UNIT.match(text)
+    if m is None or not text.isascii():
+        if any(c.isdigit() and not c.isascii() for c in text):
+            raise QuantityError(text, "digits other than 0-9 are refused, not read")
     if m is None:
         if _NOT_FINITE.match(text):
             raise QuantityError(text, "not a finite number")
@@ -301,9 +307,10 @@ def from_canonical(value: float, kind: Kind, unit: str) -> float:
 SIGNIFICANT = 3
 # Beyond this many digits a float shows its binary noise (2.0000000000000004).
 _MAX_SIGNIFICANT = 15
-# A value within this relative distance of a limit *is* at the limit: the rules' own slack
-# (rules.base.above), so that a unit conversion's last bit never shows up as digits.
-_AT_LIMIT = 1e-9
+# A value within this relative distance of a limit is shown *as* the limit: a millionth is
+# conversion noise or a crossing computed to the microsecond (the daily dose reaches its
+# limit exactly when the alert is raised), never a difference a person can act on.
+_AT_LIMIT = 1e-6
 
 
 def format_number(x: float, significant: int = SIGNIFICANT) -> str:

@@ -303,3 +303,16 @@ def test_valid_rates_round_trip_through_json(rate: float, unit: str) -> None:
     assert isinstance(event, Reading)
     factor = {"ml/h": 1 / 60, "ml/min": 1.0, "mL/hr": 1 / 60, "ul/min": 1e-3}[unit]
     assert math.isclose(event.rate_ml_min, rate * factor, rel_tol=1e-12, abs_tol=1e-300)
+
+
+@pytest.mark.parametrize(
+    "rate", ["\u0661\u0668\u0660 ml/h", "\uff11\uff18\uff10 ml/h", "1\u0668 ml/h"]
+)
+def test_digits_outside_ascii_are_refused_not_read(rate: str) -> None:
+    with pytest.raises(EventError, match="digits other than 0-9 are refused"):
+        parse_event({"t": "2026-11-21T08:00:00Z", "type": "reading", "pump": "P1", "rate": rate})
+
+
+def test_a_timestamp_in_other_digits_is_refused() -> None:
+    with pytest.raises(EventError):
+        parse_event({"t": "\u0662\u0660\u0662\u0666-11-21T08:00:00Z", "type": "clock"})

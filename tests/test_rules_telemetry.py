@@ -283,3 +283,16 @@ def test_a_pump_going_offline_after_calcium_stopped_is_not_an_alert() -> None:
     bay.reading("08:06", rate="0 ml/h", drug=CA, status="stopped")
     bay.send("08:07", "pump_status", pump="P1", online=False)
     assert bay.of("telemetry-stale") == []
+
+
+def test_a_homoglyph_calcium_label_is_calcium_at_180_ml_h() -> None:
+    """'Calcium gluconate 10%' with its C and a written in Cyrillic: it matches the
+    product (folded), so every rule applies; it never passes as a neutral drug."""
+    bay = Bedside()
+    bay.admit()
+    bay.reading("08:05", rate="180 ml/h", drug="\u0421\u0430lcium gluconate 10%",
+                concentration="100 mg/ml")  # fmt: skip
+    alerts = bay.active()
+    assert alerts["rate-volume"] == "high"
+    assert alerts["concentration-peripheral"] == "medium"
+    assert "product-unknown" not in alerts
