@@ -15,10 +15,13 @@ basic-mode one by ETX. Nothing here does I/O; the driver and the simulator share
 from __future__ import annotations
 
 import binascii
+import math
 from dataclasses import dataclass
 
 __all__ = [
     "ALARMS",
+    "LARGEST_DIAMETER_MM",
+    "MAX_TRAVEL_MM_MIN",
     "STATUSES",
     "FrameParser",
     "Response",
@@ -26,6 +29,7 @@ __all__ = [
     "encode_basic_command",
     "encode_safe_packet",
     "format_number",
+    "max_rate_ml_h",
     "parse_response",
     "parse_volume",
 ]
@@ -97,6 +101,20 @@ class Response:
         if unit is None or not _is_number(data[:-2]):
             return None
         return f"{data[:-2]} {unit}"
+
+
+#: The NE-1000's fastest plunger travel, mm/min (its linear travel specification, as
+#: New Era's rate tables imply: 36,765 ul/min for a 4.7 mm syringe). Purging (status X)
+#: drives the plunger at this speed whatever the programmed rate.
+MAX_TRAVEL_MM_MIN = 2120.0
+#: when a pump's syringe diameter cannot be read: the largest syringe it takes (60 ml)
+LARGEST_DIAMETER_MM = 26.59
+
+
+def max_rate_ml_h(diameter_mm: float) -> float:
+    """The rate at which a purge pushes a syringe of this inside diameter (ml/h)."""
+    area_mm2 = math.pi * (diameter_mm / 2) ** 2
+    return area_mm2 * MAX_TRAVEL_MM_MIN * 60 / 1000
 
 
 def parse_volume(data: str) -> str | None:

@@ -38,11 +38,13 @@ from calguard.config.options import (
 )
 from calguard.drivers.base import Driver, Inbound
 from calguard.drivers.ne1000 import (
+    LARGEST_DIAMETER_MM,
     FrameParser,
     Garbage,
     Response,
     encode_basic_command,
     encode_safe_packet,
+    max_rate_ml_h,
     parse_response,
     parse_volume,
 )
@@ -263,6 +265,15 @@ class SerialDriver(Driver):
             and isinstance(volume, Response)
         )
         alarm = status.alarm or rate.alarm or volume.alarm
+        if status.status == "purging":
+            # a purge drives the plunger at full speed whatever rate is programmed: report
+            # what is delivered, the maximum for this syringe, never the programmed rate
+            fastest = max_rate_ml_h(await self._diameter(pump))
+            return [
+                self._reading(
+                    pump, status, f"{fastest:.0f} ml/h", parse_volume(volume.data), alarm, "bolus"
+                )
+            ]
         if rate.error or rate.rate() is None:
             if alarm is None:
                 return [self._problem(pump, f"RAT answered {rate.data!r}, which is not a rate")]
@@ -272,6 +283,17 @@ class SerialDriver(Driver):
         return [
             self._reading(pump, status, rate.rate() or "0 ml/h", parse_volume(volume.data), alarm)
         ]
+
+    async def _diameter(self, pump: PumpMapping) -> float:
+        """The pump's syringe inside diameter (mm), asked with DIA; the largest syringe if
+        the answer is unusable (so a purge is never under-reported)."""
+        answer = await self._ask(pump, "DIA")
+        if isinstance(answer, Response) and not answer.error:
+            with contextlib.suppress(ValueError):
+                diameter = float(answer.data)
+                if 0.1 <= diameter <= 50:
+                    return diameter
+        return LARGEST_DIAMETER_MM
 
     async def _ask(self, pump: PumpMapping, command: str) -> Response | str | None:
         """Ask once, and once more after garbage or silence - only once for a pump that
@@ -403,7 +425,13 @@ class SerialDriver(Driver):
         self._answering[pump.address] = answering
 
     def _reading(
-        self, pump: PumpMapping, status: Response, rate: str, volume: str | None, alarm: str | None
+        self,
+        pump: PumpMapping,
+        status: Response,
+        rate: str,
+        volume: str | None,
+        alarm: str | None,
+        mode: str | None = None,
     ) -> Inbound:
         if status.status == "infusing":
             self._latched.pop(pump.address, None)  # running again: the stall is over
@@ -432,6 +460,7 @@ class SerialDriver(Driver):
             ("concentration", pump.concentration),
             ("volume_infused", volume),
             ("alarm", alarm),
+            ("mode", mode),
         ):
             if value is not None:
                 event[key] = value

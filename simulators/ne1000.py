@@ -108,6 +108,9 @@ class SimulatedPump:
         if command == "RUN":
             self.status = "I"
             return ""
+        if command == "PUR":  # purge: full speed until stopped
+            self.status = "X"
+            return ""
         if command in ("STP", "STOP"):
             self.status = "P" if self.status == "I" else "S"
             return ""

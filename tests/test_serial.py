@@ -10,11 +10,14 @@ from typing import Any
 
 import pytest
 from calguard.drivers.base import Inbound
+from calguard.drivers.ne1000 import max_rate_ml_h
 from calguard.drivers.serial import PumpMapping, SerialDriver
 from calguard.monitor.errors import DriverError
 from calguard.simulators.ne1000 import PumpBus, SimulatedPump
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+
+from tests.support import Bedside
 
 MAPPING = [
     {"address": 0, "pump": "P1", "drug": "Calcium gluconate 20 mg/ml", "concentration": "20 mg/ml"},
@@ -276,3 +279,25 @@ async def _until(condition: Any, within: float = 10.0) -> None:
         if loop.time() > end:
             raise AssertionError("condition not met in time")
         await asyncio.sleep(0.02)
+
+
+async def test_a_purge_is_reported_at_the_syringes_full_speed_not_the_programmed_rate() -> None:
+    """Status X: the plunger runs at full speed whatever rate is programmed (2.5 ml/h)."""
+    pumps = [SimulatedPump(0, 2.5, "MH", "I"), SimulatedPump(1, 5.0, "MH", "S")]
+    async with PumpBus(pumps) as bus, driver(bus) as d:
+        bus.pumps[0].answer("PUR")
+        purge = readings(await d.read())["P1"]
+    fastest = max_rate_ml_h(pumps[0].diameter_mm)  # 14.43 mm: about 20,800 ml/h
+    assert purge["status"] == "infusing" and purge["mode"] == "bolus"
+    assert purge["alarm"] == "purging"
+    assert purge["rate"] == f"{fastest:.0f} ml/h" and fastest > 10_000
+
+
+def test_a_purge_on_calcium_is_a_high_rate_volume_alarm() -> None:
+    bay = Bedside()
+    bay.admit()
+    out = bay.reading(
+        "08:05", rate=f"{max_rate_ml_h(14.43):.0f} ml/h", drug="Calcium gluconate 20 mg/ml",
+        mode="bolus", alarm="purging",
+    )  # fmt: skip
+    assert {(a["rule"], a["priority"]) for a in out} >= {("rate-volume", "high")}
