@@ -26,6 +26,7 @@ from __future__ import annotations
 import heapq
 from dataclasses import dataclass, replace
 
+from calguard.config.schema import RULES
 from calguard.monitor.errors import EventError
 from calguard.monitor.events import AlarmAction
 from calguard.monitor.library import AlarmPolicy
@@ -34,8 +35,10 @@ from calguard.monitor.transitions import PRIORITY_RANK, ActiveAlert, AlertTransi
 
 __all__ = ["TECHNICAL_RULES", "Alarm", "AlarmManager", "category"]
 
-#: Alarms about the monitoring itself, not the infant (IEC 60601-1-8 technical alarms).
-TECHNICAL_RULES = frozenset({"telemetry-stale", "telemetry-invalid", "clock-skew"})
+#: Alarms about the monitoring and its inputs, not the infant (IEC 60601-1-8 technical
+#: alarms): one definition, the rule table's (``RuleSpec.technical``), so that the alarm
+#: layer and the documentation cannot disagree.
+TECHNICAL_RULES = frozenset(rule for rule, spec in RULES.items() if spec.technical)
 
 
 def _urgency(alarm: Alarm) -> tuple[int, int]:

@@ -21,6 +21,7 @@ from calguard.monitor.events import (
     MAX_LINE_BYTES,
     AlarmAction,
     Event,
+    clock_speed,
     decode_json,
     named_pump,
     parse_event,
@@ -40,6 +41,11 @@ log = logging.getLogger("calguard.input")
 _CONTEXT_FIELDS = ("pump", "channel", "bed", "line")
 #: event_type of an input that never became an event (a frame a driver could not use)
 WIRE = "wire"
+#: channels a pump may have before unusable inputs naming yet another one of it count as
+#: strays (the widest multi-channel pumps have 4 channels, each with a secondary)
+_CHANNELS_PER_PUMP = 8
+#: rejected readings kept until the first valid time (bounded: a flood cannot grow it)
+_MAX_WAITING = 1000
 
 
 class InputJournal(Protocol):
@@ -78,16 +84,25 @@ class Pipeline:
         return self.feed_object(obj, raw=raw, source=source, line_no=line_no)
 
     def feed_object(
-        self, obj: object, *, raw: bytes | str, source: str, line_no: int | None = None
+        self,
+        obj: object,
+        *,
+        raw: bytes | str,
+        source: str,
+        line_no: int | None = None,
+        received_us: int | None = None,
     ) -> list[AlertTransition]:
+        """``received_us``: the receive time the live monitor just stamped into ``obj`` (as
+        ``received``), handed over as the number it is so that it is not parsed back."""
         self.refusal = None
         try:
-            received = received_time(obj)
+            received = received_time(obj) if received_us is None else received_us
+            speed = clock_speed(obj) if received is not None else 1.0
             event = parse_event(obj)
         except EventError as exc:
             return self._reject(raw, source, line_no, exc, obj)
         return self.feed_event(
-            event, obj, raw=raw, source=source, line_no=line_no, received=received
+            event, obj, raw=raw, source=source, line_no=line_no, received=received, speed=speed
         )
 
     def feed_event(
@@ -99,12 +114,13 @@ class Pipeline:
         source: str,
         line_no: int | None = None,
         received: int | None = None,
+        speed: float = 1.0,
     ) -> list[AlertTransition]:
         """``received``: a live input's receive time on the monitor's clock (see
         ``Engine.handle``); None in replay."""
         engine = self.engine
         try:
-            transitions = engine.handle(event, received)
+            transitions = engine.handle(event, received, speed)
         except EventError as exc:
             return self._reject(raw, source, line_no, exc, obj, received)
         if received is not None and type(event) is AlarmAction:
@@ -281,8 +297,15 @@ class Pipeline:
             return self._alarm(already)
         why = exc.describe()
         if t is None and self.engine.now is None:
-            self._waiting.append((*pump, why))
+            if len(self._waiting) < _MAX_WAITING:
+                self._waiting.append((*pump, why))
             return self._alarm(already)
+        known = self.engine.ward.pumps.get(pump[0], 0)  # channels of that pump
+        if pump not in self.engine.ward.channels and not 0 < known < _CHANNELS_PER_PUMP:
+            # names no pump the ward knows (or yet another channel of one that has many):
+            # counted for its source, never a new channel
+            stray = f"pump {pump[0]}: {why}"
+            return self._alarm(already + self.engine.stray(source.split("#", 1)[0], stray, t))
         return self._alarm(already + self.engine.reject(pump[0], pump[1], why, t))
 
     def _release_waiting(self) -> list[AlertTransition]:

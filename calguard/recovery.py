@@ -20,6 +20,7 @@ from calguard.alerts.log import AlertLog
 from calguard.monitor.engine import Engine
 from calguard.monitor.events import ALARM_ACTIONS
 from calguard.monitor.library import Library
+from calguard.monitor.timeutil import format_ts
 from calguard.monitor.transitions import AlertTransition, Description
 from calguard.pipeline import Pipeline
 
@@ -28,6 +29,7 @@ __all__ = ["WarmStart", "warm_start"]
 log = logging.getLogger(__name__)
 _WEEK_US = 7 * 86_400_000_000
 _MARGIN_US = 3_600_000_000  # readings a little older than the dose window, for continuity
+_FUTURE_US = 60_000_000  # a logged input later than this after the restart is not replayed
 
 
 @dataclass
@@ -52,10 +54,22 @@ async def warm_start(alert_log: AlertLog, library: Library, now_us: int) -> Warm
     # the engine's state only: the alarm layer (acknowledged, paused, latched ...) is
     # rebuilt from its own lines by the live monitor (monitor.live._restore_alarms)
     pipeline = Pipeline(engine, alarms=False)
+    skipped = 0
     for row in rows:
         if row.event_type in ALARM_ACTIONS:  # people's actions: the alarm layer's own lines
             continue
-        pipeline.feed_line(row.raw, source=f"warm start: {row.source}")
+        t_us = getattr(row, "t_us", None)
+        if t_us is not None and t_us > now_us + _FUTURE_US:
+            # logged before inputs were stamped with the monitor's clock: a device's
+            # future time would carry the fresh engine's clock (and every timer) with it
+            log.warning("warm start: skipped an input dated %s, after now", format_ts(t_us))
+            skipped += 1
+            continue
+        try:
+            pipeline.feed_line(row.raw, source=f"warm start: {row.source}")
+        except Exception:  # a poisoned input must not crash every restart: skip it, say so
+            log.exception("warm start: skipped an input it could not replay: %.200r", row.raw)
+            skipped += 1
     pipeline.finish()
     engine.take()
     first_new = await alert_log.next_alert_id()
@@ -89,8 +103,10 @@ async def warm_start(alert_log: AlertLog, library: Library, now_us: int) -> Warm
     announce.sort(key=lambda tr: tr.t)
     if rows:
         log.info(
-            "warm start: %d logged inputs replayed; %d open alerts kept; %d changes while down",
-            len(rows),
+            "warm start: %d logged inputs replayed (%d skipped); %d open alerts kept; "
+            "%d changes while down",
+            len(rows) - skipped,
+            skipped,
             kept,
             len(announce),
         )

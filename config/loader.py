@@ -16,6 +16,7 @@ import json
 import re
 import tomllib
 from dataclasses import dataclass, field
+from functools import cache
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -493,6 +494,15 @@ class _Checker:
         configs: dict[str, RuleConfig] = {}
         for rule_id, spec in RULES.items():
             body = table.get(rule_id)
+            if body is None and spec.technical:
+                # a technical rule added after the library was written (clock-skew, ...):
+                # the built-in settings, said loudly, so an older library still loads
+                body = _builtin_rule(rule_id)
+                self.warn(
+                    f"rules.{rule_id}",
+                    "section is missing; the built-in settings are used "
+                    f"({_describe_section(body)}); copy it from calguard config init to own it",
+                )
             if body is None:
                 self.problem(
                     f"rules.{rule_id}",
@@ -617,3 +627,18 @@ def _show(value: float, kind: Kind, unit: str, limit: float | None = None) -> st
     if kind is units.DURATION and limit is None:
         return format_duration(round(value))
     return units.format_quantity(value, kind, unit, limit=limit)
+
+
+@cache
+def _builtin_rules() -> dict[str, Any]:
+    rules = tomllib.loads(builtin_text()).get("rules", {})
+    return rules if isinstance(rules, dict) else {}
+
+
+def _builtin_rule(rule_id: str) -> dict[str, Any] | None:
+    body = _builtin_rules().get(rule_id)
+    return dict(body) if isinstance(body, dict) else None
+
+
+def _describe_section(body: dict[str, Any] | None) -> str:
+    return ", ".join(f"{k} = {v!r}" for k, v in (body or {}).items()) or "none"

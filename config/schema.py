@@ -181,5 +181,13 @@ RULES: dict[str, RuleSpec] = {
             },
             technical=True,
         ),
+        RuleSpec(
+            "input-unknown",
+            "medium",
+            {"quiet": _dur(10_000_000, _HOUR, "s")},
+            technical=True,
+        ),
+        # the durable log cannot be written; high, whatever is set, when nothing is recorded
+        RuleSpec("log-unavailable", "medium", technical=True),
     )
 }

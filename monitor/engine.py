@@ -37,6 +37,7 @@ from calguard.monitor.events import (
     Line,
     LineRemoved,
     Medication,
+    MonitorStatus,
     PatencyCheck,
     Patient,
     PumpStatus,
@@ -68,6 +69,7 @@ class Engine:
         #: ... and, when it changed nothing or needs a word, why (for the log).
         self.note: str | None = None
         self._received: int | None = None  # the live receive time of the event in hand
+        self._tolerance = self.rules.ctx.skew_tolerance.us  # scaled for a training clock
         self._handlers: dict[type[Any], Callable[[Any, int], None]] = {
             Reading: self._reading,
             Patient: self._patient,
@@ -79,8 +81,11 @@ class Engine:
             SiteCheck: self._site_check,
             Medication: self._medication,
             PumpStatus: self._pump_status,
+            MonitorStatus: self._monitor_status,
             Clock: self._clock,
-            AlarmAction: self._clock,  # time moves on; the alarm manager applies it
+            # time moves on (to before this instant); the alarm manager applies it. Not a
+            # clock: the timers of the action's own instant wait for that instant's events
+            AlarmAction: self._action,
         }
 
     # -- public API -----------------------------------------------------------------------
@@ -89,13 +94,17 @@ class Engine:
     def active(self) -> dict[Any, ActiveAlert]:
         return self.book.active
 
-    def handle(self, event: Event, received: int | None = None) -> list[AlertTransition]:
+    def handle(
+        self, event: Event, received: int | None = None, speed: float = 1.0
+    ) -> list[AlertTransition]:
         """Apply one event; ``EventError`` if the event is valid JSON but unusable here.
 
         ``received``: the monitor's clock when a live input arrived; it, not the event's
-        own ``t``, moves the engine's time (None: replay, the event's time is the time)."""
+        own ``t``, moves the engine's time (None: replay, the event's time is the time).
+        ``speed``: a training clock's speed-up; the clock-skew tolerance is scaled by it."""
         self.note, self.disposition = None, "accepted"
         self._received = received
+        self._tolerance = round(self.rules.ctx.skew_tolerance.us * speed)
         t = event.t
         if received is not None:
             event = self._at_receipt(event, received)
@@ -112,11 +121,15 @@ class Engine:
         """A live input's own time, checked against the monitor's clock."""
         if type(event) is Reading:
             return event  # the pump's time: compared in _reading
+        if type(event) is MonitorStatus:  # the monitor's own conditions are its own inputs
+            raise EventError(
+                "type", "monitor", "a condition only the monitor itself reports, not an input"
+            )
         if type(event) not in DOCUMENTATION:
             return replace(event, t=received)  # type: ignore[type-var]  # all dataclasses
         ctx = self.rules.ctx
         ahead = event.t - received
-        if ahead > ctx.skew_tolerance.us:
+        if ahead > self._tolerance:
             raise EventError(
                 "t",
                 format_ts(event.t),
@@ -158,6 +171,15 @@ class Engine:
         if self.now is None:
             raise RuntimeError("the engine has no time yet; advance it before rejecting input")
         self.rules.invalid(pump, channel, self.now, reason)
+        return self.book.take()
+
+    def stray(self, source: str, reason: str, t: int | None = None) -> list[AlertTransition]:
+        """An unusable input that names no known pump channel: counted for its source."""
+        if t is not None:
+            self._advance(t)
+        if self.now is None:
+            raise RuntimeError("the engine has no time yet; advance it before counting input")
+        self.rules.inputs.stray(source, reason, self.now)
         return self.book.take()
 
     # -- time -----------------------------------------------------------------------------
@@ -217,24 +239,27 @@ class Engine:
     def _reading(self, r: Reading, now: int) -> None:
         ch = self.ward.channels.get((r.pump, r.channel)) or self.ward.channel(r.pump, r.channel)
         device_t, received = r.t, self._received
+        seq = r.seq
+        if seq is not None and ch.seen(seq, device_t):  # this very reading again
+            self.disposition = "duplicate"
+            self.note = f"duplicate: seq {seq} of {ch.name} was already received"
+            return
         at = device_t  # the reading's time for the rules: the monitor's when it is live
-        skewed = False
+        off = False  # its own time is off the monitor's by more than the tolerance
         if received is not None:
             at = now
-            skew = device_t - received
-            skewed = abs(skew) > self.rules.ctx.skew_tolerance.us
-            if skewed or ch.device_skewed:
-                self.rules.channels.clock_skew(ch, skew, now)
-        last = ch.latest_device_t
-        seq = r.seq
-        if seq is not None and ch.seen_seq(seq):
-            if last is not None and device_t <= last:  # a redelivery: same seq, same time
-                self.disposition = "duplicate"
-                self.note = f"duplicate: seq {seq} of {ch.name} was already received"
-                return
+            off = self._clock_check(ch, device_t - received, received, now)
+        if seq is not None and ch.seq_known(seq):
             ch.forget_seqs()  # the pump restarted its counter: a new reading, not a duplicate
-        # the pump's own times order its readings, unless its clock cannot be trusted
-        if last is not None and device_t < last and not (skewed or ch.device_skewed):
+        last = ch.latest_device_t
+        # the pump's own times order its readings, unless its clock cannot be trusted or
+        # its counter says this one is newer (a pump clock stepped back a little)
+        if (
+            last is not None
+            and device_t < last
+            and not (off or ch.device_skewed)
+            and (seq is None or seq <= ch.max_seq)
+        ):
             self.disposition = "out_of_order"
             self.note = (
                 f"out of order: older than the latest reading of {ch.name} "
@@ -242,8 +267,8 @@ class Engine:
             )
             return
         if seq is not None:
-            ch.remember_seq(seq)
-        ch.latest_t, ch.latest_device_t, ch.device_skewed = at, device_t, skewed
+            ch.remember_seq(seq, device_t)
+        ch.latest_t, ch.latest_device_t, ch.device_skewed = at, device_t, off
         ch.offline = False
         active = self.book.active
         if ch.k_invalid in active:
@@ -279,6 +304,24 @@ class Engine:
             self.rules.track_pressure(ch, r.pressure_mmhg, at) or ch.k_pressure in active
         ):
             self.rules.pressure(ch, now)
+
+    def _clock_check(self, ch: ChannelState, skew: int, received: int, now: int) -> bool:
+        """A pump's time against the monitor's; True if it is off by over the tolerance.
+
+        Ahead is a clock fault at once: no delay on the way makes a reading early. Behind
+        is one only once it has lasted the stale timeout: a broker or a queue that held
+        readings back delivers them late, and late is not a wrong clock. A backlog drains
+        and the readings after it are on time again."""
+        tolerance = self._tolerance
+        ahead, behind = skew > tolerance, skew < -tolerance
+        if not behind:
+            ch.behind_since = None
+        elif ch.behind_since is None:
+            ch.behind_since = received
+        long_behind = behind and received - ch.behind_since >= self.rules.stale_timeout.us  # type: ignore[operator]
+        if ahead or long_behind or ("clock-skew", ch.pump) in self.book.active:
+            self.rules.channels.clock_skew(ch, skew if ahead or long_behind else 0, tolerance, now)
+        return ahead or behind
 
     def _patient(self, ev: Patient, now: int) -> None:
         bed = self.ward.bed(ev.bed)
@@ -420,6 +463,12 @@ class Engine:
         for ch in channels:
             ch.offline = not ev.online
             self.rules.stale(ch, now)
+
+    def _monitor_status(self, ev: MonitorStatus, now: int) -> None:
+        self.rules.system.monitor(ev, now)
+
+    def _action(self, ev: AlarmAction, now: int) -> None:
+        """Nothing for the engine: the alarm layer applies a person's action."""
 
     def _clock(self, ev: Clock, now: int) -> None:
         self._fire()

@@ -30,11 +30,13 @@ __all__ = [
     "Line",
     "LineRemoved",
     "Medication",
+    "MonitorStatus",
     "PatencyCheck",
     "Patient",
     "PumpStatus",
     "Reading",
     "SiteCheck",
+    "clock_speed",
     "decode_json",
     "named_pump",
     "parse_event",
@@ -175,6 +177,25 @@ class PumpStatus:
     online: bool
 
 
+#: Conditions of the monitor itself that it reports as inputs of its own (``monitor``).
+MONITOR_CONDITIONS = ("log-unavailable",)
+
+
+@dataclass(frozen=True, slots=True)
+class MonitorStatus:
+    """Extension of the format: a condition of the monitor itself, fed in by the live
+    monitor and logged like any input, so that replaying the log gives the same alerts.
+    ``recorded``: inputs are still kept somewhere durable (for log-unavailable: the local
+    spool takes them while the database cannot)."""
+
+    type: ClassVar[str] = "monitor"
+    t: int
+    condition: str
+    active: bool
+    recorded: bool = True
+    detail: str | None = None
+
+
 #: What a person does to an alarm (the alarm-management extension of the format).
 ALARM_ACTIONS = ("ack", "pause", "reset", "override")
 
@@ -210,6 +231,7 @@ Event = (
     | Medication
     | Reading
     | PumpStatus
+    | MonitorStatus
     | AlarmAction
     | Clock
 )
@@ -505,6 +527,16 @@ def _pump_status(d: dict[str, Any], t: int) -> PumpStatus:
     return PumpStatus(t, _ident(d, "pump"), online)
 
 
+def _monitor(d: dict[str, Any], t: int) -> MonitorStatus:
+    active, recorded = d.get("active"), d.get("recorded", True)
+    if type(active) is not bool:
+        raise EventError("active", active, "true or false is required")
+    if type(recorded) is not bool:
+        raise EventError("recorded", recorded, "true or false is expected")
+    condition = _choice(d, "condition", MONITOR_CONDITIONS)
+    return MonitorStatus(t, condition, active, recorded, _opt_text(d, "detail"))
+
+
 def _clock(d: dict[str, Any], t: int) -> Clock:
     return Clock(t)
 
@@ -539,6 +571,7 @@ _PARSERS: dict[str, Callable[[dict[str, Any], int], Event]] = {
     "site_check": _site_check,
     "medication": _medication,
     "pump_status": _pump_status,
+    "monitor": _monitor,
     "clock": _clock,
     **dict.fromkeys(ALARM_ACTIONS, _alarm_action),
 }
@@ -554,6 +587,17 @@ def received_time(obj: object) -> int | None:
     live decisions; a plain event file carries none and runs on its own times.
     """
     return _timestamp(obj, "received") if isinstance(obj, dict) else None
+
+
+def clock_speed(obj: object) -> float:
+    """How many times faster than real time the monitor's clock ran when it stamped a live
+    input (``clock_speed``: training only; 1 when absent). Delays of the machine itself
+    (processing, a poll's round trip) are that many times longer in ward time, so the
+    clock-skew tolerance is scaled by it."""
+    value = obj.get("clock_speed", 1) if isinstance(obj, dict) else 1
+    if type(value) not in (int, float) or not 0 < value <= 10_000:
+        raise EventError("clock_speed", value, "a clock speed above 0 and at most 10000")
+    return float(value)
 
 
 def parse_event(obj: object) -> Event:

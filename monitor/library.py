@@ -124,7 +124,10 @@ def normalise_label(label: str) -> str:
     Latin but are Cyrillic or Greek folded to the Latin ones, spacing collapsed. A label
     that only *looks* like "Calcium gluconate 10%" (its C and a written in Cyrillic)
     then matches it: it can never pass as an unknown, neutral drug."""
-    text = unicodedata.normalize("NFKD", unicodedata.normalize("NFKC", label).casefold())
+    # look-alikes first, in either case (casefold would turn Greek capital mu into mu,
+    # then the table could not tell it from a Latin u), then once more after casefold
+    text = unicodedata.normalize("NFKC", label).translate(_CONFUSABLES).casefold()
+    text = unicodedata.normalize("NFKD", text)
     text = "".join(c for c in text if unicodedata.category(c) not in _DROPPED)
     return _SPACES.sub(" ", text.translate(_CONFUSABLES).strip())
 
@@ -136,53 +139,89 @@ _DROPPED = frozenset({"Mn", "Me", "Cf", "Cc", "Cn", "Co", "Cs"})
 #: lower-case Cyrillic and Greek letters drawn like Latin ones (Unicode's confusables for
 #: the letters that can spell a drug name), after casefold; written as escapes so that a
 #: reviewer sees which is which
-_CONFUSABLES = str.maketrans(
-    {
-        # Cyrillic
-        "\u0430": "a",  # cyrillic small letter a
-        "\u0432": "b",  # cyrillic small letter ve
-        "\u0441": "c",  # cyrillic small letter es
-        "\u0501": "d",  # cyrillic small letter komi de
-        "\u0435": "e",  # cyrillic small letter ie
-        "\u04bb": "h",  # cyrillic small letter shha
-        "\u0456": "i",  # cyrillic small letter byelorussian-ukrainian i
-        "\u0458": "j",  # cyrillic small letter je
-        "\u043a": "k",  # cyrillic small letter ka
-        "\u04cf": "l",  # cyrillic small letter palochka
-        "\u043c": "m",  # cyrillic small letter em
-        "\u043d": "h",  # cyrillic small letter en
-        "\u043e": "o",  # cyrillic small letter o
-        "\u0440": "p",  # cyrillic small letter er
-        "\u051b": "q",  # cyrillic small letter qa
-        "\u0455": "s",  # cyrillic small letter dze
-        "\u0442": "t",  # cyrillic small letter te
-        "\u0443": "y",  # cyrillic small letter u
-        "\u051d": "w",  # cyrillic small letter we
-        "\u0445": "x",  # cyrillic small letter ha
-        "\u04af": "y",  # cyrillic small letter straight u
-        "\u0475": "v",  # cyrillic small letter izhitsa
-        # Greek
-        "\u03b1": "a",  # greek small letter alpha
-        "\u03b2": "b",  # greek small letter beta
-        "\u03b5": "e",  # greek small letter epsilon
-        "\u03b7": "n",  # greek small letter eta
-        "\u03b9": "i",  # greek small letter iota
-        "\u03ba": "k",  # greek small letter kappa
-        "\u03bd": "v",  # greek small letter nu
-        "\u03bf": "o",  # greek small letter omicron
-        "\u03c1": "p",  # greek small letter rho
-        "\u03c4": "t",  # greek small letter tau
-        "\u03c5": "u",  # greek small letter upsilon
-        "\u03c7": "x",  # greek small letter chi
-        "\u03f2": "c",  # greek lunate sigma symbol
-        "\u03f3": "j",  # greek letter yot
-        "\u03bc": "u",  # greek small letter mu
-        # Latin look-alikes
-        "\u0261": "g",  # latin small letter script g
-        "\u0131": "i",  # latin small letter dotless i
-        "\u2113": "l",  # script small l
-    }
-)
+_CONFUSABLE_LOWER = {
+    # Cyrillic
+    "\u0430": "a",  # cyrillic small letter a
+    "\u0432": "b",  # cyrillic small letter ve
+    "\u0441": "c",  # cyrillic small letter es
+    "\u0501": "d",  # cyrillic small letter komi de
+    "\u0435": "e",  # cyrillic small letter ie
+    "\u04bb": "h",  # cyrillic small letter shha
+    "\u0456": "i",  # cyrillic small letter byelorussian-ukrainian i
+    "\u0458": "j",  # cyrillic small letter je
+    "\u043a": "k",  # cyrillic small letter ka
+    "\u04cf": "l",  # cyrillic small letter palochka
+    "\u043c": "m",  # cyrillic small letter em
+    "\u043d": "h",  # cyrillic small letter en
+    "\u043e": "o",  # cyrillic small letter o
+    "\u0440": "p",  # cyrillic small letter er
+    "\u051b": "q",  # cyrillic small letter qa
+    "\u0455": "s",  # cyrillic small letter dze
+    "\u0442": "t",  # cyrillic small letter te
+    "\u0443": "y",  # cyrillic small letter u
+    "\u051d": "w",  # cyrillic small letter we
+    "\u0445": "x",  # cyrillic small letter ha
+    "\u04af": "y",  # cyrillic small letter straight u
+    "\u0475": "v",  # cyrillic small letter izhitsa
+    # Greek
+    "\u03b1": "a",  # greek small letter alpha
+    "\u03b2": "b",  # greek small letter beta
+    "\u03b5": "e",  # greek small letter epsilon
+    "\u03b7": "n",  # greek small letter eta
+    "\u03b9": "i",  # greek small letter iota
+    "\u03ba": "k",  # greek small letter kappa
+    "\u03bd": "v",  # greek small letter nu
+    "\u03bf": "o",  # greek small letter omicron
+    "\u03c1": "p",  # greek small letter rho
+    "\u03c4": "t",  # greek small letter tau
+    "\u03c5": "u",  # greek small letter upsilon
+    "\u03c7": "x",  # greek small letter chi
+    "\u03f2": "c",  # greek lunate sigma symbol
+    "\u03f3": "j",  # greek letter yot
+    "\u03bc": "u",  # greek small letter mu (capital: M)
+    # Latin look-alikes
+    "\u0261": "g",  # latin small letter script g
+    "\u0131": "i",  # latin small letter dotless i
+    "\u2113": "l",  # script small l
+}
+#: capitals drawn like Latin capitals (not always the capital of the small letter's
+#: look-alike: Greek capital mu is an M, its small letter a u)
+_CONFUSABLE_UPPER = {
+    # Cyrillic capitals
+    "\u0410": "A",  # cyrillic capital letter a
+    "\u0412": "B",  # cyrillic capital letter ve
+    "\u0421": "C",  # cyrillic capital letter es
+    "\u0415": "E",  # cyrillic capital letter ie
+    "\u041d": "H",  # cyrillic capital letter en
+    "\u0406": "I",  # cyrillic capital letter byelorussian-ukrainian i
+    "\u0408": "J",  # cyrillic capital letter je
+    "\u041a": "K",  # cyrillic capital letter ka
+    "\u041c": "M",  # cyrillic capital letter em
+    "\u041e": "O",  # cyrillic capital letter o
+    "\u0420": "P",  # cyrillic capital letter er
+    "\u0405": "S",  # cyrillic capital letter dze
+    "\u0422": "T",  # cyrillic capital letter te
+    "\u0425": "X",  # cyrillic capital letter ha
+    "\u04ae": "Y",  # cyrillic capital letter straight u
+    "\u051a": "Q",  # cyrillic capital letter qa
+    "\u051c": "W",  # cyrillic capital letter we
+    # Greek capitals
+    "\u0391": "A",  # greek capital letter alpha
+    "\u0392": "B",  # greek capital letter beta
+    "\u0395": "E",  # greek capital letter epsilon
+    "\u0396": "Z",  # greek capital letter zeta
+    "\u0397": "H",  # greek capital letter eta
+    "\u0399": "I",  # greek capital letter iota
+    "\u039a": "K",  # greek capital letter kappa
+    "\u039c": "M",  # greek capital letter mu
+    "\u039d": "N",  # greek capital letter nu
+    "\u039f": "O",  # greek capital letter omicron
+    "\u03a1": "P",  # greek capital letter rho
+    "\u03a4": "T",  # greek capital letter tau
+    "\u03a5": "Y",  # greek capital letter upsilon
+    "\u03a7": "X",  # greek capital letter chi
+}
+_CONFUSABLES = str.maketrans({**_CONFUSABLE_LOWER, **_CONFUSABLE_UPPER})
 
 
 @dataclass(frozen=True)

@@ -93,7 +93,9 @@ class ChannelState:
     latest_t: int | None = None  # the engine's time of the latest reading (the monitor's clock)
     latest_device_t: int | None = None  # the pump's own time of it, for ordering its readings
     device_skewed: bool = False  # that time was off the monitor's clock by over the tolerance
-    seqs: deque[int] = field(default_factory=lambda: deque(maxlen=_SEQ_WINDOW))
+    behind_since: int | None = None  # since when its readings arrive behind the monitor's clock
+    # (seq, the pump's time) of the latest readings: a redelivery repeats both
+    seqs: deque[tuple[int, int]] = field(default_factory=lambda: deque(maxlen=_SEQ_WINDOW))
     max_seq: int = -1
     label: str | None = None
     match: LabelMatch | None = None
@@ -149,12 +151,17 @@ class ChannelState:
     def drug_name(self) -> str:
         return self.label or "an unlabelled drug"
 
-    def seen_seq(self, seq: int) -> bool:
-        # Sequence numbers normally rise: only a number not above the highest needs a look.
-        return seq <= self.max_seq and seq in self.seqs
+    def seen(self, seq: int, t: int) -> bool:
+        """This very reading again (same seq, same time): a redelivery. Sequence numbers
+        normally rise: only a number not above the highest needs a look."""
+        return seq <= self.max_seq and (seq, t) in self.seqs
 
-    def remember_seq(self, seq: int) -> None:
-        self.seqs.append(seq)
+    def seq_known(self, seq: int) -> bool:
+        """The seq was used by another reading: the pump restarted its counter."""
+        return seq <= self.max_seq and any(s == seq for s, _ in self.seqs)
+
+    def remember_seq(self, seq: int, t: int) -> None:
+        self.seqs.append((seq, t))
         if seq > self.max_seq:
             self.max_seq = seq
 
@@ -166,13 +173,14 @@ class ChannelState:
 class Ward:
     """Beds, lines and channels, created on first mention."""
 
-    __slots__ = ("beds", "channels", "dose_window_us", "lines")
+    __slots__ = ("beds", "channels", "dose_window_us", "lines", "pumps")
 
     def __init__(self, dose_window_us: int) -> None:
         self.dose_window_us = dose_window_us
         self.beds: dict[str, Bed] = {}
         self.lines: dict[str, LineState] = {}
         self.channels: dict[ChannelKey, ChannelState] = {}
+        self.pumps: dict[str, int] = {}  # every pump with a channel here: how many it has
 
     def bed(self, bed: str) -> Bed:
         state = self.beds.get(bed)
@@ -191,6 +199,7 @@ class Ward:
         state = self.channels.get(key)
         if state is None:
             state = self.channels[key] = ChannelState(pump, channel)
+            self.pumps[pump] = self.pumps.get(pump, 0) + 1
         return state
 
     def documented_line(self, ch: ChannelState) -> LineState | None:

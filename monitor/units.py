@@ -180,9 +180,8 @@ def split_quantity(text: object) -> tuple[float, str]:
             raise QuantityError(text, "a bare number", "a quantity string with its unit")
         raise QuantityError(text, "not a quantity string", 'a string such as "30 ml/h"')
     m = _NUMBER_UNIT.match(text)
-    if m is None or not text.isascii():
-        if any(c.isdigit() and not c.isascii() for c in text):
-            raise QuantityError(text, "digits other than 0-9 are refused, not read")
+    if not text.isascii() and any(c.isdigit() and not c.isascii() for c in text):
+        raise QuantityError(text, "digits other than 0-9 are refused, not read")
     if m is None:
         if _NOT_FINITE.match(text):
             raise QuantityError(text, "not a finite number")
@@ -307,10 +306,11 @@ def from_canonical(value: float, kind: Kind, unit: str) -> float:
 SIGNIFICANT = 3
 # Beyond this many digits a float shows its binary noise (2.0000000000000004).
 _MAX_SIGNIFICANT = 15
-# A value within this relative distance of a limit is shown *as* the limit: a millionth is
-# conversion noise or a crossing computed to the microsecond (the daily dose reaches its
-# limit exactly when the alert is raised), never a difference a person can act on.
-_AT_LIMIT = 1e-6
+# A value within this relative distance of a limit is shown *as* the limit: conversion
+# noise, or a crossing computed to the microsecond (the daily dose reaches its limit when
+# the alert is raised, 1e-12 above it). Ten times the rules' own slack (1e-9), so that any
+# value a rule calls "above" by more than noise is shown with the digits that say so.
+_AT_LIMIT = 1e-8
 
 
 def format_number(x: float, significant: int = SIGNIFICANT) -> str:

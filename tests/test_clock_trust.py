@@ -53,16 +53,59 @@ def test_a_reading_from_2099_raises_clock_skew_and_moves_no_timer() -> None:
     assert stale["t"] == ts("08:01:30")
 
 
-def test_the_alarm_clears_when_the_pump_clock_is_back_and_1999_is_skew_too() -> None:
+def test_a_pump_clock_in_1999_is_skew_once_it_lasts_and_clears_when_it_is_back() -> None:
+    """Behind is a clock fault only once it has lasted the stale timeout (60 s): late
+    delivery is not a wrong clock. Its readings count all along, in arrival order."""
     bay = ward()
-    live(bay, "08:00:10", "reading", at="1999-06-01T00:00:00Z", pump="P1", rate="1 ml/h",
-         drug=CA, seq=2)  # fmt: skip
-    live(bay, "08:00:20", "reading", at="08:00:21", pump="P1", rate="1 ml/h",
-         drug=CA, seq=3)  # fmt: skip
-    assert skew_lines(bay) == [("08:00:10", "raised"), ("08:00:20", "cleared")]
+    for clock, seq in (("08:00:10", 2), ("08:00:40", 3), ("08:01:10", 4)):
+        live(bay, clock, "reading", at="1999-06-01T00:00:00Z", pump="P1", rate="1 ml/h",
+             drug=CA, seq=seq)  # fmt: skip
+        assert bay.records[-1].status == "accepted"
+    live(bay, "08:01:20", "reading", at="08:01:21", pump="P1", rate="1 ml/h", drug=CA, seq=5)
+    assert skew_lines(bay) == [("08:01:10", "raised"), ("08:01:20", "cleared")]
     assert "behind the monitor's" in next(
         a["message"] for a in bay.alerts if a["rule"] == "clock-skew"
     )
+
+
+def test_a_backlog_delivered_late_is_not_a_clock_fault() -> None:
+    """A broker that held readings for 40 s delivers them late, then on time again."""
+    bay = ward()
+    for k in range(40):
+        live(bay, f"08:01:{k:02d}", "reading", at=f"08:00:{k + 10:02d}", pump="P1",
+             rate="1 ml/h", drug=CA, seq=2 + k)  # fmt: skip
+    live(bay, "08:01:41", "reading", at="08:01:41", pump="P1", rate="1 ml/h", drug=CA, seq=50)
+    assert skew_lines(bay) == []
+    assert all(r.status == "accepted" for r in bay.records[-41:])
+
+
+def test_a_late_redelivery_is_a_duplicate_and_leaves_no_alarm() -> None:
+    bay = ward()
+    live(bay, "08:05", "reading", at="08:00", pump="P1", rate="1 ml/h", drug=CA, seq=1)
+    assert bay.records[-1].status == "duplicate"
+    live(bay, "08:05:01", "reading", at="08:05:01", pump="P1", rate="1 ml/h", drug=CA, seq=2)
+    assert skew_lines(bay) == []
+
+
+def test_a_power_cycled_pump_restarting_its_counter_and_clock_is_never_a_duplicate() -> None:
+    """After a power cycle: seq from 1 again, the real-time clock back at 2000-01-01."""
+    bay = ward()
+    for seq in range(2, 6):
+        live(bay, f"08:00:{seq:02d}", "reading", at=f"08:00:{seq:02d}", pump="P1",
+             rate="1 ml/h", drug=CA, seq=seq)  # fmt: skip
+    live(bay, "08:02", "reading", at="2000-01-01T00:00:00Z", pump="P1", rate="180 ml/h",
+         drug=CA, seq=1)  # fmt: skip
+    assert bay.records[-1].status == "accepted"
+    assert ("rate-volume", "raised") in {(a["rule"], a["state"]) for a in bay.alerts}
+
+
+def test_a_pump_clock_stepped_back_a_little_still_counts_its_newer_readings() -> None:
+    """An NTP step on the pump (4 s fast to 4 s slow): seq says the reading is newer."""
+    bay = ward()
+    live(bay, "08:00:10", "reading", at="08:00:14", pump="P1", rate="1 ml/h", drug=CA, seq=10)
+    live(bay, "08:00:11", "reading", at="08:00:07", pump="P1", rate="180 ml/h", drug=CA, seq=11)
+    assert bay.records[-1].status == "accepted"
+    assert ("rate-volume", "raised") in {(a["rule"], a["state"]) for a in bay.alerts}
 
 
 def test_within_the_tolerance_a_late_reading_is_still_out_of_order() -> None:
@@ -71,12 +114,6 @@ def test_within_the_tolerance_a_late_reading_is_still_out_of_order() -> None:
     live(bay, "08:00:11", "reading", at="08:00:08", pump="P1", rate="1 ml/h", drug=CA, seq=2)
     assert bay.records[-1].status == "out_of_order"
     assert skew_lines(bay) == []
-
-
-def test_a_redelivered_reading_is_a_duplicate_whenever_it_arrives() -> None:
-    bay = ward()
-    live(bay, "08:05", "reading", at="08:00", pump="P1", rate="1 ml/h", drug=CA, seq=1)
-    assert bay.records[-1].status == "duplicate"
 
 
 def test_documentation_may_be_back_dated_within_the_window_never_ahead() -> None:
@@ -184,3 +221,62 @@ async def test_over_mqtt_bad_pump_clocks_raise_clock_skew_and_leave_other_beds_a
     skew = [a for a in skewed if a["rule"] == "clock-skew"]
     assert skew[0]["state"] == "raised" and skew[0]["pump"] == "P1" and skew[0]["bed"] == "B1"
     assert not [a for a in plain if a["rule"] == "clock-skew"]
+
+
+def test_a_training_clock_scales_the_tolerance_by_its_speed() -> None:
+    """At 240x, 45 ms of the machine's own delay is 11 s of ward time: not a pump clock
+    fault. The speed is stamped with the input, so a replay decides the same."""
+    fast, real = ward(), ward()
+    fast.send("08:00:31", "reading", received=ts("08:00:20"), clock_speed=240, pump="P1",
+              rate="1 ml/h", drug=CA, seq=2)  # fmt: skip
+    real.send("08:00:31", "reading", received=ts("08:00:20"), pump="P1", rate="1 ml/h",
+              drug=CA, seq=2)  # fmt: skip
+    assert skew_lines(fast) == []
+    assert skew_lines(real) == [("08:00:20", "raised")]
+    fast.send(
+        "09:00:30",
+        "reading",
+        received=ts("08:30:00"),
+        clock_speed=240,
+        pump="P1",
+        rate="1 ml/h",
+        drug=CA,
+        seq=3,
+    )  # 30 min ahead: a fault even at 240x (20 min)
+    assert skew_lines(fast) == [("08:30:00", "raised")]
+    fast.send("08:31", "reading", received=ts("08:31"), clock_speed=-1, pump="P1",
+              rate="1 ml/h", drug=CA, seq=4)  # fmt: skip
+    assert fast.records[-1].status == "rejected"
+
+
+def test_a_monitor_condition_from_outside_is_refused() -> None:
+    """Only the monitor reports its own conditions (log-unavailable): a device that sends
+    one is refused, so nobody can clear that alarm from the broker."""
+    bay = ward()
+    live(bay, "08:01", "monitor", condition="log-unavailable", active=False)
+    assert bay.records[-1].status == "rejected"
+    assert "only the monitor itself reports" in (bay.records[-1].reason or "")
+
+
+async def test_a_command_cannot_bring_its_own_time() -> None:
+    """A station's command carrying "received" (or "t") is stamped by the monitor all the
+    same: the engine's clock never moves to a time a sender chose."""
+    from calguard.drivers.virtual import VirtualDriver
+
+    from tests.live import LiveBay
+
+    feed = "virtual://command-time"
+    async with LiveBay([VirtualDriver(feed)]) as bay:
+        t = now_ts()
+        for event in admission(t):
+            VirtualDriver.put(feed, event)
+        VirtualDriver.put(feed, {"t": t, "type": "reading", "pump": "P1", "rate": "180 ml/h",
+                                 "drug": CA})  # fmt: skip
+        await bay.until(lambda: bool(bay.of("rate-volume")))
+        alert = bay.of("rate-volume")[0]["alert"]
+        command = {"action": "ack", "alert": alert, "by": "rn1",
+                   "received": "2099-01-01T00:00:00Z", "t": "2099-01-01T00:00:00Z",
+                   "clock_speed": 10000}  # fmt: skip
+        assert bay.monitor.command(orjson.dumps(command), "test/commands") is None
+        engine = bay.monitor.engine
+        assert engine.now is not None and engine.now < parse_ts("2030-01-01T00:00:00Z")

@@ -46,6 +46,8 @@ RULE_TABLE = {
 # Technical rules CalGuard adds beside the table (README, docs/clinical-reference.md).
 ADDED_RULES = {
     "clock-skew": ("medium", {"tolerance": "5 s", "backdate": "1 h"}),
+    "input-unknown": ("medium", {"quiet": "60 s"}),
+    "log-unavailable": ("medium", {}),
 }
 
 
@@ -242,3 +244,19 @@ def test_the_alarm_policy_is_validated_like_the_limits() -> None:
     assert "a bare number" in problems["alarms.pause.high"]
     assert 'did you mean "2 min"' in problems["alarms.pause.high"]
     assert 'the built-in default is "2 min"' in problems["alarms.escalate_after.high"]
+
+
+def test_a_library_written_before_the_technical_rules_still_loads_and_says_so() -> None:
+    """A unit's library from before clock-skew and input-unknown existed: those sections
+    take the built-in settings with a warning; a clinical rule missing is still an error."""
+    import re
+
+    older = builtin_text()
+    for rule in ("clock-skew", "input-unknown"):
+        older = re.sub(rf"\[rules\.{rule}\][^\[]*", "", older)
+    result = parse_library(older, "older.toml")
+    assert result.library is not None and result.problems == []
+    assert result.library.rule("clock-skew").q("tolerance").text == "5 s"
+    assert any("rules.clock-skew: section is missing" in str(w) for w in result.warnings)
+    clinical = re.sub(r"\[rules\.rate-volume\][^\[]*", "", builtin_text())
+    assert parse_library(clinical, "no-rate.toml").library is None

@@ -74,16 +74,25 @@ async def test_bedside_events_and_telemetry_raise_alerts(broker: Broker) -> None
 async def test_a_bad_payload_raises_telemetry_invalid_for_the_topics_pump(broker: Broker) -> None:
     async with LiveBay([mqtt_driver(broker)]) as bay:
         await bay.until(lambda: bay.monitor.drivers[0].is_open)
+        # a pump nobody knows yet: one input-unknown for the driver, no channel made up
+        await publish(broker, "pumps/P9/telemetry", b"{not json")
+        await bay.until(lambda: bay.of("input-unknown", "raised"))
+        assert bay.of("telemetry-invalid") == []
+        assert "P9" not in bay.monitor.engine.ward.pumps
+        await publish(broker, "pumps/P9/telemetry", reading(pump="P9"))  # now it is known
         await publish(broker, "pumps/P9/telemetry", b"{not json")
         await bay.until(lambda: bay.of("telemetry-invalid", "raised"))
         await publish(broker, "pumps/P9/telemetry", reading(pump="P8"))  # names another pump
-        await publish(broker, "pumps/P9/telemetry", reading(pump="P9"))
+        await publish(broker, "pumps/P9/telemetry", reading(pump="P9", seq=2))
         await bay.until(lambda: bay.of("telemetry-invalid", "cleared"))
     raised = bay.of("telemetry-invalid", "raised")[0]
     assert (raised["pump"], raised["channel"]) == ("P9", "A") and "not valid JSON" in raised[
         "message"
     ]
-    assert bay.counts["rejected"] == 2
+    (stray,) = bay.of("input-unknown", "raised")
+    assert stray["message"].startswith(f"Inputs from mqtt://127.0.0.1:{broker.port}/{PREFIX} ")
+    assert "pump P9: not valid JSON" in stray["message"]
+    assert bay.counts["rejected"] == 3
 
 
 async def test_qos1_redeliveries_are_dropped_by_seq(broker: Broker) -> None:

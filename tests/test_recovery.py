@@ -138,3 +138,36 @@ async def test_people_s_alarm_actions_are_left_to_the_alarm_layer(
         warm = await warm_start(log, load_library(), SystemClock().now_us())
     assert warm.replayed == 6  # the ack is among the inputs read back
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+async def test_poisoned_inputs_in_the_log_are_skipped_not_fatal(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Inputs logged before timestamps were range-checked and stamped with the monitor's
+    clock: year 10000 in UTC, a pump clock in 2099. A restart must survive them and keep
+    its clock where it is."""
+    url = f"sqlite:///{tmp_path / 'log.sqlite3'}"
+    start = SystemClock().now_us() - 30 * SECOND
+    await first_run(url, start)
+    future = 4_070_908_800 * SECOND  # 2099-01-01
+    poison = [
+        ({"t": "9999-12-31T23:59:59-23:59", "type": "reading", "pump": "P1", "rate": "1 ml/h"},
+         start),
+        ({"t": format_ts(future), "type": "reading", "pump": "P1", "rate": "1 ml/h", "drug": TEN},
+         future),
+    ]  # fmt: skip
+    async with AlertLog(url) as log:
+        await log.start_session("live", "an older monitor", load_library())
+        for event, t_us in poison:
+            log.add_input(
+                InputRecord.from_raw(
+                    orjson.dumps(event), "mqtt", "accepted", t_us=t_us, event_type="reading"
+                )
+            )
+    caplog.set_level(logging.INFO, logger="calguard")
+    now = SystemClock().now_us()
+    async with AlertLog(url) as log:
+        warm = await warm_start(log, load_library(), now)
+    assert warm.engine.now is not None and warm.engine.now <= now
+    assert any("skipped an input dated 2099" in r.getMessage() for r in caplog.records)
+    assert warm.engine.ward.beds["B1"].weight_kg == 1.2  # the rest came back

@@ -3,6 +3,8 @@ missing context, and the (advisory) pressure trend."""
 
 from __future__ import annotations
 
+import pytest
+
 from tests.support import Bedside
 
 CA = "Calcium gluconate 20 mg/ml"
@@ -296,3 +298,18 @@ def test_a_homoglyph_calcium_label_is_calcium_at_180_ml_h() -> None:
     assert alerts["rate-volume"] == "high"
     assert alerts["concentration-peripheral"] == "medium"
     assert "product-unknown" not in alerts
+
+
+@pytest.mark.parametrize(
+    "label",
+    [
+        "CALCIU\u039c GLUCONATE 10%",
+        "\u0421ALCIUM GLUCONATE 10%",
+        "\uff23\uff21\uff2c\uff23\uff29\uff35\uff2d gluconate 10%",
+    ],
+)
+def test_capital_look_alikes_cannot_hide_calcium_either(label: str) -> None:
+    bay = Bedside()
+    bay.admit()
+    bay.reading("08:05", rate="180 ml/h", drug=label, concentration="100 mg/ml")
+    assert bay.active()["rate-volume"] == "high"

@@ -80,3 +80,18 @@ def test_two_acks_at_one_deadline_both_win() -> None:
     bay.clock("08:30")
     assert [s for _, s, _ in _of(bay, first)] == ["raised", "acknowledged"]
     assert [s for _, s, _ in _of(bay, second)] == ["raised", "acknowledged"]
+
+
+def test_an_action_does_not_fire_the_engines_timers_of_its_own_instant() -> None:
+    """A site check documented at exactly 60 min is on time, even when another nurse's
+    acknowledgement shares that instant (and comes first)."""
+    bay = Bedside(QUIET, alarms=True)
+    bay.admit("08:00")  # a PIV: site checks hourly while calcium runs
+    bay.reading("08:00", rate="1 ml/h", drug=DILUTED)
+    bay.admit("08:00", bed="B2", line="L2", pump="P2", kind="picc", tip_confirmed=True)
+    bay.reading("08:00", pump="P2", rate="2 ml/h", drug=DILUTED)  # a medium alarm to ack
+    alert = next(a["alert"] for a in bay.alerts if a["rule"] == "rate-weight")
+    bay.send("09:00", "ack", alert=alert, by="rn7")
+    bay.send("09:00", "site_check", line="L1", grade=0, by="rn1")
+    bay.clock("09:10")
+    assert [a for a in bay.alerts if a["rule"] == "site-check-overdue"] == []

@@ -23,8 +23,10 @@ from calguard.monitor.library import Library
 from calguard.monitor.model import Bed, ChannelState, LineState, Ward
 from calguard.monitor.rules.base import RuleContext
 from calguard.monitor.rules.channel import ChannelRules
+from calguard.monitor.rules.inputs import InputRules
 from calguard.monitor.rules.lines import LineRules
 from calguard.monitor.rules.patient import PatientRules
+from calguard.monitor.rules.system import SystemRules
 from calguard.monitor.timers import TimerQueue
 from calguard.monitor.transitions import AlertBook
 
@@ -39,6 +41,8 @@ class Rules:
         self.channels = ChannelRules(ctx)
         self.lines = LineRules(ctx, self.channels)
         self.patients = PatientRules(ctx)
+        self.inputs = InputRules(ctx)
+        self.system = SystemRules(ctx)  # the monitor's own conditions (log-unavailable)
         self.stale_timeout = ctx.stale_timeout
         self.min_grade = ctx.min_grade
         # timer keys are (rule id, subject id): which evaluation to run when one fires
@@ -51,6 +55,7 @@ class Rules:
             "dose-daily": bed(self.patients.dose),
             "ceftriaxone-neonate": bed(self.patients.ceftriaxone),
             "product-unknown": bed(self.patients.medication_unknown),
+            "input-unknown": lambda key, now: self.inputs.quiet(key[1], now),  # type: ignore[index]
         }
 
     def channel(self, ch: ChannelState, now: int) -> None:

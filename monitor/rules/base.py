@@ -57,6 +57,7 @@ class RuleContext:
         self.stale_timeout = r("telemetry-stale").q("timeout")
         cs = r("clock-skew")
         self.skew_tolerance, self.backdate = cs.q("tolerance"), cs.q("backdate")
+        self.stray_quiet = r("input-unknown").q("quiet")
         pt = r("pressure-trend")
         self.pressure_rise, self.pressure_duration = pt.q("rise"), pt.q("duration")
 

@@ -338,11 +338,11 @@ class ChannelRules:
 
         ctx.put("pressure-trend", key, True, now, describe)
 
-    def clock_skew(self, ch: ChannelState, skew_us: int, now: int) -> None:
+    def clock_skew(self, ch: ChannelState, skew_us: int, tolerance_us: int, now: int) -> None:
         """A pump's own time against the monitor's: outside the tolerance is a clock fault
         of that pump (one alert per pump, whichever of its channels reported it)."""
         ctx, tolerance = self.ctx, self.ctx.skew_tolerance
-        off = abs(skew_us) > tolerance.us
+        off = abs(skew_us) > tolerance_us
         ctx.put(
             "clock-skew",
             ("clock-skew", ch.pump),

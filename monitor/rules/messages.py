@@ -14,7 +14,9 @@ __all__ = [
     "concentration_peripheral",
     "dose_daily",
     "incompatible",
+    "input_unknown",
     "line_arterial",
+    "log_unavailable",
     "medication_unknown",
     "no_drug",
     "no_line",
@@ -169,6 +171,29 @@ def clock_skew(pump: str, skew: str, ahead: bool, tolerance: str) -> str:
         f"The clock of pump {pump} is {skew} {way} the monitor's (more than {tolerance}): its "
         "readings are timed by the monitor's clock instead. Set the pump's clock or check "
         "its gateway's time zone"
+    )
+
+
+def input_unknown(source: str, first: str, quiet: str) -> str:
+    return (
+        f"Inputs from {source} could not be understood and name no pump CalGuard knows"
+        f" (first: {first}). Each is logged with its reason; check what publishes "
+        f"there. Clears after {quiet} without another"
+    )
+
+
+def log_unavailable(recorded: bool, detail: str | None) -> str:
+    why = f" ({detail})" if detail else ""
+    if recorded:
+        return (
+            f"The log database cannot be written{why}. Monitoring and alarms go on; every "
+            "input and alarm is kept in the monitor's local spool and written to the log "
+            "when the database returns. Call IT / clinical engineering to restore it"
+        )
+    return (
+        f"NOTHING IS BEING RECORDED: neither the log database nor the monitor's local spool "
+        f"can be written{why}. Monitoring and alarms go on, but a restart now would forget "
+        "this unit's documentation and calcium doses. Call IT / clinical engineering now"
     )
 
 
