@@ -1,48 +1,84 @@
 """The durable log: every input (accepted or rejected, with its reason) and every alert
-transition, written in batches by one writer task and flushed on exit.
+transition, written in batches and flushed on exit - and never a reason to stop alarming.
 
 ``AlertLog`` is an async context manager. Producers call ``add_input`` / ``add_transition``
-(cheap, no I/O) and ``await checkpoint()`` now and then, which waits only when the writer
-has fallen far behind (back-pressure instead of unbounded memory). The writer flushes when
-a batch is full, when ``flush_interval`` has passed, and on exit. SQLite is the embedded
-default (WAL, synchronous=FULL: a committed batch survives a power cut); PostgreSQL is
-used by URL. Database errors are translated into ``LogError`` here and nowhere else.
+(cheap, no I/O) and ``await checkpoint()`` now and then, which waits a little when the
+writer has fallen far behind (back-pressure instead of unbounded memory). The writer
+(``calguard.alerts.log_writer``) flushes when a batch is full, when ``flush_interval`` has
+passed, and on exit. SQLite is the embedded default (WAL, synchronous=FULL: a committed
+batch survives a power cut); PostgreSQL is used by URL.
+
+When the database is down, full or read-only, batches go to a bounded local spool on disk
+(``calguard.alerts.spool``, under the data directory) and are drained into the database,
+in order, when it returns; a non-empty spool is drained at the next start before anything
+is read. ``status`` says where rows go (``ok``, ``spooling``, ``unrecorded``) and
+``after_durable`` tells a driver when an input may be acknowledged upstream. Database
+errors are translated into ``LogError`` here and nowhere else; after the log has opened,
+a database error is a status, never an exception that stops the monitor.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import time
+import uuid
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
 import orjson
 from calguard.alerts.audit import GENESIS, link_hash
+from calguard.alerts.log_writer import UNRECORDED, Batch, LogStatus, LogWriter, Marks
 from calguard.alerts.schema import (
     alert_transitions,
     audit_chain,
     inputs,
     library_versions,
+    log_identity,
+    log_writers,
     migrate,
     sessions,
 )
+from calguard.alerts.spool import Spool, SpoolError
 from calguard.monitor.errors import LogError
 from calguard.monitor.events import ALARM_ACTIONS
 from calguard.monitor.library import Library
 from calguard.monitor.records import InputRecord
 from calguard.monitor.transitions import AlertTransition
-from sqlalchemy import event, func, insert, select, text, update
+from sqlalchemy import event, func, insert, select, text
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.pool import NullPool
 
-__all__ = ["AlertLog", "default_db_url", "normalise_db_url", "session_rows"]
+__all__ = [
+    "AlertLog",
+    "LogStatus",
+    "default_db_url",
+    "default_spool_dir",
+    "normalise_db_url",
+    "session_rows",
+]
 
 log = logging.getLogger(__name__)
 _PG_MIGRATION_LOCK = 0x6361_6C67  # "calg": one migrating process at a time
+# The spool's default cap. A reading costs about 400 bytes in the spool (its raw JSON and
+# the log's columns). 2 GiB is then ~5 million readings: a 40-cot unit's ~120 pump channels
+# at 1 Hz for ~12 hours (a night until the database is fixed), or a hospital's 1,000
+# channels for ~1.5 hours (a failover or a maintenance window). Past it the monitor says
+# loudly that nothing is recorded, and keeps alarming. CALGUARD_SPOOL_MAX_MB changes it.
+DEFAULT_SPOOL_MAX_BYTES = 2 << 30
+_PG_WRITE_TIMEOUT_S = 10.0  # a PostgreSQL batch slower than this goes to the spool instead
+_PG_CONNECT_TIMEOUT_S = 5.0
+_BACKPRESSURE_MAX_S = 5.0  # a producer never waits for the writer longer than this
+_HELD_INPUTS = 200_000  # inputs held in memory when neither database nor spool takes them
+_DRAIN_AT_EXIT_S = 10.0
+# Inputs someone waits to acknowledge are written once this many have gathered, without
+# waiting for a full batch: an MQTT broker sends the monitor at most its receive maximum
+# (5,000) ahead of the acknowledgements, so a batch must go well before that is reached.
+_ACK_BATCH = 1000
 
 # Rows are kept as tuples in these column orders and inserted with statements compiled
 # once per dialect: SQLAlchemy's per-row parameter handling cost more than SQLite itself.
@@ -97,6 +133,28 @@ def default_db_url() -> str:
     return f"sqlite+aiosqlite:///{default_data_dir() / 'calguard.sqlite3'}"
 
 
+def default_spool_dir() -> Path:
+    """Where batches wait while the database is down: ``CALGUARD_SPOOL_DIR``, else the
+    ``spool`` folder of the data directory. A disk other than the database's is better."""
+    env = os.environ.get("CALGUARD_SPOOL_DIR")
+    return Path(env) if env else default_data_dir() / "spool"
+
+
+def _spool_max_bytes() -> int:
+    env = os.environ.get("CALGUARD_SPOOL_MAX_MB")
+    if not env:
+        return DEFAULT_SPOOL_MAX_BYTES
+    try:
+        mib = int(env)
+    except ValueError:
+        raise LogError(
+            f"CALGUARD_SPOOL_MAX_MB={env!r}: a whole number of MiB is expected"
+        ) from None
+    if mib < 1:
+        raise LogError(f"CALGUARD_SPOOL_MAX_MB={env!r}: at least 1 MiB is expected")
+    return mib << 20
+
+
 def normalise_db_url(url: str) -> str:
     """Accept plain ``sqlite:///…`` / ``postgresql://…`` and pick the async driver."""
     for plain, driver in (
@@ -129,24 +187,31 @@ class AlertLog:
         batch_size: int = 5000,
         flush_interval: float = 0.25,
         max_pending: int = 50_000,
+        spool_dir: Path | str | None = None,
+        spool_max_bytes: int | None = None,
+        max_held_inputs: int = _HELD_INPUTS,
     ) -> None:
         self.url = normalise_db_url(url or default_db_url())
         self.batch_size = batch_size
         self.flush_interval = flush_interval
         self.max_pending = max_pending
+        self.spool_root = Path(spool_dir) if spool_dir is not None else default_spool_dir()
+        self.spool_max_bytes = spool_max_bytes
+        self.max_held_inputs = max_held_inputs
         self.session_id: int | None = None
         self._engine: AsyncEngine | None = None
+        self._writer: LogWriter | None = None
         self._inputs: list[tuple[Any, ...]] = []
         self._transitions: list[tuple[Any, ...]] = []
         self._audit_rows: list[tuple[Any, ...]] = []
         self._audit_seq, self._audit_hash = 0, GENESIS
         self._insert_inputs = self._insert_transitions = self._insert_audit = ""
         self._seq = 0
-        self._wake = asyncio.Event()
-        self._drained = asyncio.Event()
-        self._writer: asyncio.Task[None] | None = None
+        self._added: list[int] = [0, 0, 0]  # rows added: inputs, transitions, audit links
+        self._taken: Marks = (0, 0, 0)
+        self._batches = 0
+        self._end: tuple[int, int] | None = None
         self._closing = False
-        self._failure: BaseException | None = None
         self.written = 0
 
     @property
@@ -158,10 +223,8 @@ class AlertLog:
     async def __aenter__(self) -> AlertLog:
         if self._engine is not None:
             raise RuntimeError("AlertLog is not re-entrant")
-        self._closing, self._failure = False, None
-        self._wake, self._drained = asyncio.Event(), asyncio.Event()
+        self._closing, self._end = False, None
         await self._open()
-        self._writer = asyncio.create_task(self._run(), name="calguard-log-writer")
         return self
 
     async def __aexit__(
@@ -173,16 +236,18 @@ class AlertLog:
         await self.close()
 
     async def _open(self) -> None:
-        if self.url.startswith("sqlite") and ":memory:" not in self.url:
+        file_sqlite = self.url.startswith("sqlite") and ":memory:" not in self.url
+        if file_sqlite:
             path = self.url.split(":///", 1)[-1].split("?", 1)[0]
             if path:  # once, at startup: a blocking mkdir is fine here
                 Path(path).expanduser().parent.mkdir(parents=True, exist_ok=True)  # noqa: ASYNC240
         try:
-            engine = create_async_engine(self.url)
-        except (SQLAlchemyError, ImportError, ValueError) as exc:
+            engine = create_async_engine(self.url, **_engine_options(self.url, file_sqlite))
+        except (SQLAlchemyError, ImportError, ValueError, TypeError) as exc:
             raise LogError(f"cannot use the log database {self.display_url}: {exc}") from exc
         if engine.dialect.name == "sqlite":
             event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
+        writer_id = uuid.uuid4().hex
         try:
             async with engine.begin() as conn:
                 if engine.dialect.name == "postgresql":
@@ -190,6 +255,11 @@ class AlertLog:
                         text("SELECT pg_advisory_xact_lock(:k)"), {"k": _PG_MIGRATION_LOCK}
                     )
                 applied = await conn.run_sync(migrate, _wall_us())
+                identity = (await conn.execute(select(log_identity.c.id))).scalar_one()
+                await conn.execute(
+                    insert(log_writers),
+                    [{"writer": writer_id, "started_us": _wall_us(), "last_batch": 0}],
+                )
         except (SQLAlchemyError, OSError, RuntimeError) as exc:
             await engine.dispose()
             raise LogError(
@@ -200,7 +270,9 @@ class AlertLog:
         self._insert_inputs = _positional_insert(engine, inputs, INPUT_COLUMNS)
         self._insert_transitions = _positional_insert(engine, alert_transitions, TRANSITION_COLUMNS)
         self._insert_audit = _positional_insert(engine, audit_chain, AUDIT_COLUMNS)
+        writer = await self._writer_for(engine, writer_id, identity)
         try:
+            drained = await writer.drain_all()  # before anything reads the log
             async with engine.connect() as conn:
                 head = (
                     await conn.execute(
@@ -209,34 +281,105 @@ class AlertLog:
                         .limit(1)
                     )
                 ).first()
-        except SQLAlchemyError as exc:
+        except (SQLAlchemyError, OSError, SpoolError, TimeoutError) as exc:
+            writer.spool.close()
             await engine.dispose()
             raise LogError(
-                f"cannot read the audit chain of {self.display_url}: {_short(exc)}"
+                f"cannot write the spooled rows into {self.display_url} or read its audit "
+                f"chain: {_short(exc)}"
             ) from exc
+        if drained:
+            log.warning("log %s: %d spooled batch(es) written", self.display_url, drained)
         self._audit_seq, self._audit_hash = (int(head[0]), str(head[1])) if head else (0, GENESIS)
-        self._engine = engine
+        self._engine, self._writer = engine, writer
+        writer.start()
+
+    async def _writer_for(self, engine: AsyncEngine, writer_id: str, identity: str) -> LogWriter:
+        """The writer, with the spool of this database (found by its identity)."""
+        max_bytes = self.spool_max_bytes or _spool_max_bytes()
+        spool = Spool(self.spool_root / identity, max_bytes)
+        try:
+            await asyncio.to_thread(spool.open)
+            others = await asyncio.to_thread(_other_spools, self.spool_root, identity)
+        except (OSError, SpoolError) as exc:
+            await engine.dispose()
+            raise LogError(f"cannot read the spool {spool.directory}: {exc}") from exc
+        for other in others:
+            log.warning(
+                "%s holds spooled rows of another log database: they are written when "
+                "CalGuard runs with that database again",
+                other,
+            )
+        return LogWriter(
+            engine,
+            (self._insert_inputs, self._insert_transitions, self._insert_audit),
+            writer_id,
+            spool,
+            self._take,
+            flush_interval=self.flush_interval,
+            write_timeout=_PG_WRITE_TIMEOUT_S if engine.dialect.name == "postgresql" else None,
+            max_held_inputs=self.max_held_inputs,
+            on_dropped=self._dropped,
+        )
 
     async def close(self) -> None:
-        """Flush everything still pending and close; idempotent."""
+        """Write (or spool) everything still pending and close; idempotent."""
         if self._engine is None or self._closing:
             return
         self._closing = True
-        self._wake.set()
+        writer = self._writer
+        assert writer is not None
+        if self.session_id is not None:
+            self._end = (self.session_id, _wall_us())
         try:
-            if self._writer is not None:
-                await self._writer
+            await writer.stop(drain_for=_DRAIN_AT_EXIT_S)
         finally:
-            try:
-                if self.session_id is not None and self._failure is None:
-                    await self._end_session()
-            finally:
-                await self._engine.dispose()
-                self._engine = None
-        if self._failure is not None:
+            await self._engine.dispose()
+            self._engine = None
+        lost = self.pending + writer.dropped
+        if writer.failure is not None or lost:
+            why = _short(writer.failure) if writer.failure else writer.status.reason
             raise LogError(
-                f"the log {self.display_url} could not be written: {_short(self._failure)}"
+                f"the log {self.display_url} could not be written: {lost} row(s) were "
+                f"neither written nor spooled ({why})"
             )
+        if writer.spool.pending:
+            log.warning(
+                "%d batch(es) wait in the spool %s: they are written into %s at the next start",
+                writer.spool.pending,
+                writer.spool.directory,
+                self.display_url,
+            )
+
+    # -- durability -----------------------------------------------------------------------
+
+    @property
+    def status(self) -> LogStatus:
+        """Where rows go now: ``ok`` (the database), ``spooling`` (the local spool, or
+        draining it), ``unrecorded`` (nowhere durable: held in memory)."""
+        return self._writer.status if self._writer is not None else LogStatus()
+
+    async def status_changed(self, since: LogStatus) -> LogStatus:
+        """Wait until the state differs from ``since``'s; returns the new status."""
+        assert self._writer is not None, "use AlertLog as an async context manager"
+        return await self._writer.changed(since)
+
+    def after_durable(self, callback: Callable[[], None], *, soon: bool = False) -> None:
+        """Call ``callback`` (no arguments, quick, no I/O of its own: e.g. send an MQTT
+        PUBACK or an MLLP AA) once everything added so far is in the database or fsynced in
+        the spool - or held with nowhere durable to go (status ``unrecorded``): inputs are
+        then still acknowledged, so that they keep coming and the monitor keeps alarming.
+
+        Acknowledgements are batched with the log's writes (every ``flush_interval``, or
+        sooner when many wait). ``soon``: write now rather than at the next interval, for a
+        sender that waits for each answer before it sends again (MLLP)."""
+        marks = (self._added[0], self._added[1], self._added[2])
+        if self._writer is None:
+            callback()
+            return
+        self._writer.after_durable(marks, callback)
+        if soon or marks[0] - self._taken[0] >= min(self.batch_size, _ACK_BATCH):
+            self._writer.wake()
 
     # -- sessions -------------------------------------------------------------------------
 
@@ -305,7 +448,7 @@ class AlertLog:
             (inputs.c.event_type != "reading") & (inputs.c.t_us >= documentation_since_us)
         )
         query = (
-            select(inputs.c.raw, inputs.c.event_type, inputs.c.source)
+            select(inputs.c.raw, inputs.c.event_type, inputs.c.source, inputs.c.t_us)
             .where(inputs.c.session_id.in_(live), inputs.c.event_type != "wire", recent)
             .order_by(inputs.c.id)
         )
@@ -358,24 +501,11 @@ class AlertLog:
             raise LogError(f"cannot read {self.display_url}: {_short(exc)}") from exc
         return [orjson.loads(r.alert_line) for r in rows]
 
-    async def _end_session(self) -> None:
-        assert self._engine is not None
-        try:
-            async with self._engine.begin() as conn:
-                await conn.execute(
-                    update(sessions)
-                    .where(sessions.c.id == self.session_id)
-                    .values(ended_us=_wall_us())
-                )
-        except SQLAlchemyError as exc:
-            raise LogError(
-                f"cannot close the session in {self.display_url}: {_short(exc)}"
-            ) from exc
-
     # -- producers ------------------------------------------------------------------------
 
     def add_input(self, record: InputRecord) -> None:
         self._seq += 1
+        self._added[0] += 1
         r = record
         self._inputs.append(
             (
@@ -400,17 +530,18 @@ class AlertLog:
             kind = "action" if r.status == "accepted" else "action-refused"
             actor = _actor(r.raw)
             self._audit(r.t_us, kind, actor, r.raw if r.reason is None else f"{r.raw}\n{r.reason}")
-        if len(self._inputs) >= self.batch_size:
-            self._wake.set()
+        if len(self._inputs) >= self.batch_size and self._writer is not None:
+            self._writer.wake()
 
     def add_undelivered(self, sink: str, t_us: int, reason: str, line: str) -> None:
         """An alarm line a sink gave up on: kept in the audit chain with the reason."""
         self._audit(t_us, "undelivered", None, f"{sink}\n{reason}\n{line}")
-        self._wake.set()
+        self._wake()
 
     def _audit(self, t_us: int, kind: str, actor: str | None, payload: str) -> None:
         """Append to the hash chain (computed here, in order; written with the batch)."""
         self._audit_seq += 1
+        self._added[2] += 1
         prev = self._audit_hash
         self._audit_hash = link_hash(self._audit_seq, t_us, kind, actor, payload, prev)
         self._audit_rows.append(
@@ -419,6 +550,7 @@ class AlertLog:
 
     def add_transition(self, tr: AlertTransition, alert_line: str | None = None) -> None:
         self._seq += 1
+        self._added[1] += 1
         line = alert_line if alert_line is not None else tr.to_json()
         d = tr.description
         self._transitions.append(
@@ -443,66 +575,90 @@ class AlertLog:
             )
         )
         self._audit(tr.t, "transition", tr.by, line)
-        self._wake.set()
+        self._wake()
+
+    def _wake(self) -> None:
+        if self._writer is not None:
+            self._writer.wake()
+
+    def _dropped(self, count: int, reason: str) -> None:
+        """Inputs given up while nothing could be written: the gap goes into the chain."""
+        self._audit(
+            _wall_us(),
+            "unrecorded",
+            None,
+            f"{count} input(s) could not be written to the database or the spool and were "
+            f"dropped from memory ({reason})",
+        )
 
     @property
     def pending(self) -> int:
-        return len(self._inputs) + len(self._transitions) + len(self._audit_rows)
+        """Rows added and not yet written or spooled."""
+        queued = self._writer.queued_rows if self._writer is not None else 0
+        return len(self._inputs) + len(self._transitions) + len(self._audit_rows) + queued
 
     async def checkpoint(self) -> None:
-        """Wait if the writer is far behind; raise ``LogError`` if it has failed."""
-        if self._failure is not None:
-            raise LogError(
-                f"the log {self.display_url} could not be written: {_short(self._failure)}"
-            )
-        while self.pending >= self.max_pending and self._failure is None:
-            self._drained.clear()
-            self._wake.set()
-            await self._drained.wait()
+        """Wait (a little) if the writer is far behind. Never for long, and not at all when
+        nothing can be written: the monitor's alarming comes first."""
+        writer = self._writer
+        if writer is None:
+            return
+        if writer.failure is not None:
+            raise LogError(f"the log {self.display_url} stopped: {_short(writer.failure)}")
+        if self.pending < self.max_pending:
+            return
+        writer.wake()
+        try:
+            async with asyncio.timeout(_BACKPRESSURE_MAX_S):
+                while (
+                    self.pending >= self.max_pending
+                    and writer.status.state != UNRECORDED
+                    and writer.failure is None
+                ):
+                    await writer.progress()
+        except TimeoutError:
+            log.warning("the log writer is %d rows behind; going on", self.pending)
 
     async def flush(self) -> None:
-        """Write everything pending now (used by tests and on shutdown)."""
-        while self.pending and self._failure is None:
-            self._drained.clear()
-            self._wake.set()
-            await self._drained.wait()
-        await self.checkpoint()
+        """Wait until everything added so far is written or spooled (used by tests, before
+        a stop, and by replays)."""
+        writer = self._writer
+        if writer is None:
+            return
+        done = asyncio.Event()
+        self.after_durable(done.set)
+        writer.wake()
+        while not done.is_set() and writer.failure is None:
+            await writer.progress()
+        if writer.failure is not None:
+            raise LogError(f"the log {self.display_url} stopped: {_short(writer.failure)}")
 
-    # -- writer ---------------------------------------------------------------------------
-
-    async def _run(self) -> None:
-        try:
-            while True:
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(self.flush_interval):
-                        await self._wake.wait()
-                self._wake.clear()
-                await self._write_pending()
-                self._drained.set()
-                if self._closing and not self.pending:
-                    return
-        except BaseException as exc:  # keep it for the producers; never die silently
-            self._failure = exc
-            self._drained.set()
-            log.error("log writer stopped: %s", _short(exc))
-
-    async def _write_pending(self) -> None:
-        assert self._engine is not None
-        while self.pending:
+    def _take(self) -> list[Batch]:
+        """Pending rows, as batches numbered in order (the writer calls this)."""
+        batches: list[Batch] = []
+        while self._inputs or self._transitions or self._audit_rows:
             batch_in, self._inputs = (
                 self._inputs[: self.batch_size],
                 self._inputs[self.batch_size :],
             )
             batch_tr, self._transitions = self._transitions, []
             batch_audit, self._audit_rows = self._audit_rows, []
-            async with self._engine.begin() as conn:
-                if batch_in:
-                    await conn.exec_driver_sql(self._insert_inputs, batch_in)
-                if batch_tr:
-                    await conn.exec_driver_sql(self._insert_transitions, batch_tr)
-                if batch_audit:
-                    await conn.exec_driver_sql(self._insert_audit, batch_audit)
+            self._taken = (
+                self._taken[0] + len(batch_in),
+                self._taken[1] + len(batch_tr),
+                self._taken[2] + len(batch_audit),
+            )
+            self._batches += 1
+            batches.append(Batch(self._batches, batch_in, batch_tr, batch_audit, self._taken))
             self.written += len(batch_in) + len(batch_tr)
+        if self._closing and self._end is not None:
+            if batches and not self._inputs:
+                batches[-1].end = self._end
+            else:
+                self._batches += 1
+                batches.append(Batch(self._batches, [], [], [], self._taken, self._end))
+            self._end = None
+        return batches
 
 
 def _positional_insert(engine: AsyncEngine, table: Any, columns: tuple[str, ...]) -> str:
@@ -552,6 +708,27 @@ async def session_rows(
     finally:
         await engine.dispose()
     return session, list(rows), list(alerts)
+
+
+def _engine_options(url: str, file_sqlite: bool) -> dict[str, Any]:
+    if file_sqlite:
+        # A connection per batch: the writer finds the file as it is now (permissions, a
+        # replaced file, a remounted disk) instead of writing on through an old descriptor,
+        # and notices a log it can no longer write at the next batch, not the next start.
+        return {"poolclass": NullPool}
+    if url.startswith("postgresql"):
+        return {"pool_pre_ping": True, "connect_args": {"timeout": _PG_CONNECT_TIMEOUT_S}}
+    return {}
+
+
+def _other_spools(root: Path, identity: str) -> list[Path]:
+    if not root.is_dir():
+        return []
+    return [
+        d
+        for d in sorted(root.iterdir())
+        if d.is_dir() and d.name != identity and any(d.glob("*.spool"))
+    ]
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:

@@ -12,6 +12,7 @@ Times are integer microseconds since the epoch (UTC), exactly as the engine coun
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -38,6 +39,8 @@ __all__ = [
     "audit_chain",
     "inputs",
     "library_versions",
+    "log_identity",
+    "log_writers",
     "metadata",
     "migrate",
     "schema_version",
@@ -145,14 +148,37 @@ audit_chain = Table(
 )
 
 
+# Which database this is: a random id made with the schema. The local spool of a log
+# writer is kept per database identity, so rows spooled for one database can never be
+# drained into another that happens to answer at the same URL.
+log_identity = Table(
+    "log_identity",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("created_us", BigInteger, nullable=False),
+)
+
+# One row per log writer (one per process run): the number of its last batch committed,
+# updated in the same transaction as the batch. A batch that reached the database and was
+# spooled as well (a commit whose answer was lost with the connection) is thus written
+# exactly once when the spool is drained.
+log_writers = Table(
+    "log_writers",
+    metadata,
+    Column("writer", String(32), primary_key=True),
+    Column("started_us", BigInteger, nullable=False),
+    Column("last_batch", BigInteger, nullable=False),
+)
+
+
 @dataclass(frozen=True)
 class Migration:
     version: int
     description: str
-    apply: Callable[[Connection], None]
+    apply: Callable[[Connection, int], None]  # (connection, now in µs)
 
 
-def _v1(conn: Connection) -> None:
+def _v1(conn: Connection, _now_us: int) -> None:
     # Frozen: if a later migration changes one of these tables, give this migration its
     # own copy of the table as it was at version 1.
     metadata.create_all(
@@ -160,13 +186,21 @@ def _v1(conn: Connection) -> None:
     )
 
 
-def _v2(conn: Connection) -> None:
+def _v2(conn: Connection, _now_us: int) -> None:
     metadata.create_all(conn, tables=[audit_chain], checkfirst=True)
+
+
+def _v3(conn: Connection, now_us: int) -> None:
+    metadata.create_all(conn, tables=[log_identity, log_writers], checkfirst=True)
+    if conn.execute(select(log_identity.c.id)).first() is None:
+        row = {"id": uuid.uuid4().hex, "created_us": now_us}
+        conn.execute(insert(log_identity), [row])
 
 
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "inputs, alert transitions, sessions and library versions", _v1),
     Migration(2, "tamper-evident audit chain of alert transitions and user actions", _v2),
+    Migration(3, "database identity and log writers' batch marks (the local spool)", _v3),
 )
 
 
@@ -183,7 +217,7 @@ def migrate(conn: Connection, now_us: int) -> list[int]:
     applied = []
     for migration in MIGRATIONS:
         if migration.version > current:
-            migration.apply(conn)
+            migration.apply(conn, now_us)
             row: dict[str, Any] = {
                 "version": migration.version,
                 "description": migration.description,

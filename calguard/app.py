@@ -6,25 +6,35 @@ asyncio runs one task at a time, so inputs are applied in arrival order with no 
 (a queue hop cost more than the rules themselves: measured). The clock task sleeps until
 the next timer is due and then feeds a ``clock`` event (logged like any input), so that
 replaying a live session's log gives the same alerts the live run gave; an input that
-brings a deadline earlier wakes it. ``stop()`` cancels the drivers between inputs and
-returns; the caller's ``AlertLog`` context flushes the log.
+brings a deadline earlier wakes it. ``stop()`` parks the drivers between inputs, lets the
+log make what was processed durable (so that it is acknowledged upstream), then cancels
+them; the caller's ``AlertLog`` context flushes the rest of the log.
+
+Durability and the log's health are inputs like any other. An input a driver wants
+acknowledged (``Inbound.on_durable``: an MQTT PUBACK) is acknowledged once the log has it
+in the database or in its local spool. A log task reports the log's state as a ``monitor``
+event, logged and replayable, that the engine turns into the ``log-unavailable`` alarm:
+raised while rows go to the spool, escalated to high when even the spool cannot be
+written, cleared once the spool is drained. Alarming never waits for the log.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Callable, Sequence
 
 import orjson
 
-from calguard.alerts.log import AlertLog
+from calguard.alerts.log import AlertLog, LogStatus
 from calguard.alerts.sinks.base import Delivery, Sink
 from calguard.drivers.base import Driver, Inbound
 from calguard.monitor.clock import Clock
 from calguard.monitor.engine import Engine
 from calguard.monitor.events import ALARM_ACTIONS
 from calguard.monitor.library import Library
+from calguard.monitor.rules.system import LOG_KEY
 from calguard.monitor.timeutil import format_ts
 from calguard.monitor.transitions import AlertTransition
 from calguard.pipeline import Pipeline
@@ -49,7 +59,11 @@ async def _cancel(tasks: list[asyncio.Task[None]]) -> None:
 Output = Callable[[AlertTransition, str], None]
 _CHECKPOINT_EVERY = 500  # inputs between chances for the log writer to catch up
 _NEVER = 1 << 62
+#: what a command may carry into its action event (event-format: actions on alarms)
+_COMMAND_FIELDS = ("alert", "by", "reason", "duration", "note")
 _SINK_FLUSH_S = 3.0  # at a stop, how long the sinks may take to deliver what they hold
+_LOG_FLUSH_S = 5.0  # at a stop, how long the log may take to make the last inputs durable
+_DETAIL_CHARS = 200  # the longest detail a monitor event carries (event-format bound)
 
 
 class Monitor:
@@ -82,6 +96,11 @@ class Monitor:
         self._timer_moved = asyncio.Event()
         self._sleeping_until = _NEVER  # the deadline the clock task sleeps towards
         self._running = False
+        self._stamp_second, self._stamp_prefix = -1, ""
+        self._parked = asyncio.Event()  # never set: where drivers wait once stopping
+        active = self.engine.active.get(LOG_KEY)
+        #: what the engine was last told of the log: (unavailable, still recorded)
+        self._log_reported = (active is not None, active is None or active.priority != "high")
 
     def stop(self) -> None:
         """Ask ``run`` to finish: the drivers stop between two inputs."""
@@ -98,8 +117,14 @@ class Monitor:
                     for driver in self.drivers
                 ]
                 tasks.append(group.create_task(self._clock_loop(), name="clock"))
+                if self.log is not None:
+                    tasks.append(group.create_task(self._watch_log(self.log), name="log state"))
                 senders = [group.create_task(s.run(), name=f"sink {s.url}") for s in self.sinks]
                 await self._stopping.wait()
+                if self.log is not None:  # what was processed is acknowledged before the
+                    with contextlib.suppress(TimeoutError):  # drivers' connections close
+                        async with asyncio.timeout(_LOG_FLUSH_S):
+                            await self.log.flush()
                 await _cancel(tasks)
                 for sink in self.sinks:  # what the last inputs raised still goes out
                     await sink.flushed(within=_SINK_FLUSH_S)
@@ -111,6 +136,15 @@ class Monitor:
         async for item in driver.inputs():
             self._process(item)
             self.processed += 1
+            if item.on_verdict is not None:
+                item.on_verdict(self.pipeline.refusal)  # the engine's word on this very input
+            if item.on_durable is not None:
+                if self.log is not None:
+                    self.log.after_durable(item.on_durable)
+                else:
+                    item.on_durable()  # no log was asked for: nothing to wait for
+            if self._stopping.is_set():
+                await self._parked.wait()  # stopping: take no more; run() cancels us
             due = self.pipeline.next_due()
             if due is not None and due < self._sleeping_until:
                 self._timer_moved.set()  # an earlier deadline: the clock task must know
@@ -130,6 +164,34 @@ class Monitor:
             except TimeoutError:
                 self._tick(due)
 
+    async def _watch_log(self, alert_log: AlertLog) -> None:
+        status = alert_log.status
+        self._report_log(status)
+        while True:
+            status = await alert_log.status_changed(status)
+            self._report_log(status)
+
+    def _report_log(self, status: LogStatus) -> None:
+        """The log's state, as an input of the monitor's own: logged like any input (in the
+        spool while the database is away), so a replay of the log gives the same alarm."""
+        state = (status.state != "ok", status.state != "unrecorded")
+        if state == self._log_reported:
+            return
+        self._log_reported = state
+        event: dict[str, object] = {
+            "t": format_ts(self.clock.now_us()),
+            "type": "monitor",
+            "condition": "log-unavailable",
+            "active": state[0],
+            "recorded": state[1],
+        }
+        detail = "".join(c for c in status.reason or "" if c.isprintable()).strip()
+        if state[0] and detail:
+            event["detail"] = detail[:_DETAIL_CHARS]
+        if not state[1]:
+            log.critical("NOTHING IS BEING RECORDED: %s; monitoring goes on", status.reason)
+        self.emit(self.pipeline.feed_object(event, raw=orjson.dumps(event), source="monitor"))
+
     def _process(self, item: Inbound) -> None:
         now = self.clock.now_us()
         if item.problem is not None:
@@ -139,11 +201,24 @@ class Monitor:
         elif isinstance(item.obj, dict):
             # the monitor's clock is the time: stamp the input on arrival (over whatever a
             # sender wrote there) and log it so stamped, so a replay decides as we did
-            obj = {**item.obj, "received": format_ts(now)}
-            transitions = self.pipeline.feed_object(obj, raw=orjson.dumps(obj), source=item.source)
+            obj = {**item.obj, "received": self._stamp(now)}
+            obj.pop("clock_speed", None)  # ours to say, like "received"
+            if self.clock.speed != 1:  # a training clock: a delay of the machine is
+                obj["clock_speed"] = self.clock.speed  # speed x longer in ward time
+            transitions = self.pipeline.feed_object(
+                obj, raw=orjson.dumps(obj), source=item.source, received_us=now
+            )
         else:
             transitions = self.pipeline.feed_object(item.obj, raw=item.raw, source=item.source)
         self.emit(transitions)
+
+    def _stamp(self, us: int) -> str:
+        """``format_ts`` for the receive stamp of every input, with the whole second's
+        text kept: formatting a timestamp from scratch cost more than the rules do."""
+        second, micro = divmod(us, 1_000_000)
+        if second != self._stamp_second:
+            self._stamp_second, self._stamp_prefix = second, format_ts(second * 1_000_000)[:-1]
+        return f"{self._stamp_prefix}.{micro:06d}Z" if micro else f"{self._stamp_prefix}Z"
 
     def _tick(self, due: int | None) -> None:
         """A timer is due: move the engine's time on with a (logged) clock event."""
@@ -162,8 +237,11 @@ class Monitor:
         except orjson.JSONDecodeError as exc:
             obj, why = None, f"not JSON: {exc}"
         if isinstance(obj, dict):
-            event = {k: v for k, v in obj.items() if k not in ("action", "id", "t")}
-            event = {"t": format_ts(self.clock.now_us()), "type": obj.get("action"), **event}
+            # only the fields an action has: a "received", "clock_speed" or "t" in a command
+            # is the sender's to claim, never ours to apply (the monitor's clock is the time)
+            event = {k: v for k, v in obj.items() if k in _COMMAND_FIELDS}
+            now = format_ts(self.clock.now_us())
+            event = {"t": now, "type": obj.get("action"), **event, "received": now}
             if event["type"] not in ALARM_ACTIONS:
                 why = f"action {obj.get('action')!r}: one of {', '.join(ALARM_ACTIONS)} is expected"
             else:

@@ -20,7 +20,7 @@ import abc
 import asyncio
 import logging
 import random
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, ClassVar
@@ -42,6 +42,15 @@ class Inbound:
 
     ``raw`` is what the log keeps. A problem that concerns a known pump channel names it in
     ``pump`` (it then raises telemetry-invalid for that channel).
+
+    ``on_durable``: how the wire is told that this input - and every input the driver gave
+    before it - is safe (an MQTT PUBACK, an MLLP AA). The monitor calls it once the input is
+    in the durable log (the database, or the local spool while the database is down); it
+    must be quick and must not block (queue the answer; do not await it).
+
+    ``on_verdict``: how the wire learns what the monitor made of this very input, once it
+    is applied: None if it was used, else the reason it was refused (an MLLP AA or AE).
+    Called at once after the input is applied; quick and non-blocking, like ``on_durable``.
     """
 
     source: str
@@ -49,6 +58,8 @@ class Inbound:
     obj: object | None = None
     problem: str | None = None
     pump: tuple[str, str] | None = None
+    on_durable: Callable[[], None] | None = None
+    on_verdict: Callable[[str | None], None] | None = None
 
 
 @dataclass

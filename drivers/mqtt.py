@@ -13,17 +13,25 @@ Topics under the URL's prefix (protocols.md section 3):
 
 The monitor connects with a fixed client id and a persistent session (MQTT 5, clean start
 off, a long session expiry), so QoS 1 messages published while it is away are delivered
-when it returns. Duplicates (QoS 1 redelivery) are dropped by the engine on ``seq``. A
-payload that cannot be used is a problem naming the topic's pump (telemetry-invalid), never
+when it returns. A QoS 1 message is acknowledged (PUBACK) only once its inputs are in the
+durable log (the database, or the log's local spool): the monitor calls the ``on_durable``
+of the last input of each burst. A monitor killed before that loses nothing - the broker
+redelivers what was not acknowledged - and the redelivered copies of what was already
+logged are dropped by the engine on ``seq`` (logged as ``duplicate``). ``receive_maximum``
+bounds the messages the broker sends ahead of those acknowledgements.
+
+A payload that cannot be used is a problem naming the topic's pump (telemetry-invalid), never
 a crash. Losing the broker is a ``DriverError``: the base class reconnects with backoff, and
-meanwhile the engine's stale timers speak for the silent pumps.
+meanwhile the engine's stale timers speak for the silent pumps. Acknowledgements still due
+for a connection that is gone are dropped: the broker redelivers those messages.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+import dataclasses
+from collections.abc import AsyncIterator, Callable
 from typing import Any, ClassVar
 
 import aiomqtt
@@ -40,6 +48,10 @@ __all__ = ["MqttDriver", "monitor_status_topic", "topics"]
 
 _SESSION_EXPIRY_S = 7 * 24 * 3600  # keep queued messages a week while the monitor is away
 _BURST = 256  # messages taken at once when they are already waiting
+# QoS 1 messages the broker may send before the monitor has acknowledged them. Each waits
+# for the log's next batch (0.25 s, longer while spooling or under load): at 1,000 readings
+# a second a window of 5,000 is ~5 s of slack before the broker must pause.
+_RECEIVE_MAXIMUM = 5000
 
 
 class _Inbox(asyncio.Queue[aiomqtt.Message]):
@@ -78,6 +90,14 @@ class MqttDriver(Driver):
         ),
         **LINK_OPTIONS,
         "persistent": OptionSpec(bool, True, "persistent session (clean start off)"),
+        "receive_maximum": OptionSpec(
+            int,
+            _RECEIVE_MAXIMUM,
+            "QoS 1 messages the broker may send ahead of their acknowledgement, which waits "
+            "until they are in the durable log",
+            minimum=1,
+            maximum=65535,
+        ),
     }
 
     def __init__(self, url: str, **kwargs: Any) -> None:
@@ -99,6 +119,7 @@ class MqttDriver(Driver):
             raise DriverError(str(exc), source=self.url) from exc
         properties = Properties(PacketTypes.CONNECT)
         properties.SessionExpiryInterval = _SESSION_EXPIRY_S if self.config["persistent"] else 0
+        properties.ReceiveMaximum = self.config["receive_maximum"]
         client = aiomqtt.Client(
             self.host,
             self.port,
@@ -115,6 +136,7 @@ class MqttDriver(Driver):
             timeout=10,
         )
         inbox = _Inbox.latest  # made by the constructor above, before any other task ran
+        _manual_acks(client)
         try:
             await client.__aenter__()
             for topic in topics(self.prefix).values():
@@ -142,20 +164,44 @@ class MqttDriver(Driver):
     # -- reading ------------------------------------------------------------------------
 
     async def _read(self) -> list[Inbound]:
-        assert self._messages is not None
+        assert self._messages is not None and self._client is not None
+        client = self._client
         try:
             message = await anext(self._messages)  # waits; notices a lost broker
         except aiomqtt.MqttError as exc:
             raise DriverError(f"lost the broker: {exc}", source=self.url) from exc
-        items = self.translate(str(message.topic), _payload_bytes(message.payload))
+        burst = [message]
         inbox = self._inbox
         for _ in range(_BURST if inbox is not None else 0):
             try:
-                message = inbox.get_nowait()  # type: ignore[union-attr]  # checked above
+                burst.append(inbox.get_nowait())  # type: ignore[union-attr]  # checked above
             except asyncio.QueueEmpty:
                 break
+        items: list[Inbound] = []
+        for message in burst:
             items += self.translate(str(message.topic), _payload_bytes(message.payload))
+        due = [(m.mid, m.qos) for m in burst if m.qos > 0]
+        if due:
+            ack = self._acknowledger(client, due)
+            if items:  # acknowledged once the last input of the burst is durable
+                items[-1] = dataclasses.replace(items[-1], on_durable=ack)
+            else:
+                ack()  # nothing in it to keep (an empty list of events)
         return items
+
+    def _acknowledger(
+        self, client: aiomqtt.Client, due: list[tuple[int, int]]
+    ) -> Callable[[], None]:
+        def ack() -> None:
+            if client is not self._client:
+                self.stats.count("acks_dropped", len(due))  # that connection is gone:
+                return  # the broker redelivers those messages to the next one
+            paho = client._client  # see _manual_acks
+            for mid, qos in due:
+                paho.ack(mid, qos)
+            self.stats.count("acknowledged", len(due))
+
+        return ack
 
     def translate(self, topic: str, payload: bytes) -> list[Inbound]:
         """One MQTT message -> inputs (public for tests of the topic convention)."""
@@ -227,6 +273,17 @@ def _payload_bytes(payload: object) -> bytes:
     if isinstance(payload, str):
         return payload.encode("utf-8")
     return b"" if payload is None else str(payload).encode("utf-8")
+
+
+def _manual_acks(client: aiomqtt.Client) -> None:
+    """Acknowledge QoS 1 messages ourselves, once they are durable. aiomqtt 2.5 has no
+    public switch for it; paho-mqtt (>= 2.0), which it wraps, has ``manual_ack_set`` and
+    ``ack(mid, qos)``. This and ``MqttDriver._acknowledger`` are the only places that reach
+    under aiomqtt for it."""
+    paho = client._client
+    if not hasattr(paho, "manual_ack_set"):
+        raise DriverError("paho-mqtt >= 2.0 is needed to acknowledge messages once durable")
+    paho.manual_ack_set(True)
 
 
 async def _quietly_exit(client: aiomqtt.Client) -> None:

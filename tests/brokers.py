@@ -73,6 +73,9 @@ class Broker:
             "autosave_interval 1\n"
             "max_queued_messages 0\n"  # unlimited: a monitor away for a while loses nothing
             "max_inflight_messages 100\n"
+            # as deploy/mosquitto/calguard.conf: the monitor acknowledges readings once they
+            # are logged, so Nagle's algorithm would hold each next one back for a TCP ACK
+            "set_tcp_nodelay true\n"
             f"log_dest file {self.directory / 'mosquitto.log'}\n"
             "log_type all\n" + self.extra
         )

@@ -11,7 +11,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import aiomqtt
 import orjson
@@ -45,15 +45,8 @@ async def test_a_flood_of_made_up_pumps_never_delays_a_canary_nor_grows_memory(
         f'[[drivers]]\nurl = "{url}"\nclient_id = "flood-monitor"\n\n'
         f'[[sinks]]\nurl = "{url}"\nclient_id = "flood-alarms"\n'
     )
-    # its output to files: a pipe nobody reads fills at 64 KiB (every garbage input is a
-    # warning line) and would stall the monitor on a write, which is not what is tested
     out, err_file = (tmp_path / "stdout.txt").open("w"), (tmp_path / "stderr.txt").open("w")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "calguard", "run", "--site", str(site)],
-        env={**os.environ, "CALGUARD_DATA_DIR": str(tmp_path)},
-        stdout=out,
-        stderr=err_file,
-    )
+    proc = _start(site, tmp_path, out, err_file)
     raised: dict[str, float] = {}  # canary pump -> when its rate-volume line arrived
     try:
         async with aiomqtt.Client(broker.host, broker.port, identifier="flood-station") as c:
@@ -94,6 +87,18 @@ async def test_a_flood_of_made_up_pumps_never_delays_a_canary_nor_grows_memory(
     assert max(delays.values()) < 1.0, delays
     assert end_rss - start_rss < 50 * 1024, (start_rss, end_rss)
     assert seq >= FLOOD_PER_S * FLOOD_S * 0.9
+
+
+def _start(site: Path, data: Path, out: IO[str], err: IO[str]) -> subprocess.Popen[bytes]:
+    """`calguard run` with its output to files: a pipe nobody reads fills at 64 KiB (every
+    garbage input is a warning line) and would stall the monitor on a write, which is not
+    what is tested here."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "calguard", "run", "--site", str(site)],
+        env={**os.environ, "CALGUARD_DATA_DIR": str(data)},
+        stdout=out,
+        stderr=err,
+    )
 
 
 async def _canary(client: aiomqtt.Client, pump: str) -> None:
