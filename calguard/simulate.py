@@ -74,6 +74,7 @@ async def simulate(
     target: str,
     safe: bool,
     wait: bool = True,
+    style: str = "bbraun",
 ) -> int:
     clock = _clock(speed)
     workdir = Path(directory) if directory else Path(tempfile.mkdtemp(prefix="calguard-sim-"))
@@ -91,7 +92,17 @@ async def simulate(
     elif wire == "mqtt":
         await _mqtt(scenario, clock, workdir, broker, speed=speed, once=once, note=note, wait=wait)
     else:
-        await _hl7(scenario, clock, workdir, bedside, target, speed=speed, once=once, note=note)
+        await _hl7(
+            scenario,
+            clock,
+            workdir,
+            bedside,
+            target,
+            speed=speed,
+            once=once,
+            note=note,
+            style=style,
+        )
     return 0
 
 
@@ -187,6 +198,7 @@ async def _hl7(
     speed: float,
     once: bool,
     note: str,
+    style: str,
 ) -> None:
     parts = urlsplit(target)
     host, port = parts.hostname or "127.0.0.1", parts.port or 2575
@@ -196,12 +208,14 @@ async def _hl7(
         + f'[[drivers]]\nurl = "mllp://{host}:{port}"\n\n'
         + f'[[drivers]]\nurl = "replay://{bedside.path.resolve()}"\n'
     )
-    gateway = Hl7Gateway(host, port, clock, bedside)
+    gateway = Hl7Gateway(host, port, clock, bedside, style=style)
     _announce(
         scenario,
         [
-            f"a PCD-01 gateway sending to mllp://{host}:{port} (retrying until it listens)",
-            f"bedside documentation appended to {bedside.path}",
+            f"a pump gateway in the {style} style (PCD-01 telemetry, PCD-04 alarms) and an "
+            f"ADT feed (the infants, with their weight) sending to mllp://{host}:{port} "
+            "(retrying until it listens)",
+            f"the rest of the bedside documentation appended to {bedside.path}",
             f"site config: {site}{note}",
             f"monitor it:  calguard run --site {site} --view",
         ],

@@ -1,17 +1,18 @@
-"""HL7 v2 driver: an MLLP listener for IHE PCD-01 ``ORU^R01`` from pump gateways.
+"""HL7 v2 driver: an MLLP listener for pump gateways and the hospital's ADT feed.
 
     mllp://127.0.0.1:2575
 
-Clinical pumps (BD Alaris, B. Braun Space, ...) reach hospital systems through their vendor
-gateways as HL7 v2.6 ``ORU^R01`` (profile IHE_PCD_001) over MLLP. Each OBX row carries one
-metric: OBX-3 its MDC code, OBX-4 the containment path ``<MDS>.<VMD>.<channel>.<metric>``,
-OBX-5 the value, OBX-6 the MDC unit. The VMD (one infusion module of the pump) is the pump
-channel CalGuard knows: VMD 1 is channel A, VMD 2 channel B. The pump is MSH-3's
-universal id (EUI-64) or, without one, its namespace id.
+One listener reads, on any connection:
 
-Every message is answered: ``AA`` when it became readings, ``AE`` with the reason
-otherwise (also logged; when the pump is known the reason raises telemetry-invalid).
-Codes come from the IHE PCD Technical Framework (protocols.md section 2), not from demo code.
+- IHE PCD-01 ``ORU^R01`` and PCD-10 ``ORU^R42`` (pump telemetry; ``drivers/pcd01.py``),
+- IHE PCD-04 ``ORU^R40`` (pump alarms; ``drivers/pcd04_in.py``),
+- ``ADT^A01/A02/A03/A04/A08/A11/A13`` (the infant in each bed; ``drivers/adt.py``).
+
+Every message is answered once the monitor has given its verdict on what came out of it:
+``AA`` when every input was accepted, ``AE`` with the reasons (MSA-3, one ERR each)
+otherwise - also for a message that cannot be read at all, which is logged with its bytes.
+The acknowledgement is built and escaped by python-hl7. Codes come from the IHE PCD
+Technical Framework (docs/protocols.md section 2), not from demo code.
 """
 
 from __future__ import annotations
@@ -20,203 +21,232 @@ import asyncio
 import contextlib
 import itertools
 import logging
-import re
+import warnings
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import tzinfo
 from typing import Any, ClassVar
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import hl7
 import orjson
 from calguard.config.options import OptionSpec
+from calguard.drivers.adt import ADT_EVENTS, AdtView, translate_adt
 from calguard.drivers.base import Driver, Inbound
+from calguard.drivers.hl7v2 import HL7Problem, Message, hl7_time
+from calguard.drivers.pcd01 import translate_pcd01
+from calguard.drivers.pcd04_in import AlarmBoard, translate_pcd04
 from calguard.monitor.errors import DriverError
-from calguard.monitor.timeutil import format_ts
+from calguard.monitor.timeutil import to_datetime
 from hl7.mllp import start_hl7_server
 
-__all__ = ["MllpDriver", "Pcd01", "ack", "translate_pcd01"]
+__all__ = [
+    "HL7Problem",
+    "Input",
+    "MllpDriver",
+    "Translation",
+    "acknowledgement",
+    "hl7_time",
+    "translate_message",
+]
 
 log = logging.getLogger(__name__)
 
-# OBX-3 codes (IHE PCD TF vol. 2 rev. 9.0, RTMMS)
-MDC_PUMP_INFUSING_STATUS = "184519"
-MDC_FLOW_FLUID_PUMP = "157784"  # programmed rate
-MDC_VOL_FLUID_DELIV_TOTAL = "157993"
-MDC_DRUG_NAME_LABEL = "184514"
-MDC_CONC_DRUG = "157760"
-# OBX-6 unit codes -> unit strings CalGuard's units module reads
-MDC_UNITS = {
-    "265266": "ml/h",  # MDC_DIM_MILLI_L_PER_HR
-    "265234": "ml/min",  # MDC_DIM_MILLI_L_PER_MIN
-    "263762": "ml",  # MDC_DIM_MILLI_L
-    "264306": "mg/ml",  # MDC_DIM_MILLI_G_PER_ML
-    "263875": "kg",  # MDC_DIM_KILO_G
-}
-_HL7_TS = re.compile(r"(\d{4})(\d\d)(\d\d)(\d\d)(\d\d)(\d\d)?(?:\.(\d{1,4}))?([+-]\d{4})?\Z")
-
-
-class HL7Problem(Exception):
-    """A message CalGuard cannot use; the text goes into the AE acknowledgement."""
+_READS = "ORU^R01 and ORU^R42 (PCD-01, PCD-10), ORU^R40 (PCD-04), ADT^" + "/".join(ADT_EVENTS)
+_MAX_ERR = 10  # ERR segments in one acknowledgement
+_MSA_TEXT = 80  # MSA-3's length in HL7 v2.5+
 
 
 @dataclass
-class Pcd01:
-    """What one PCD-01 message said: its readings, and per-channel problems."""
+class Input:
+    """One input a message gives the monitor: an event, or a problem (naming a pump
+    channel when it concerns one). ``accepted`` runs once the monitor has used it."""
 
-    control_id: str
-    sender: tuple[str, str]
-    pump: str
-    bed: str | None
-    readings: list[dict[str, Any]] = field(default_factory=list)
-    problems: list[tuple[str, str]] = field(default_factory=list)  # (channel, reason)
+    obj: dict[str, Any] | None = None
+    problem: str | None = None
+    pump: tuple[str, str] | None = None
+    accepted: Callable[[], None] | None = None
+
+    def label(self) -> str:
+        """What the input concerns, to begin its reason in an AE: "pump P7 channel A: "."""
+        obj = self.obj or {}
+        if obj.get("type") == "reading" or self.pump:
+            pump, channel = self.pump or (obj.get("pump"), obj.get("channel"))
+            return f"pump {pump} channel {channel}: "
+        if obj.get("type") == "patient":
+            return f"bed {obj.get('bed')}: "
+        return ""
 
 
-def hl7_time(value: str) -> str:
-    """``20261121080310+0000`` -> ``2026-11-21T08:03:10+00:00``; an offset is required."""
-    m = _HL7_TS.match(value.strip())
-    if m is None:
-        raise HL7Problem(f"{value!r} is not an HL7 timestamp (YYYYMMDDHHMM[SS][+ZZZZ])")
-    year, month, day, hour, minute, second, fraction, offset = m.groups()
-    if offset is None:
-        raise HL7Problem(
-            f"the time {value!r} has no UTC offset; CalGuard does not guess time zones"
+@dataclass
+class Translation:
+    inputs: list[Input] = field(default_factory=list)
+    note: str | None = None  # said in MSA-3 of an AA (why nothing came of a message)
+
+
+def translate_message(
+    message: Message, board: AlarmBoard, view: AdtView, *, zone: tzinfo | None = None
+) -> Translation:
+    """What the monitor is given for one message; ``HL7Problem`` if it is unusable."""
+    code, trigger = message.kind
+    if code == "ORU" and trigger in ("R01", "R42"):
+        return _telemetry(message, board, zone)
+    if code == "ORU" and trigger == "R40":
+        return _alarm(message, board, zone)
+    if code == "ADT":
+        if trigger not in ADT_EVENTS:
+            return Translation(note=f"ADT^{trigger} is not used by CalGuard")
+        return _admission(message, trigger, view, zone)
+    shown = message.field(message.msh, 9) or "empty"
+    raise HL7Problem(f"MSH-9 is {shown!r}; CalGuard reads {_READS}")
+
+
+def _telemetry(message: Message, board: AlarmBoard, zone: tzinfo | None) -> Translation:
+    result = translate_pcd01(message, zone=zone)
+    out = Translation()
+    for item in result.readings:
+        reading = dict(item.reading)
+        alarm = board.alarm_of(item.pump, item.channel, item.vmd, item.kind, item.alarm)
+        if alarm is not None:
+            reading["alarm"] = alarm
+
+        def remember(
+            r: dict[str, Any] = reading,
+            v: int = item.vmd,
+            k: str = item.kind,
+            own: str | None = item.alarm,
+        ) -> None:
+            board.remember(r, v, k, own)
+
+        out.inputs.append(Input(obj=reading, accepted=remember))
+    for pump, reason in result.problems:
+        out.inputs.append(Input(problem=reason, pump=pump))
+    if not out.inputs:
+        out.note = "no infusion data in this message: nothing CalGuard monitors"
+    return out
+
+
+def _alarm(message: Message, board: AlarmBoard, zone: tzinfo | None) -> Translation:
+    report = translate_pcd04(message, zone=zone)
+    if report is None:
+        return Translation(note="not an infusion pump's alarm: nothing CalGuard monitors")
+    pump, readings = board.apply(report)
+    if readings:
+        return Translation([Input(obj=r) for r in readings])
+    if report.active:
+        channel = chr(ord("A") + report.vmd - 1) if 1 <= report.vmd <= 26 else "A"
+        reason = (
+            f"{report.name} alarm (PCD-04) before any reading of this pump: its channels and "
+            "rate are unknown; its first reading will carry the alarm"
         )
-    frac = f".{fraction}" if fraction else ""
-    return f"{year}-{month}-{day}T{hour}:{minute}:{second or '00'}{frac}{offset[:3]}:{offset[3:]}"
+        return Translation([Input(problem=reason, pump=(pump, channel))])
+    return Translation(
+        note=f"the {report.name} alarm of pump {pump} ended; no reading of it is known"
+    )
 
 
-def _components(value: str, separator: str) -> list[str]:
-    return value.split(separator)
+def _admission(message: Message, trigger: str, view: AdtView, zone: tzinfo | None) -> Translation:
+    changes, notes = translate_adt(message, trigger, view, zone=zone)
+    out = Translation(note="; ".join(notes) or None)
+    for change in changes:
+
+        def seen(bed: str = change.bed, patient: str | None = change.patient) -> None:
+            view.note(bed, patient)
+
+        out.inputs.append(Input(obj=change.event, accepted=seen))
+    return out
 
 
-def translate_pcd01(text: str) -> Pcd01:
-    """Map an IHE PCD-01 ORU^R01 to readings; ``HL7Problem`` if the message is unusable."""
-    try:
-        message = hl7.parse(text)
-        msh = message.segment("MSH")
-    except Exception as exc:  # python-hl7 raises plain ParseException/KeyError/IndexError
-        raise HL7Problem(f"not an HL7 v2 message ({exc.__class__.__name__})") from None
-    comp = str(msh(2))[0] if str(msh(2)) else "^"
+# -- acknowledgements -------------------------------------------------------------------------
 
-    def f(segment: Any, n: int) -> str:
-        try:
-            return str(segment(n))
-        except (IndexError, KeyError):
-            return ""
-
-    control_id = f(msh, 10)
-    kind = _components(f(msh, 9), comp)
-    if kind[:2] != ["ORU", "R01"]:
-        raise HL7Problem(f"MSH-9 is {f(msh, 9)!r}; CalGuard reads ORU^R01 (IHE PCD-01)")
-    sender_ids = _components(f(msh, 3), comp)
-    pump = (sender_ids[1] if len(sender_ids) > 1 and sender_ids[1] else sender_ids[0]).strip()
-    if not pump:
-        raise HL7Problem("MSH-3 names no sending device")
-    sent = hl7_time(f(msh, 7))
-    bed = None
-    with contextlib.suppress(KeyError, IndexError):
-        location = _components(f(message.segment("PV1"), 3), comp)
-        bed = location[2] if len(location) > 2 and location[2] else None
-    observed = sent
-    with contextlib.suppress(KeyError, IndexError):
-        obr_time = f(message.segment("OBR"), 7)
-        if obr_time:
-            observed = hl7_time(obr_time)
-    result = Pcd01(control_id, (f(msh, 3), f(msh, 4)), pump, bed)
-    channels: dict[str, dict[str, Any]] = {}
-    for obx in message.segments("OBX") if _has(message, "OBX") else []:
-        code = _components(f(obx, 3), comp)[0]
-        path = f(obx, 4).split(".")
-        if len(path) < 2 or not path[1].isdigit() or path[1] == "0":
-            continue  # the MDS itself
-        channel = chr(ord("A") + int(path[1]) - 1) if 1 <= int(path[1]) <= 26 else path[1]
-        slot = channels.setdefault(channel, {})
-        value = message.unescape(f(obx, 5))
-        unit = _unit(_components(f(obx, 6), comp))
-        if code == MDC_PUMP_INFUSING_STATUS:
-            state = value.split(comp)[-1].strip().lower()
-            slot["status"] = "infusing" if state == "pump-status-infusing" else "stopped"
-        elif code == MDC_FLOW_FLUID_PUMP:
-            slot["rate"] = _quantity(value, unit, code)
-        elif code == MDC_VOL_FLUID_DELIV_TOTAL:
-            slot["volume_infused"] = _quantity(value, unit, code)
-        elif code == MDC_CONC_DRUG:
-            slot["concentration"] = _quantity(value, unit, code)
-        elif code == MDC_DRUG_NAME_LABEL and value.strip():
-            slot["drug"] = value.strip()
-        if f(obx, 14):
-            slot.setdefault("t", hl7_time(f(obx, 14)))
-    for channel, slot in sorted(channels.items()):
-        if not slot:
-            continue
-        if "rate" not in slot:
-            result.problems.append(
-                (channel, "no programmed rate (MDC_FLOW_FLUID_PUMP) for this channel")
-            )
-            continue
-        reading = {
-            "t": slot.pop("t", observed),
-            "type": "reading",
-            "pump": pump,
-            "channel": channel,
-        }
-        reading.update(slot)
-        if isinstance(reading["rate"], HL7Problem):
-            result.problems.append((channel, str(reading["rate"])))
-            continue
-        bad = [v for v in reading.values() if isinstance(v, HL7Problem)]
-        if bad:
-            result.problems.append((channel, str(bad[0])))
-            continue
-        result.readings.append(reading)
-    if not result.readings and not result.problems:
-        raise HL7Problem("no pump channel with observations in this message")
-    return result
-
-
-def _has(message: Any, name: str) -> bool:
-    try:
-        message.segments(name)
-    except KeyError:
-        return False
-    return True
-
-
-def _unit(parts: list[str]) -> str | None:
-    code = parts[0] if parts else ""
-    if code in MDC_UNITS:
-        return MDC_UNITS[code]
-    if len(parts) >= 6 and parts[5] == "UCUM" and parts[3]:
-        return parts[3]  # the UCUM alternate; the units module checks it
-    return None
-
-
-def _quantity(value: str, unit: str | None, code: str) -> str | HL7Problem:
-    if unit is None:
-        return HL7Problem(f"observation {code} has a unit CalGuard does not know")
-    return f"{value.strip()} {unit}"
-
-
-_escape = str.maketrans(
-    {"\\": "\\E\\", "|": "\\F\\", "^": "\\S\\", "&": "\\T\\", "~": "\\R\\", "\r": " ", "\n": " "}
-)
 _ack_ids = itertools.count(1)
 
 
-def ack(
-    code: str, control_id: str, sender: tuple[str, str], now: str, reason: str | None = None
+def _stamp(now_us: int) -> str:
+    return to_datetime(now_us).strftime("%Y%m%d%H%M%S") + "+0000"
+
+
+def acknowledgement(
+    message: Message | None,
+    code: str,
+    now_us: int,
+    reasons: Sequence[str] = (),
+    *,
+    note: str | None = None,
+    control_id: str = "",
 ) -> str:
-    """An HL7 v2.6 ACK: MSA-1 AA/AE/AR for MSH-10 of the message; the reason in MSA-3 and ERR."""
-    stamp = now.replace("-", "").replace(":", "").replace("T", "")[:14] + "+0000"
-    segments = [
-        f"MSH|^~\\&|CALGUARD|CALGUARD|{sender[0]}|{sender[1]}|{stamp}||ACK^R01^ACK|"
-        f"CG{next(_ack_ids):08d}|P|2.6",
-        f"MSA|{code}|{control_id.translate(_escape)}"
-        + (f"|{reason.translate(_escape)}" if reason else ""),
-    ]
-    if reason:
-        segments.append(
-            f"ERR|||207^Application internal error^HL70357|E||||{reason.translate(_escape)}"
+    """An HL7 ACK built by python-hl7: MSA-1 ``AA``/``AE`` for MSH-10 of the message, the
+    reason (or a note) in MSA-3 and each reason in an ERR segment. ``message`` None: a
+    message that could not be parsed, answered for ``control_id`` as far as it was found."""
+    try:
+        reply = _create_ack(message.raw if message is not None else None, code, control_id)
+    except (IndexError, KeyError, TypeError):  # an MSH too short for python-hl7's ACK
+        assert message is not None
+        reply = _create_ack(None, code, message.control_id)
+    reply.segment("MSH").assign_field(_stamp(now_us), 7)
+    text = "; ".join(reasons) if reasons else note
+    if text:
+        reply.segment("MSA").assign_field(_escape(_shorten(text, _MSA_TEXT)), 3)
+    for reason in reasons[:_MAX_ERR]:
+        err = reply.create_segment([reply.create_field(["ERR"])])
+        err.assign_field("207", 3, 1, 1)
+        err.assign_field("Application internal error", 3, 1, 2)
+        err.assign_field("HL70357", 3, 1, 3)
+        err.assign_field("E", 4)
+        err.assign_field(_escape(_shorten(reason, 250)), 8)
+        reply.append(err)
+    return str(reply).rstrip("\r") + "\r"
+
+
+def _create_ack(source: Any, code: str, control_id: str) -> Any:
+    if source is None:  # a message that could not be parsed: answered for its control id
+        source = hl7.parse("MSH|^~\\&|||||||ACK^^ACK|" + _escape(control_id) + "|P|2.6")
+    with warnings.catch_warnings():
+        # python-hl7 0.4.5 calls datetime.utcnow(), deprecated since Python 3.12; MSH-7 is
+        # set from the monitor's clock just after
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return source.create_ack(
+            code, message_id=f"CG{next(_ack_ids):010d}", application="CALGUARD", facility="CALGUARD"
         )
-    return "\r".join(segments) + "\r"
+
+
+_ENCODING = hl7.parse("MSH|^~\\&")  # python-hl7 escapes with a message's separators
+
+
+#: the acknowledgement is ASCII: typography in CalGuard's reasons is written plainly, and a
+#: character beyond Latin-1 (which python-hl7's \\Xhh\\ escape cannot carry) becomes "?"
+_PLAIN = str.maketrans(
+    {
+        "\u2014": "-",
+        "\u2013": "-",
+        "\u2018": "'",
+        "\u2019": "'",
+        "\u201c": '"',
+        "\u201d": '"',
+        "\u2026": "...",
+        "\u00b5": "u",
+    }
+)
+
+
+def _escape(text: str) -> str:
+    clean = " ".join(text.translate(_PLAIN).split())  # no CR/LF inside a field
+    clean = "".join(c if ord(c) < 0x100 else "?" for c in clean)
+    return str(_ENCODING.escape(clean))
+
+
+def _shorten(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _control_id(block: bytes) -> str:
+    """MSH-10 of a message that could not be parsed, if it can be found at all."""
+    first = block.split(b"\r", 1)[0].decode("ascii", "replace")
+    fields = first.split("|")
+    return fields[9] if first.startswith("MSH") and len(fields) > 9 else ""
+
+
+# -- the listener ---------------------------------------------------------------------------
 
 
 class MllpDriver(Driver):
@@ -226,12 +256,36 @@ class MllpDriver(Driver):
         "max_message_bytes": OptionSpec(
             int, 1 << 20, "larger messages are refused", minimum=4096, maximum=1 << 26
         ),
+        "time_zone": OptionSpec(
+            str,
+            "",
+            "the IANA time zone (e.g. Europe/Amsterdam) of senders whose timestamps carry no "
+            "UTC offset; empty: such timestamps are refused",
+        ),
+        "ack_timeout": OptionSpec(
+            float,
+            10.0,
+            "seconds to wait for the monitor's verdict on a message before answering AE",
+            minimum=0.1,
+            maximum=300.0,
+        ),
     }
 
     def __init__(self, url: str, **kwargs: Any) -> None:
         super().__init__(url, **kwargs)
         self.host = self.parts.hostname or "127.0.0.1"
         self.port = self.parts.port or 2575
+        self.zone: tzinfo | None = None
+        if self.config["time_zone"]:
+            try:
+                self.zone = ZoneInfo(self.config["time_zone"])
+            except (ZoneInfoNotFoundError, ValueError) as exc:
+                raise DriverError(
+                    f"time_zone {self.config['time_zone']!r} is not an IANA time zone: {exc}",
+                    source=url,
+                ) from None
+        self.board = AlarmBoard()  # outlives connections: a gateway reconnects
+        self.view = AdtView()
         self._server: asyncio.Server | None = None
         self._queue: asyncio.Queue[Inbound] = asyncio.Queue(maxsize=10_000)
         self._connections: set[asyncio.Task[None]] = set()
@@ -283,7 +337,7 @@ class MllpDriver(Driver):
                     return  # the gateway hung up
                 except (ValueError, hl7.mllp.InvalidBlockError) as exc:
                     self.stats.count("bad_frames")
-                    await self._put(Inbound(source, b"", problem=f"MLLP framing error: {exc}"))
+                    await self._submit(source, b"", [Input(problem=f"MLLP framing error: {exc}")])
                     continue
                 reply = await self._message(source, block)
                 writer.writeblock(reply.encode("ascii", "replace"))
@@ -294,36 +348,57 @@ class MllpDriver(Driver):
             writer.close()
 
     async def _message(self, source: str, block: bytes) -> str:
-        now = format_ts(self.clock.now_us())
+        """Translate, hand every input to the monitor, wait for its verdicts, answer."""
+        message: Message | None = None
         try:
-            text = block.decode(self.config["encoding"])
-            message = translate_pcd01(text)
+            message = Message(block.decode(self.config["encoding"]))
+            translation = translate_message(message, self.board, self.view, zone=self.zone)
         except (UnicodeDecodeError, HL7Problem) as exc:
             reason = str(exc)
             self.stats.count("rejected")
-            await self._put(Inbound(source, block, problem=reason))
-            control = _control_id(block)
-            return ack("AE", control, ("", ""), now, reason)
-        for reading in message.readings:
-            await self._put(Inbound(source, orjson.dumps(reading), reading))
-        for channel, reason in message.problems:
-            await self._put(Inbound(source, block, problem=reason, pump=(message.pump, channel)))
-        if message.problems and not message.readings:
-            return ack(
-                "AE",
-                message.control_id,
-                message.sender,
-                now,
-                "; ".join(r for _, r in message.problems),
+            await self._submit(source, block, [Input(problem=reason)])
+            return acknowledgement(
+                message, "AE", self.clock.now_us(), [reason], control_id=_control_id(block)
             )
-        return ack("AA", message.control_id, message.sender, now)
+        refusals = await self._submit(source, block, translation.inputs)
+        if refusals:
+            self.stats.count("rejected")
+        code = "AE" if refusals else "AA"
+        return acknowledgement(message, code, self.clock.now_us(), refusals, note=translation.note)
 
-    async def _put(self, item: Inbound) -> None:
-        await self._queue.put(item)  # back-pressure on the gateway when the monitor lags
+    async def _submit(self, source: str, block: bytes, inputs: list[Input]) -> list[str]:
+        """Queue the inputs for the monitor and wait for its verdict on each (the monitor
+        calls ``Inbound.on_verdict`` once it has applied an input); the reasons of those it
+        refused. An input with no verdict within ``ack_timeout`` counts as refused.
 
+        Answering AA only once the inputs are also durable comes next: chain
+        ``Inbound.on_durable`` here the same way, and answer after both."""
+        loop = asyncio.get_running_loop()
+        waits: list[asyncio.Future[str | None]] = []
+        for item in inputs:
+            verdict: asyncio.Future[str | None] = loop.create_future()
+            waits.append(verdict)
 
-def _control_id(block: bytes) -> str:
-    """MSH-10 of a message that could not be parsed, if it can be found at all."""
-    first = block.split(b"\r", 1)[0].decode("ascii", "replace")
-    fields = first.split("|")
-    return fields[9] if first.startswith("MSH") and len(fields) > 9 else ""
+            def settle(reason: str | None, f: asyncio.Future[str | None] = verdict) -> None:
+                if not f.done():
+                    f.set_result(reason)
+
+            raw = orjson.dumps(item.obj) if item.obj is not None else block
+            await self._queue.put(  # back-pressure on the gateway when the monitor lags
+                Inbound(source, raw, item.obj, item.problem, item.pump, on_verdict=settle)
+            )
+        try:
+            async with asyncio.timeout(self.config["ack_timeout"]):
+                verdicts = [await w for w in waits]
+        except TimeoutError:
+            return [
+                f"the monitor did not confirm the message within {self.config['ack_timeout']:g} s"
+            ]
+        refusals = []
+        for item, reason in zip(inputs, verdicts, strict=True):
+            if reason is None:
+                if item.accepted is not None:
+                    item.accepted()
+            else:
+                refusals.append(f"{item.label()}{reason}")
+        return refusals
