@@ -89,7 +89,10 @@ def _parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--scenario", default="demo", help="a shipped scenario or a scenario file")
     demo.add_argument(
-        "--speed", type=float, default=60.0, help="clock speed-up (default 60: an hour a minute)"
+        "--speed",
+        type=_speed,
+        default=60.0,
+        help="clock speed-up (default 60: an hour a minute; at most 10000)",
     )
     view = demo.add_mutually_exclusive_group()
     view.add_argument(
@@ -113,7 +116,7 @@ def _parser() -> argparse.ArgumentParser:
     sim.add_argument("--scenario", default="demo", help="a shipped scenario or a scenario file")
     sim.add_argument("--list", action="store_true", help="list the shipped scenarios")
     sim.add_argument(
-        "--speed", type=float, default=1.0, help="clock speed-up (the monitor needs the same)"
+        "--speed", type=_speed, default=1.0, help="clock speed-up (the monitor needs the same)"
     )
     sim.add_argument("--once", action="store_true", help="stop at the scenario's end")
     sim.add_argument("--dir", help="where to put the pty link, bedside file and site config")
@@ -125,6 +128,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     sim.add_argument("--safe", action="store_true", help="NE-1000 safe mode (serial)")
     sim.add_argument(
+        "--style",
+        choices=["bbraun", "ihe"],
+        default="bbraun",
+        help="hl7: the gateway's vendor style (B. Braun SpaceStation, or the IHE framework's)",
+    )
+    sim.add_argument(
         "--no-wait",
         action="store_true",
         help="mqtt: start at once instead of waiting for the monitor to subscribe",
@@ -132,6 +141,17 @@ def _parser() -> argparse.ArgumentParser:
     alarm_cli.add_parsers(sub)
     _everywhere(parser)
     return parser
+
+
+def _speed(text: str) -> float:
+    """A clock speed-up as the monitor takes it: above 0, at most 10000."""
+    try:
+        speed = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0 < speed <= 10_000:
+        raise argparse.ArgumentTypeError(f"{text}: a speed above 0 and at most 10000")
+    return speed
 
 
 def _everywhere(parser: argparse.ArgumentParser) -> None:
@@ -239,6 +259,7 @@ def _simulate(args: argparse.Namespace) -> int:
             broker=args.broker,
             target=args.to,
             safe=args.safe,
+            style=args.style,
         )
     )
 
