@@ -59,7 +59,10 @@ __all__ = [
     "default_db_url",
     "default_spool_dir",
     "normalise_db_url",
+    "redact_url",
     "session_rows",
+    "short_error",
+    "training_db_url",
 ]
 
 log = logging.getLogger(__name__)
@@ -127,6 +130,12 @@ def default_data_dir() -> Path:
         return Path(env)
     base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
     return Path(base) / "calguard"
+
+
+def training_db_url() -> str:
+    """Where the demo and the training simulators log: beside the ward's log, never in it
+    (a ward's monitor must never warm-start from a training session)."""
+    return f"sqlite+aiosqlite:///{default_data_dir() / 'training' / 'calguard-training.sqlite3'}"
 
 
 def default_db_url() -> str:
@@ -384,8 +393,17 @@ class AlertLog:
     # -- sessions -------------------------------------------------------------------------
 
     async def start_session(
-        self, mode: str, source: str, library: Library, first_alert_id: int = 1
+        self,
+        mode: str,
+        source: str,
+        library: Library,
+        first_alert_id: int = 1,
+        *,
+        site: str | None = None,
     ) -> int:
+        """``mode``: live (a ward), training (a site config on a training clock), demo or
+        replay; ``site``: the site config's name. Only a site's own live sessions are ever
+        warm-started from."""
         assert self._engine is not None, "use AlertLog as an async context manager"
         now = _wall_us()
         try:
@@ -411,6 +429,7 @@ class AlertLog:
                     [
                         {
                             "mode": mode,
+                            "site": site,
                             "source": source,
                             "library_version": library.version,
                             "started_us": now,
@@ -437,13 +456,21 @@ class AlertLog:
             raise LogError(f"cannot read {self.display_url}: {_short(exc)}") from exc
         return int(highest[2:]) + 1 if highest and highest[2:].isdigit() else 1
 
+    def _own_live(self, site: str | None) -> Any:
+        """The live sessions of this site: never training, demo or replay, never another
+        site's (a database shared by several units)."""
+        return select(sessions.c.id).where(
+            sessions.c.mode == "live",
+            sessions.c.site.is_(None) if site is None else sessions.c.site == site,
+        )
+
     async def recovery_inputs(
-        self, documentation_since_us: int, readings_since_us: int
+        self, documentation_since_us: int, readings_since_us: int, *, site: str | None = None
     ) -> list[Any]:
         """Inputs of earlier live sessions to rebuild the engine's state from: documentation
         (and everything but readings) since the first time, readings since the second."""
         assert self._engine is not None, "use AlertLog as an async context manager"
-        live = select(sessions.c.id).where(sessions.c.mode == "live")
+        live = self._own_live(site)
         recent = (inputs.c.t_us >= readings_since_us) | (
             (inputs.c.event_type != "reading") & (inputs.c.t_us >= documentation_since_us)
         )
@@ -458,11 +485,11 @@ class AlertLog:
         except SQLAlchemyError as exc:
             raise LogError(f"cannot read {self.display_url}: {_short(exc)}") from exc
 
-    async def open_alerts(self) -> list[dict[str, Any]]:
+    async def open_alerts(self, *, site: str | None = None) -> list[dict[str, Any]]:
         """Alerts of live sessions whose condition has not ended (never cleared or reset),
         each as its latest line (an alarm-layer line may follow a latched alarm's clear)."""
         assert self._engine is not None, "use AlertLog as an async context manager"
-        live = select(sessions.c.id).where(sessions.c.mode == "live")
+        live = self._own_live(site)
         closed = select(alert_transitions.c.alert_id).where(
             alert_transitions.c.state.in_(("cleared", "reset"))
         )
@@ -484,11 +511,11 @@ class AlertLog:
             raise LogError(f"cannot read {self.display_url}: {_short(exc)}") from exc
         return [orjson.loads(r.alert_line) for r in rows if r.state not in ("cleared", "reset")]
 
-    async def alarm_lines(self, since_us: int) -> list[dict[str, Any]]:
+    async def alarm_lines(self, since_us: int, *, site: str | None = None) -> list[dict[str, Any]]:
         """The alert lines of live sessions since ``since_us``, in the order emitted: what
         the alarm manager needs to restore acknowledgements, pauses, latches after a restart."""
         assert self._engine is not None, "use AlertLog as an async context manager"
-        live = select(sessions.c.id).where(sessions.c.mode == "live")
+        live = self._own_live(site)
         query = (
             select(alert_transitions.c.alert_line)
             .where(alert_transitions.c.session_id.in_(live), alert_transitions.c.t_us >= since_us)
@@ -755,3 +782,9 @@ def _wall_us() -> int:
 def _short(exc: BaseException) -> str:
     text_ = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     return text_[:300]
+
+
+#: one redaction for every database URL that is shown (no password ever printed)
+redact_url = _redact
+#: a database error in one line, for people
+short_error = _short

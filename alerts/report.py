@@ -25,6 +25,7 @@ from zoneinfo import ZoneInfo, available_timezones
 import orjson
 from calguard.alerts.alarms import category
 from calguard.alerts.schema import alert_transitions, inputs
+from calguard.alerts.sessions import SessionFilter
 from calguard.monitor.timeutil import format_ts, parse_ts, to_datetime
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import create_async_engine
@@ -241,19 +242,34 @@ def build_report(
     return Report(alarms, seen, since, tz, Counter((a.rule, a.priority) for a in alarms))
 
 
-async def load_report(url: str, since: int | None, tz: ZoneInfo | None = None) -> Report:
+async def load_report(
+    url: str,
+    since: int | None,
+    tz: ZoneInfo | None = None,
+    *,
+    sessions_of: SessionFilter | None = None,
+) -> Report:
+    """``sessions_of``: which sessions count (default: all but training and demo ones,
+    which are no ward's alarm burden)."""
+    which = (sessions_of or SessionFilter()).query()
     engine = create_async_engine(url)
     try:
         async with engine.connect() as conn:
-            query = select(alert_transitions.c.alert_line).order_by(
-                alert_transitions.c.session_id, alert_transitions.c.seq
+            query = (
+                select(alert_transitions.c.alert_line)
+                .where(alert_transitions.c.session_id.in_(which))
+                .order_by(alert_transitions.c.session_id, alert_transitions.c.seq)
             )
             lines = [orjson.loads(r[0]) for r in (await conn.execute(query)).all()]
             # integer division on both SQLite and PostgreSQL (t_us is a BIGINT)
             bucket = (inputs.c.t_us // _BUCKET_US).label("bucket")
             beds = (
                 select(inputs.c.bed, bucket)
-                .where(inputs.c.bed.is_not(None), inputs.c.t_us.is_not(None))
+                .where(
+                    inputs.c.bed.is_not(None),
+                    inputs.c.t_us.is_not(None),
+                    inputs.c.session_id.in_(which),
+                )
                 .distinct()
             )
             if since is not None:

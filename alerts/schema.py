@@ -30,7 +30,9 @@ from sqlalchemy import (
     Text,
     func,
     insert,
+    inspect,
     select,
+    text,
 )
 
 __all__ = [
@@ -73,7 +75,8 @@ sessions = Table(
     "sessions",
     metadata,
     Column("id", _Id, primary_key=True, autoincrement=True),
-    Column("mode", String(16), nullable=False),  # replay | live
+    Column("mode", String(16), nullable=False),  # live | training | demo | replay
+    Column("site", Text),  # the site config's name (live, training); None for replay
     Column("source", Text, nullable=False),
     Column("library_version", String(80), nullable=False),
     Column("started_us", BigInteger, nullable=False),  # wall clock
@@ -197,10 +200,17 @@ def _v3(conn: Connection, now_us: int) -> None:
         conn.execute(insert(log_identity), [row])
 
 
+def _v4(conn: Connection, _now_us: int) -> None:
+    # sessions.site: a monitor warm-starts only from its own site's live sessions
+    if "site" not in {c["name"] for c in inspect(conn).get_columns("sessions")}:
+        conn.execute(text("ALTER TABLE sessions ADD COLUMN site TEXT"))
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "inputs, alert transitions, sessions and library versions", _v1),
     Migration(2, "tamper-evident audit chain of alert transitions and user actions", _v2),
     Migration(3, "database identity and log writers' batch marks (the local spool)", _v3),
+    Migration(4, "the site of each session, so training and other sites never warm-start one", _v4),
 )
 
 

@@ -17,6 +17,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from calguard.alerts.audit import verify_chain
 from calguard.alerts.log import default_db_url, normalise_db_url
 from calguard.alerts.schema import audit_chain
+from calguard.alerts.sessions import MODES, WARD, SessionFilter
 from calguard.cliargs import retire_config
 from calguard.monitor.errors import ConfigError
 from calguard.monitor.timeutil import format_ts
@@ -46,6 +47,14 @@ def add_parsers(sub: Any) -> None:
         "report", help="the alarm burden: per bed-day, by rule, acknowledgement"
     )
     report.add_argument("--db", metavar="URL", help="log database (default: the local SQLite file)")
+    report.add_argument("--session", type=int, help="only this session")
+    report.add_argument("--site", help="only this site's sessions")
+    report.add_argument(
+        "--mode",
+        choices=[*MODES, WARD],
+        default=WARD,
+        help="sessions of this mode (default: all but training and demo, no ward's burden)",
+    )
     report.add_argument(
         "--since",
         help='alarms raised from this time ("2026-11-21T07:00:00Z") or this long ago ("7 day")',
@@ -176,7 +185,8 @@ def _report(url: str, args: argparse.Namespace) -> int:
                 )
                 return 2
             since = SystemClock().now_us() - round(ago)
-    report = asyncio.run(load_report(url, since, args.tz))
+    which = SessionFilter(session=args.session, site=args.site, mode=args.mode)
+    report = asyncio.run(load_report(url, since, args.tz, sessions_of=which))
     print(report.text())
     if args.csv:
         write_csv(report, args.csv)

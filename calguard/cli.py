@@ -25,12 +25,14 @@ from pathlib import Path
 from typing import BinaryIO
 
 from calguard import __version__, alarm_cli
-from calguard.alerts.log import AlertLog, default_db_url
+from calguard.alerts.log import AlertLog, default_db_url, training_db_url
+from calguard.alerts.sessions import MODES, SessionFilter, list_sessions
 from calguard.cliargs import retire_config
 from calguard.config.loader import builtin_text, check_library
 from calguard.config.show import render_library
 from calguard.logs import FORMATS, setup_logging
 from calguard.monitor.errors import ConfigError, LogError
+from calguard.monitor.timeutil import format_ts
 
 __all__ = ["main"]
 
@@ -101,12 +103,19 @@ def _parser() -> argparse.ArgumentParser:
     view.add_argument(
         "--no-view", dest="view", action="store_false", help="alert lines instead of the view"
     )
-    demo.add_argument("--db", metavar="URL", help="log database (default: the local SQLite file)")
+    demo.add_argument(
+        "--db", metavar="URL", help="log database (default: the training file, never the ward's)"
+    )
     demo.add_argument("--no-db", action="store_true", help="do not write the durable log")
 
     exp = sub.add_parser("export", help="a logged session's inputs as JSON Lines, to replay")
     exp.add_argument("--db", metavar="URL", help="log database (default: the local SQLite file)")
     exp.add_argument("--session", type=int, help="session number (default: the newest)")
+    _session_filters(exp)
+
+    ses = sub.add_parser("sessions", help="the sessions a log holds: live, training, demo, replay")
+    ses.add_argument("--db", metavar="URL", help="log database (default: the local SQLite file)")
+    _session_filters(ses, mode_default=None)
     exp.add_argument("--alerts", action="store_true", help="the session's alert lines instead")
 
     sim = sub.add_parser("simulate", help="simulated pumps on a real wire, scripted by a scenario")
@@ -141,6 +150,11 @@ def _parser() -> argparse.ArgumentParser:
     alarm_cli.add_parsers(sub)
     _everywhere(parser)
     return parser
+
+
+def _session_filters(p: argparse.ArgumentParser, mode_default: str | None = None) -> None:
+    p.add_argument("--site", help="only this site's sessions (the site config's name)")
+    p.add_argument("--mode", choices=MODES, default=mode_default, help="only sessions of this mode")
 
 
 def _speed(text: str) -> float:
@@ -207,14 +221,39 @@ def _dispatch(args: argparse.Namespace) -> int:
         return _simulate(args)
     if args.command == "export":
         return _export(args)
+    if args.command == "sessions":
+        return _sessions(args)
     return 2
+
+
+def _sessions(args: argparse.Namespace) -> int:
+    try:
+        found = asyncio.run(list_sessions(args.db, SessionFilter(site=args.site, mode=args.mode)))
+    except LogError as exc:
+        log.error("%s", exc)
+        return 3
+    print(f"{'SESSION':>7}  {'MODE':<9}{'SITE':<24}{'STARTED (UTC)':<22}{'INPUTS':>8}{'ALERTS':>8}")
+    for info in found:
+        print(
+            f"{info.id:>7}  {info.mode:<9}{(info.site or '-')[:23]:<24}"
+            f"{format_ts(info.started_us)[:19]:<22}{info.inputs:>8}{info.alerts:>8}"
+        )
+    return 0
 
 
 def _export(args: argparse.Namespace) -> int:
     from calguard.alerts.log import session_rows
 
+    session = args.session
     try:
-        session, rows, alerts = asyncio.run(session_rows(args.db, args.session))
+        if session is None and (args.site is not None or args.mode is not None):
+            which = SessionFilter(site=args.site, mode=args.mode)
+            found = asyncio.run(list_sessions(args.db, which))
+            if not found:
+                log.error("no session of site %r and mode %r in the log", args.site, args.mode)
+                return 1
+            session = found[-1].id
+        session, rows, alerts = asyncio.run(session_rows(args.db, session))
     except LogError as exc:
         log.error("%s", exc)
         return 3
@@ -296,7 +335,8 @@ def _demo(args: argparse.Namespace) -> int:
             log.error("%s", problem)
         return 1
     view = sys.stdout.isatty() if args.view is None else args.view
-    db = None if args.no_db else (args.db or "")
+    # the demo never writes the ward's log: its own file, unless --db says otherwise
+    db = None if args.no_db else (args.db or training_db_url())
     settle_heap()
     try:
         return asyncio.run(run_demo(load_library(), scenario, speed=args.speed, view=view, db=db))

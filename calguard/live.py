@@ -107,6 +107,7 @@ async def _monitor(
     body: Callable[[Monitor], AsyncIterator[None]] | None = None,
     mode: str = "live",
     sinks: Sequence[Sink] = (),
+    site: str | None = None,
 ) -> Counter[str]:
     counts: Counter[str] = Counter()
     early = asyncio.Event()
@@ -121,13 +122,15 @@ async def _monitor(
         restored_lines: list[dict[str, object]] | None = None
         missed: list[AlertTransition] = []  # what changed while the monitor was down
         if alert_log is not None:
-            if mode == "live":  # pick up where the last run left off
-                warm = await warm_start(alert_log, library, clock.now_us())
+            if mode == "live":  # pick up where this site's last live run left off
+                warm = await warm_start(alert_log, library, clock.now_us(), site=site)
                 engine, missed = warm.engine, warm.transitions
                 restored_lines = warm.alarm_lines
             else:
                 engine.book.restart_ids(await alert_log.next_alert_id())
-            session = await alert_log.start_session(mode, source, library, engine.book.next_id)
+            session = await alert_log.start_session(
+                mode, source, library, engine.book.next_id, site=site
+            )
             log.info("logging to %s (session %s)", alert_log.display_url, session)
         monitor = Monitor(
             library,
@@ -191,6 +194,9 @@ async def run_site(site: Site, *, view: bool, out: TextIO = sys.stdout) -> int:
         view=view,
         out=out,
         sinks=sinks,
+        # a training clock is training: its sessions never warm-start a ward's monitor
+        mode="live" if site.speed == 1 else "training",
+        site=site.name,
     )
     return 0
 

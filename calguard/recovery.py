@@ -47,10 +47,16 @@ def _subject(d: dict[str, Any] | Description) -> tuple[Any, ...]:
     return tuple(get(k) for k in ("bed", "line", "pump", "channel"))
 
 
-async def warm_start(alert_log: AlertLog, library: Library, now_us: int) -> WarmStart:
+async def warm_start(
+    alert_log: AlertLog, library: Library, now_us: int, *, site: str | None = None
+) -> WarmStart:
+    """Rebuild from the live sessions of ``site`` only: never from training, demo or
+    replay sessions, never from another site's."""
     engine = Engine(library)
     window = library.rule("dose-daily").q("window").us
-    rows = await alert_log.recovery_inputs(now_us - _WEEK_US, now_us - window - _MARGIN_US)
+    rows = await alert_log.recovery_inputs(
+        now_us - _WEEK_US, now_us - window - _MARGIN_US, site=site
+    )
     # the engine's state only: the alarm layer (acknowledged, paused, latched ...) is
     # rebuilt from its own lines by the live monitor (monitor.live._restore_alarms)
     pipeline = Pipeline(engine, alarms=False)
@@ -74,7 +80,7 @@ async def warm_start(alert_log: AlertLog, library: Library, now_us: int) -> Warm
     engine.take()
     first_new = await alert_log.next_alert_id()
     engine.book.restart_ids(first_new)
-    open_alerts = {(a["rule"], _subject(a)): a for a in await alert_log.open_alerts()}
+    open_alerts = {(a["rule"], _subject(a)): a for a in await alert_log.open_alerts(site=site)}
     kept = 0
     announce: list[AlertTransition] = []
     for key, active in list(engine.active.items()):
@@ -110,5 +116,5 @@ async def warm_start(alert_log: AlertLog, library: Library, now_us: int) -> Warm
             kept,
             len(announce),
         )
-    lines = await alert_log.alarm_lines(now_us - _WEEK_US)
+    lines = await alert_log.alarm_lines(now_us - _WEEK_US, site=site)
     return WarmStart(engine, len(rows), kept, announce, lines)

@@ -17,6 +17,7 @@ import tempfile
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from calguard.alerts.log import training_db_url
 from calguard.drivers.clock import ScaledClock, SystemClock
 from calguard.drivers.mqtt import monitor_status_topic
 from calguard.monitor.clock import Clock
@@ -107,7 +108,10 @@ async def simulate(
 
 
 def _site_head(scenario: Scenario, clock: Clock) -> str:
-    head = f'[site]\nname = "training: {scenario.title}"\nspeed = {clock.speed}\n'
+    head = (
+        f'[site]\nname = "training: {scenario.title}"\nspeed = {clock.speed}\n'
+        f'db = "{training_db_url()}"   # training never writes the ward\'s log\n'
+    )
     if isinstance(clock, ScaledClock):
         head += f'clock_anchor = "{format_ts(clock.anchor_us)}"\n'
     return head + "\n"

@@ -143,7 +143,10 @@ def test_calguard_demo_runs_on_a_fresh_install(tmp_path: Path) -> None:
     assert proc.returncode == 0, err
     raised = {json.loads(line)["rule"] for line in out.splitlines() if '"state":"raised"' in line}
     assert {"rate-weight", "occlusion", "telemetry-stale", "site-check-overdue"} <= raised
-    assert "demo finished" in err and (tmp_path / "calguard.sqlite3").exists()
+    assert "demo finished" in err
+    # the demo logs to its own training file, never to the ward's log
+    assert (tmp_path / "training" / "calguard-training.sqlite3").exists()
+    assert not (tmp_path / "calguard.sqlite3").exists()
     assert time.monotonic() - start < 120
 
 
