@@ -31,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import hashlib
 from collections.abc import AsyncIterator, Callable
 from typing import Any, ClassVar
 
@@ -51,6 +52,10 @@ _BURST = 256  # messages taken at once when they are already waiting
 # QoS 1 messages the broker may send before the monitor has acknowledged them. Each waits
 # for the log's next batch (0.25 s, longer while spooling or under load): at 1,000 readings
 # a second a window of 5,000 is ~5 s of slack before the broker must pause.
+#: a telemetry reading is ~200 bytes and a bedside batch a few kilobytes: 64 KiB is ample,
+#: and six anonymous 10 MiB messages must not fill a disk through the log
+_MAX_PAYLOAD = 64 * 1024
+_TOPIC_CHARS = 256  # of a topic, what a source name keeps
 _RECEIVE_MAXIMUM = 5000
 
 
@@ -90,6 +95,13 @@ class MqttDriver(Driver):
         ),
         **LINK_OPTIONS,
         "persistent": OptionSpec(bool, True, "persistent session (clean start off)"),
+        "max_payload_bytes": OptionSpec(
+            int,
+            _MAX_PAYLOAD,
+            "larger payloads are refused unread (logged by size and SHA-256)",
+            minimum=1024,
+            maximum=16 << 20,
+        ),
         "receive_maximum": OptionSpec(
             int,
             _RECEIVE_MAXIMUM,
@@ -205,9 +217,16 @@ class MqttDriver(Driver):
 
     def translate(self, topic: str, payload: bytes) -> list[Inbound]:
         """One MQTT message -> inputs (public for tests of the topic convention)."""
-        source = f"{self.url}#{topic}"
+        source = f"{self.url}#{topic[:_TOPIC_CHARS]}"
         rest = topic[len(self.prefix) + 1 :] if topic.startswith(self.prefix + "/") else ""
         parts = rest.split("/")
+        limit = self.config["max_payload_bytes"]
+        if len(payload) > limit:  # refused unread; what the log keeps is bounded
+            self.stats.count("oversize")
+            digest = hashlib.sha256(payload).hexdigest()
+            why = f"a payload of {len(payload)} bytes (sha256 {digest}); at most {limit} are read"
+            named = (parts[1][:64], "A") if len(parts) == 3 and parts[0] == "pumps" else None
+            return [Inbound(source, why, problem=why, pump=named)]
         if rest == "events":
             return self._events(source, payload, pump=None, kind=None)
         if len(parts) == 3 and parts[0] == "pumps" and parts[2] in ("telemetry", "status"):

@@ -313,3 +313,15 @@ def test_the_topic_convention() -> None:
     assert other.problem is not None and "unexpected topic" in other.problem
     with pytest.raises(DriverError, match="topic prefix"):
         MqttDriver("mqtt://127.0.0.1:1883")
+
+
+async def test_an_oversized_payload_is_refused_unread_and_logged_by_digest(broker: Broker) -> None:
+    async with LiveBay([mqtt_driver(broker, max_payload_bytes=4096)]) as bay:
+        await bay.until(lambda: bay.monitor.drivers[0].is_open)
+        big = b'{"t":"x","pad":"' + b"a" * 100_000 + b'"}'
+        await publish(broker, "pumps/P5/telemetry", big)
+        await publish(broker, "pumps/P5/telemetry", reading(pump="P5"))
+        await bay.until(lambda: bay.counts["accepted"] == 1)
+    (refused,) = [r for r in bay.records if r.status == "rejected"]
+    assert "a payload of 100018 bytes (sha256 " in (refused.reason or "")
+    assert len(refused.raw) < 300  # the log keeps the size and digest, never the payload
