@@ -140,7 +140,7 @@ class Monitor:
                 item.on_verdict(self.pipeline.refusal)  # the engine's word on this very input
             if item.on_durable is not None:
                 if self.log is not None:
-                    self.log.after_durable(item.on_durable)
+                    self.log.after_durable(item.on_durable, soon=item.durable_soon)
                 else:
                     item.on_durable()  # no log was asked for: nothing to wait for
             if self._stopping.is_set():

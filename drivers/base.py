@@ -59,6 +59,8 @@ class Inbound:
     problem: str | None = None
     pump: tuple[str, str] | None = None
     on_durable: Callable[[], None] | None = None
+    #: the sender waits for this answer before it sends again (MLLP): write it out now
+    durable_soon: bool = False
     on_verdict: Callable[[str | None], None] | None = None
 
 

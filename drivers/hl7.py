@@ -371,11 +371,19 @@ class MllpDriver(Driver):
         calls ``Inbound.on_verdict`` once it has applied an input); the reasons of those it
         refused. An input with no verdict within ``ack_timeout`` counts as refused.
 
-        Answering AA only once the inputs are also durable comes next: chain
-        ``Inbound.on_durable`` here the same way, and answer after both."""
+        The answer also waits until the inputs are durable (in the database or the local
+        spool): an AA tells the gateway it may forget the message, so after an AA nothing
+        may be lost, not even to a kill -9 of the monitor. No durability within
+        ``ack_timeout`` is an AE: the gateway keeps the message and sends it again."""
         loop = asyncio.get_running_loop()
         waits: list[asyncio.Future[str | None]] = []
-        for item in inputs:
+        durable: asyncio.Future[None] = loop.create_future()
+
+        def kept(f: asyncio.Future[None] = durable) -> None:
+            if not f.done():
+                f.set_result(None)
+
+        for index, item in enumerate(inputs):
             verdict: asyncio.Future[str | None] = loop.create_future()
             waits.append(verdict)
 
@@ -384,15 +392,29 @@ class MllpDriver(Driver):
                     f.set_result(reason)
 
             raw = orjson.dumps(item.obj) if item.obj is not None else block
+            last = index == len(inputs) - 1  # durable with all before it: one wait
             await self._queue.put(  # back-pressure on the gateway when the monitor lags
-                Inbound(source, raw, item.obj, item.problem, item.pump, on_verdict=settle)
+                Inbound(
+                    source,
+                    raw,
+                    item.obj,
+                    item.problem,
+                    item.pump,
+                    on_verdict=settle,
+                    on_durable=kept if last else None,
+                    durable_soon=last,
+                )
             )
+        if not inputs:
+            kept()
         try:
             async with asyncio.timeout(self.config["ack_timeout"]):
                 verdicts = [await w for w in waits]
+                await durable
         except TimeoutError:
             return [
                 f"the monitor did not confirm the message within {self.config['ack_timeout']:g} s"
+                " (its verdict, or the input kept in its log)"
             ]
         refusals = []
         for item, reason in zip(inputs, verdicts, strict=True):

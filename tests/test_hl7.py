@@ -16,6 +16,7 @@ from typing import Any
 
 import orjson
 import pytest
+from calguard.config import load_library
 from calguard.drivers.adt import AdtView
 from calguard.drivers.clock import ScaledClock, SystemClock
 from calguard.drivers.hl7 import MllpDriver, acknowledgement, translate_message
@@ -433,3 +434,21 @@ def test_an_alarm_kept_for_a_pump_not_yet_heard_of_reaches_its_readings_and_ends
         pcd04_message("P9", "A", "occlusion", "Y-1", False, now(), "3", style="bbraun")
     )
     assert ended.obj is not None and ended.obj["pump"] == "P9" and "alarm" not in ended.obj
+
+
+async def test_aa_is_sent_only_once_the_reading_is_in_the_durable_log(tmp_path: Path) -> None:
+    """After an AA the gateway forgets the message: by then the input must be in the log
+    (another connection to the database sees it), not only in the monitor's memory."""
+    from calguard.alerts.log import AlertLog, session_rows
+
+    url = f"sqlite:///{tmp_path / 'log.sqlite3'}"
+    message = pcd01_message("P2449", None, {"A": calcium("2.5 ml/h")}, now(), "C9", style="bbraun")
+    driver = MllpDriver("mllp://127.0.0.1:0")
+    async with AlertLog(url) as log:
+        await log.start_session("live", "aa after durable", load_library())
+        async with LiveBay([driver], log=log) as bay:
+            await bay.until(lambda: driver.is_open)
+            (ack,) = await send(driver.port, message)
+            _, rows, _ = await session_rows(url)  # read back at once, over its own connection
+    assert "MSA|AA|C9" in ack
+    assert [r.event_type for r in rows if r.status == "accepted"] == ["reading"]
