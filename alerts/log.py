@@ -714,6 +714,10 @@ async def session_rows(
                         inputs.c.event_type,
                         inputs.c.raw,
                         inputs.c.reason,
+                        inputs.c.t_us,
+                        inputs.c.pump,
+                        inputs.c.channel,
+                        inputs.c.source,
                     )
                     .where(inputs.c.session_id == session)
                     .order_by(inputs.c.seq)

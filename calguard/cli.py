@@ -24,6 +24,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import BinaryIO
 
+import orjson
+
 from calguard import __version__, alarm_cli
 from calguard.alerts.log import AlertLog, default_db_url, training_db_url
 from calguard.alerts.sessions import MODES, SessionFilter, list_sessions
@@ -33,6 +35,7 @@ from calguard.config.show import render_library
 from calguard.logs import FORMATS, setup_logging
 from calguard.monitor.errors import ConfigError, LogError
 from calguard.monitor.timeutil import format_ts
+from calguard.pipeline import WIRE
 
 __all__ = ["main"]
 
@@ -262,12 +265,25 @@ def _export(args: argparse.Namespace) -> int:
         return 0
     skipped = 0
     for row in rows:
-        if row.event_type == "wire":  # bytes a driver could not use: kept in the log, not an event
-            skipped += 1
-        else:
+        if row.event_type != WIRE:
             sys.stdout.write(row.raw + "\n")
+        elif row.pump is not None and row.t_us is not None:
+            # bytes a driver could not use, naming a pump: they raised telemetry-invalid (or
+            # input-unknown) live, so the replay must see them; as what they were to the
+            # engine, not as the bytes (the log keeps those)
+            problem = {
+                "t": format_ts(row.t_us),
+                "type": WIRE,
+                "pump": row.pump,
+                "channel": row.channel or "A",
+                "reason": row.reason or "",
+                "source": row.source,
+            }
+            sys.stdout.write(orjson.dumps(problem).decode() + "\n")
+        else:
+            skipped += 1  # naming no pump: logged, and nothing for a replay to do
     log.info(
-        "session %s: %d inputs exported, %d unreplayable wire problems left out",
+        "session %s: %d inputs exported, %d wire problems naming no pump left out",
         session,
         len(rows) - skipped,
         skipped,

@@ -95,6 +95,8 @@ class Pipeline:
         """``received_us``: the receive time the live monitor just stamped into ``obj`` (as
         ``received``), handed over as the number it is so that it is not parsed back."""
         self.refusal = None
+        if isinstance(obj, dict) and obj.get("type") == WIRE and received_us is None:
+            return self._replayed_wire(obj, raw, source, line_no)
         try:
             received = received_time(obj) if received_us is None else received_us
             speed = clock_speed(obj) if received is not None else 1.0
@@ -233,6 +235,25 @@ class Pipeline:
                 )
             )
         return []
+
+    def _replayed_wire(
+        self, obj: dict[str, object], raw: bytes | str, source: str, line_no: int | None
+    ) -> list[AlertTransition]:
+        """A wire problem as ``calguard export`` writes it (the bytes a driver could not
+        use, naming a pump): it does to the replay what it did live."""
+        pump, channel, reason = obj.get("pump"), obj.get("channel", "A"), obj.get("reason")
+        t = _valid_time(obj)
+        if not (isinstance(pump, str) and isinstance(channel, str) and isinstance(reason, str)):
+            return self._reject(raw, source, line_no, EventError(None, None, "a wire problem "
+                                "needs pump, channel and reason"), obj)  # fmt: skip
+        where = obj.get("source")
+        return self.feed_problem(
+            raw,
+            reason,
+            source=where if isinstance(where, str) else source,
+            pump=(pump, channel),
+            t=t,
+        )
 
     def feed_problem(
         self,
