@@ -72,7 +72,7 @@ class Pipeline:
         #: (a command's answer is this, for that very command)
         self.refusal: str | None = None
         # Rejections that arrive before any valid time is known wait for the first one.
-        self._waiting: list[tuple[str, str, str]] = []
+        self._waiting: list[tuple[tuple[str, str], str, str]] = []
 
     def feed_line(
         self, raw: bytes | str, *, source: str, line_no: int | None = None
@@ -319,20 +319,26 @@ class Pipeline:
         why = exc.describe()
         if t is None and self.engine.now is None:
             if len(self._waiting) < _MAX_WAITING:
-                self._waiting.append((*pump, why))
+                self._waiting.append((pump, why, source))
             return self._alarm(already)
+        return self._alarm(already + self._invalid(pump, why, source, t))
+
+    def _invalid(
+        self, pump: tuple[str, str], why: str, source: str, t: int | None
+    ) -> list[AlertTransition]:
+        """telemetry-invalid for a channel the ward knows; else counted for its source."""
         known = self.engine.ward.pumps.get(pump[0], 0)  # channels of that pump
         if pump not in self.engine.ward.channels and not 0 < known < _CHANNELS_PER_PUMP:
             # names no pump the ward knows (or yet another channel of one that has many):
             # counted for its source, never a new channel
             stray = f"pump {pump[0]}: {why}"
-            return self._alarm(already + self.engine.stray(source.split("#", 1)[0], stray, t))
-        return self._alarm(already + self.engine.reject(pump[0], pump[1], why, t))
+            return self.engine.stray(source.split("#", 1)[0], stray, t)
+        return self.engine.reject(pump[0], pump[1], why, t)
 
     def _release_waiting(self) -> list[AlertTransition]:
         out: list[AlertTransition] = []
-        for pump, channel, why in self._waiting:
-            out += self.engine.reject(pump, channel, why)
+        for pump, why, source in self._waiting:
+            out += self._invalid(pump, why, source, None)
         self._waiting.clear()
         return out
 

@@ -75,3 +75,14 @@ def test_made_up_channels_of_a_real_pump_are_strays_after_a_few() -> None:
     invalid = [a for a in bay.alerts if a["rule"] == "telemetry-invalid"]
     assert len(invalid) <= 7  # the few channels a pump may have, then one stray alarm
     assert [a["rule"] for a in bay.alerts if a["rule"] == "input-unknown"] == ["input-unknown"]
+
+
+def test_garbage_before_any_valid_time_is_bounded_and_counted_as_strays_too() -> None:
+    """Rejected readings that arrive before any valid time wait for the first one; a flood
+    of them waits bounded, and then makes no channel for a made-up pump."""
+    bay = Bedside(alarms=True)
+    for i in range(3000):
+        bay.raw(json.dumps({"t": "yesterday", "type": "reading", "pump": f"X{i}", "rate": "1"}))
+    bay.admit("08:00")
+    assert set(bay.engine.ward.pumps) == {"P1"}
+    assert [a["rule"] for a in bay.alerts if a["state"] == "raised"].count("input-unknown") == 1
