@@ -12,7 +12,6 @@ calendar day (matplotlib, optional extra ``calguard[report]``).
 from __future__ import annotations
 
 import csv
-import difflib
 import statistics
 from collections import Counter
 from collections.abc import Iterable
@@ -20,12 +19,13 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from zoneinfo import ZoneInfo, available_timezones
+from zoneinfo import ZoneInfo
 
 import orjson
 from calguard.alerts.alarms import category
 from calguard.alerts.schema import alert_transitions, inputs
 from calguard.alerts.sessions import SessionFilter
+from calguard.config.site import time_zone
 from calguard.monitor.timeutil import format_ts, parse_ts, to_datetime
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import create_async_engine
@@ -75,17 +75,9 @@ def csv_cell(value: object) -> object:
 
 
 def zone(name: str) -> ZoneInfo:
-    """The IANA time zone ``name`` (``Europe/London``); ``ValueError`` saying what to type."""
-    try:
-        return ZoneInfo(name)
-    except (KeyError, ValueError, OSError):  # unknown, malformed, a folder such as "Europe"
-        keys = {key.lower(): key for key in available_timezones()}
-        close = difflib.get_close_matches(name.lower(), keys, n=1, cutoff=0.8)
-        hint = f" (did you mean {keys[close[0]]}?)" if close else ""
-        raise ValueError(
-            f"unknown time zone {name!r}: an IANA name is expected, such as Europe/London, "
-            f"America/New_York or UTC{hint}"
-        ) from None
+    """The IANA time zone ``name``; ``ValueError`` saying what to type (the site config's
+    own check: one place decides what a time zone is)."""
+    return time_zone(name)
 
 
 def local_day(us: int, tz: ZoneInfo) -> date:

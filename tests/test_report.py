@@ -258,10 +258,10 @@ def test_an_empty_log_draws_a_chart_that_says_so(tmp_path: Path) -> None:
 
 
 def test_a_bad_time_zone_is_refused_with_a_suggestion() -> None:
-    with pytest.raises(ValueError, match=r"unknown time zone 'Europe/Londn'.*Europe/London"):
+    with pytest.raises(ValueError, match=r'"Europe/Londn" is not a time zone.*"Europe/London"'):
         zone("Europe/Londn")
     for bad in ("", "Europe", "../../etc/passwd", "Mars/Olympus_Mons"):
-        with pytest.raises(ValueError, match="unknown time zone"):
+        with pytest.raises(ValueError, match="is not a time zone"):
             zone(bad)
 
 
@@ -272,7 +272,7 @@ def test_calguard_report_with_a_bad_time_zone_is_a_usage_error(tmp_path: Path) -
         cwd=ROOT, capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert result.returncode == 2
-    assert "--tz: unknown time zone 'Mars/Olympus_Mons'" in result.stderr
+    assert '--tz: "Mars/Olympus_Mons" is not a time zone' in result.stderr
     assert not (tmp_path / "log.sqlite3").exists()  # refused before touching the log
 
 

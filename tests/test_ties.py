@@ -5,19 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from calguard.config import builtin_text, parse_library
-
 from tests.support import Bedside
-
-DILUTED = "Calcium gluconate 20 mg/ml"
-QUIET = parse_library(
-    builtin_text().replace(
-        '[rules.telemetry-stale]\npriority = "medium"',
-        '[rules.telemetry-stale]\nenabled = false\npriority = "medium"',
-    ),
-    "test library",
-).library
-assert QUIET is not None
+from tests.test_alarms import DILUTED, QUIET  # a library without telemetry-stale
 
 
 def _bay() -> tuple[Bedside, str]:
