@@ -300,9 +300,7 @@ def _simulate(args: argparse.Namespace) -> int:
     try:
         scenario = load_scenario(args.scenario)
     except ConfigError as exc:
-        for problem in exc.problems:
-            log.error("%s", problem)
-        return 1
+        return _problems(exc)
     return asyncio.run(
         simulate(
             args.wire,
@@ -319,6 +317,13 @@ def _simulate(args: argparse.Namespace) -> int:
     )
 
 
+def _problems(exc: ConfigError) -> int:
+    """Every problem of a config or scenario, one line each; exit status 1."""
+    for problem in exc.problems:
+        log.error("%s", problem)
+    return 1
+
+
 def _run(args: argparse.Namespace) -> int:
     from calguard.live import run_site
     from calguard.site import load_site
@@ -326,9 +331,7 @@ def _run(args: argparse.Namespace) -> int:
     try:
         site = load_site(args.site)
     except ConfigError as exc:
-        for problem in exc.problems:
-            log.error("%s", problem)
-        return 1
+        return _problems(exc)
     if args.db is not None:
         site = dataclasses.replace(site, db=args.db)
     settle_heap()
@@ -347,9 +350,7 @@ def _demo(args: argparse.Namespace) -> int:
     try:
         scenario = load_scenario(args.scenario)
     except ConfigError as exc:
-        for problem in exc.problems:
-            log.error("%s", problem)
-        return 1
+        return _problems(exc)
     view = sys.stdout.isatty() if args.view is None else args.view
     # the demo never writes the ward's log: its own file, unless --db says otherwise
     db = None if args.no_db else (args.db or training_db_url())

@@ -20,7 +20,8 @@ __all__ = ["send_action", "show_alerts"]
 
 log = logging.getLogger("calguard")
 _RANK = {"high": 0, "medium": 1, "low": 2}
-_QUIET_S = 0.5  # retained messages come at once; this long without one and all are in
+_QUIET_S = 0.3  # after the presence, this long without a message and all are in
+_PRESENCE_S = 5.0  # how long the retained presence may take to arrive
 
 
 def _target(broker: str) -> tuple[str, int, str]:
@@ -45,12 +46,18 @@ async def show_alerts(broker: str, bed: str | None, priority: str | None, as_jso
     presence: object = None
     try:
         async with _client(host, port) as client:
+            # the presence is subscribed last: the broker sends each subscription's retained
+            # messages in order, so once it is here, every bed's state is too. Wait for it
+            # as long as a loaded machine may need; only a missing one waits the whole time.
             await client.subscribe(f"{prefix}/alerts/active/+", qos=1)
             await client.subscribe(presence_topic(prefix), qos=1)
             messages = aiter(client.messages)
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + _PRESENCE_S
             while True:
+                wait = _QUIET_S if presence is not None else deadline - loop.time()
                 try:
-                    message = await asyncio.wait_for(anext(messages), _QUIET_S)
+                    message = await asyncio.wait_for(anext(messages), max(wait, 0.0))
                 except TimeoutError:
                     break
                 if not message.retain:

@@ -18,6 +18,7 @@ import pytest
 from calguard.config import Library, load_library
 
 from tests.brokers import Broker
+from tests.pgcluster import PgCluster
 
 PG_URL = os.environ.get("CALGUARD_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
 
@@ -106,3 +107,14 @@ def _describe(fd: int) -> str:
         return f"{fd} -> {os.readlink(f'/proc/self/fd/{fd}')}"
     except OSError:
         return str(fd)
+
+
+@pytest.fixture
+def pg() -> Iterator[PgCluster]:
+    """A PostgreSQL cluster of this test's own (initdb/pg_ctl on a free loopback port), for
+    tests that stop and start the server; removed afterwards."""
+    cluster = PgCluster().init().start()
+    try:
+        yield cluster
+    finally:
+        cluster.remove()

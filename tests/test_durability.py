@@ -48,15 +48,6 @@ SURGE = Surge("P01", range(600, 900))
 SHIPPED = ROOT / "deploy" / "mosquitto"
 
 
-@pytest.fixture
-def pg() -> Iterator[PgCluster]:
-    cluster = PgCluster().init().start()
-    try:
-        yield cluster
-    finally:
-        cluster.remove()
-
-
 # -- reading the log back --------------------------------------------------------------------
 
 

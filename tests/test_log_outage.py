@@ -9,7 +9,7 @@ import asyncio
 import contextlib
 import io
 import json
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -39,15 +39,6 @@ from tests.live import admission
 from tests.pgcluster import PgCluster
 
 CA = "Calcium gluconate 20 mg/ml"
-
-
-@pytest.fixture
-def pg() -> Iterator[PgCluster]:
-    cluster = PgCluster().init().start()
-    try:
-        yield cluster
-    finally:
-        cluster.remove()
 
 
 def record(n: int) -> InputRecord:
