@@ -273,7 +273,12 @@ class Library:
             ):
                 product = candidate
                 break
-        mentions = any(k in norm for k in self.calcium_keywords)
+        # a label still in another script after folding, matching no product, cannot be
+        # read for the calcium keywords: never assumed neutral, it is a possible calcium
+        # label (product-unknown while it infuses) until the library names it
+        mentions = any(k in norm for k in self.calcium_keywords) or (
+            product is None and any(c.isalpha() and not c.isascii() for c in norm)
+        )
         result = LabelMatch(label, product, mentions)
         if len(self._cache) >= _MATCH_CACHE_MAX:
             self._cache.clear()

@@ -313,3 +313,25 @@ def test_capital_look_alikes_cannot_hide_calcium_either(label: str) -> None:
     bay.admit()
     bay.reading("08:05", rate="180 ml/h", drug=label, concentration="100 mg/ml")
     assert bay.active()["rate-volume"] == "high"
+
+
+RUSSIAN_CALCIUM_GLUCONATE = (
+    "\u041a\u0430\u043b\u044c\u0446\u0438\u044f \u0433\u043b\u044e\u043a\u043e\u043d\u0430\u0442"
+)
+
+
+def test_a_label_in_another_script_is_never_assumed_neutral() -> None:
+    """'Calcium gluconate' in Russian matches no product and no keyword: it may be calcium,
+    so it is product-unknown while it infuses, and 180 ml/h is still too fast."""
+    bay = Bedside()
+    bay.admit()
+    bay.reading(
+        "08:05",
+        rate="180 ml/h",
+        drug=RUSSIAN_CALCIUM_GLUCONATE,
+    )
+    alerts = bay.active()
+    assert alerts["product-unknown"] == "medium"
+    assert alerts["rate-volume"] == "high"
+    bay.reading("08:06", rate="3 ml/h", drug="Dextrose 10%", pump="P1")
+    assert "product-unknown" not in bay.active()  # an ASCII label of no product stays neutral
