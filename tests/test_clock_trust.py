@@ -18,7 +18,6 @@ from tests.live import LiveBay, admission, now_ts
 from tests.support import Bedside, ts
 
 CA = "Calcium gluconate 20 mg/ml"
-NOW = "09:00"
 
 
 def live(bay: Bedside, clock: str, type: str, *, at: str | None = None, **fields: Any) -> None:
