@@ -20,11 +20,12 @@ a database error is a status, never an exception that stops the monitor.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -226,6 +227,18 @@ class AlertLog:
     @property
     def display_url(self) -> str:
         return _redact(self.url)
+
+    @classmethod
+    @contextlib.asynccontextmanager
+    async def reading(cls, url: str | None = None) -> AsyncIterator[AlertLog]:
+        """The log for its queries only (an export): no writer, no spool, no schema change."""
+        self = cls(url)
+        self._engine = create_async_engine(self.url, poolclass=NullPool)
+        try:
+            yield self
+        finally:
+            await self._engine.dispose()
+            self._engine = None
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -456,27 +469,38 @@ class AlertLog:
             raise LogError(f"cannot read {self.display_url}: {_short(exc)}") from exc
         return int(highest[2:]) + 1 if highest and highest[2:].isdigit() else 1
 
-    def _own_live(self, site: str | None) -> Any:
+    def _own_live(self, site: str | None, before_session: int | None = None) -> Any:
         """The live sessions of this site: never training, demo or replay, never another
-        site's (a database shared by several units)."""
-        return select(sessions.c.id).where(
+        site's (a database shared by several units); those before ``before_session`` only
+        when given (what that session's warm start read, for its export)."""
+        query = select(sessions.c.id).where(
             sessions.c.mode == "live",
             sessions.c.site.is_(None) if site is None else sessions.c.site == site,
         )
+        return query if before_session is None else query.where(sessions.c.id < before_session)
 
     async def recovery_inputs(
-        self, documentation_since_us: int, readings_since_us: int, *, site: str | None = None
+        self,
+        documentation_since_us: int,
+        readings_since_us: int,
+        *,
+        site: str | None = None,
+        before_session: int | None = None,
     ) -> list[Any]:
         """Inputs of earlier live sessions to rebuild the engine's state from: documentation
         (and everything but readings) since the first time, readings since the second."""
         assert self._engine is not None, "use AlertLog as an async context manager"
-        live = self._own_live(site)
+        live = self._own_live(site, before_session)
         recent = (inputs.c.t_us >= readings_since_us) | (
             (inputs.c.event_type != "reading") & (inputs.c.t_us >= documentation_since_us)
         )
         query = (
             select(inputs.c.raw, inputs.c.event_type, inputs.c.source, inputs.c.t_us)
-            .where(inputs.c.session_id.in_(live), inputs.c.event_type != "wire", recent)
+            .where(
+                inputs.c.session_id.in_(live),
+                inputs.c.event_type.not_in(("wire", "warm_start")),
+                recent,
+            )
             .order_by(inputs.c.id)
         )
         try:
@@ -485,13 +509,16 @@ class AlertLog:
         except SQLAlchemyError as exc:
             raise LogError(f"cannot read {self.display_url}: {_short(exc)}") from exc
 
-    async def open_alerts(self, *, site: str | None = None) -> list[dict[str, Any]]:
+    async def open_alerts(
+        self, *, site: str | None = None, before_session: int | None = None
+    ) -> list[dict[str, Any]]:
         """Alerts of live sessions whose condition has not ended (never cleared or reset),
         each as its latest line (an alarm-layer line may follow a latched alarm's clear)."""
         assert self._engine is not None, "use AlertLog as an async context manager"
-        live = self._own_live(site)
+        live = self._own_live(site, before_session)
         closed = select(alert_transitions.c.alert_id).where(
-            alert_transitions.c.state.in_(("cleared", "reset"))
+            alert_transitions.c.state.in_(("cleared", "reset")),
+            alert_transitions.c.session_id.in_(live),
         )
         last = (
             select(func.max(alert_transitions.c.id))
@@ -511,11 +538,13 @@ class AlertLog:
             raise LogError(f"cannot read {self.display_url}: {_short(exc)}") from exc
         return [orjson.loads(r.alert_line) for r in rows if r.state not in ("cleared", "reset")]
 
-    async def alarm_lines(self, since_us: int, *, site: str | None = None) -> list[dict[str, Any]]:
+    async def alarm_lines(
+        self, since_us: int, *, site: str | None = None, before_session: int | None = None
+    ) -> list[dict[str, Any]]:
         """The alert lines of live sessions since ``since_us``, in the order emitted: what
         the alarm manager needs to restore acknowledgements, pauses, latches after a restart."""
         assert self._engine is not None, "use AlertLog as an async context manager"
-        live = self._own_live(site)
+        live = self._own_live(site, before_session)
         query = (
             select(alert_transitions.c.alert_line)
             .where(alert_transitions.c.session_id.in_(live), alert_transitions.c.t_us >= since_us)

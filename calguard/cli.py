@@ -246,6 +246,7 @@ def _sessions(args: argparse.Namespace) -> int:
 
 def _export(args: argparse.Namespace) -> int:
     from calguard.alerts.log import session_rows
+    from calguard.recovery import WARM_START, exported_context
 
     session = args.session
     try:
@@ -265,7 +266,15 @@ def _export(args: argparse.Namespace) -> int:
         return 0
     skipped = 0
     for row in rows:
-        if row.event_type != WIRE:
+        if row.event_type == WARM_START and row.status == "accepted":
+            # the live warm start that began the session, and what it read from the log
+            try:
+                context = asyncio.run(exported_context(args.db, session, row.raw))
+            except LogError as exc:
+                log.error("%s", exc)
+                return 3
+            sys.stdout.writelines(line + "\n" for line in context)
+        elif row.event_type != WIRE:
             sys.stdout.write(row.raw + "\n")
         elif row.pump is not None and row.t_us is not None:
             # bytes a driver could not use, naming a pump: they raised telemetry-invalid (or

@@ -15,9 +15,10 @@ import signal
 import sys
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Sequence
-from typing import TextIO
+from typing import Any, TextIO
 
-from calguard.alerts.alarms import AlarmManager
+import orjson
+
 from calguard.alerts.log import AlertLog
 from calguard.alerts.sinks import Sink, open_sink
 from calguard.app import Monitor
@@ -30,9 +31,10 @@ from calguard.drivers.virtual import VirtualDriver
 from calguard.monitor.clock import Clock
 from calguard.monitor.engine import Engine
 from calguard.monitor.library import Library
+from calguard.monitor.records import InputRecord
 from calguard.monitor.timeutil import format_duration, format_ts
 from calguard.monitor.transitions import AlertTransition
-from calguard.recovery import warm_start
+from calguard.recovery import WARM_START, restore_alarms, warm_start
 from calguard.simulators.ne1000 import PumpBus
 from calguard.simulators.runner import BedsideQueue, play
 from calguard.simulators.scenario import Scenario
@@ -69,31 +71,6 @@ def _on_signals(stop: Callable[[], None]) -> None:
             loop.add_signal_handler(sig, stop)
 
 
-def _restore_alarms(
-    alarms: AlarmManager,
-    lines: list[dict[str, object]],
-    engine: Engine,
-    missed: list[AlertTransition],
-    now: int,
-) -> list[AlertTransition]:
-    """The alarms as people left them (acknowledged, paused, latched ...), then what changed
-    while the monitor was down through the alarm layer (a high alarm whose condition ended
-    meanwhile latches). Returns the lines to emit now: deadlines that ran out while down
-    carry their exact times."""
-    ids = {a.alert for a in engine.active.values()}
-    ids |= {tr.alert for tr in missed if tr.state == "cleared"}
-    out = alarms.restore(lines, ids, now)
-    for tr in missed:
-        if tr.state == "cleared" and tr.alert not in alarms.alarms:
-            out.append(tr)  # no alarm left to end: the clear is only recorded
-        else:
-            out += alarms.process([tr], now)
-    for active in engine.active.values():
-        if active.alert not in alarms.alarms:  # no lines of it to restore: annunciate again
-            alarms.resume(active, engine.library.version, now)
-    return sorted(out, key=lambda tr: tr.t)
-
-
 async def _monitor(
     library: Library,
     drivers: list[Driver],
@@ -119,18 +96,26 @@ async def _monitor(
             else [lambda tr, _: counts.update([f"{tr.state} {tr.rule}"])]
         )
         engine = Engine(library)
-        restored_lines: list[dict[str, object]] | None = None
+        restored_lines: list[dict[str, Any]] | None = None
         missed: list[AlertTransition] = []  # what changed while the monitor was down
+        restart = clock.now_us()  # one instant for the whole warm start, as its marker says
         if alert_log is not None:
+            marker = None
             if mode == "live":  # pick up where this site's last live run left off
-                warm = await warm_start(alert_log, library, clock.now_us(), site=site)
+                warm = await warm_start(alert_log, library, restart, site=site)
                 engine, missed = warm.engine, warm.transitions
-                restored_lines = warm.alarm_lines
+                restored_lines, marker = warm.alarm_lines, warm.marker
             else:
                 engine.book.restart_ids(await alert_log.next_alert_id())
             session = await alert_log.start_session(
                 mode, source, library, engine.book.next_id, site=site
             )
+            if marker is not None:  # the session's first input: its export replays as it ran
+                record = InputRecord.from_raw(
+                    orjson.dumps(marker), "warm start", "accepted", t_us=restart
+                )
+                record.event_type = WARM_START
+                alert_log.add_input(record)
             log.info("logging to %s (session %s)", alert_log.display_url, session)
         monitor = Monitor(
             library,
@@ -146,7 +131,7 @@ async def _monitor(
             monitor.stop()
         alarms = monitor.pipeline.alarms
         if alarms is not None and restored_lines is not None:
-            missed = _restore_alarms(alarms, restored_lines, engine, missed, clock.now_us())
+            missed = restore_alarms(alarms, restored_lines, engine, missed, restart)
         monitor.emit(missed)
         terminal = (
             TerminalView(

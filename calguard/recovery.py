@@ -8,28 +8,153 @@ of the last week, readings of the last dose window - with their transitions disc
 with the alerts the log holds open: the same condition keeps its id; an alert open in
 the log but no longer active is cleared now; one active but never announced (a timer
 that ran out while the monitor was down) is raised now, stamped with its exact time.
+
+A warm start is part of the session it begins, so that replaying that session gives the
+live run's alert lines: the live monitor logs a ``warm_start`` marker as the session's
+first input (the time it restarted at, the first free alert id, the windows it read), and
+``calguard export`` writes after it the context the warm start read (``context`` lines:
+the inputs replayed, the alerts left open, the alarm lines). ``calguard replay`` rebuilds
+the same state from those lines (``ExportedContext``) before the session's own inputs.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
+import orjson
+
+from calguard.alerts.alarms import AlarmManager
 from calguard.alerts.log import AlertLog
 from calguard.monitor.engine import Engine
 from calguard.monitor.events import ALARM_ACTIONS
 from calguard.monitor.library import Library
-from calguard.monitor.timeutil import format_ts
+from calguard.monitor.timeutil import format_ts, parse_ts
 from calguard.monitor.transitions import AlertTransition, Description
 from calguard.pipeline import Pipeline
 
-__all__ = ["WarmStart", "warm_start"]
+__all__ = [
+    "CONTEXT",
+    "WARM_START",
+    "ExportedContext",
+    "RecoverySource",
+    "WarmStart",
+    "exported_context",
+    "restore_alarms",
+    "warm_start",
+]
+
+#: the event types of a warm start's marker and of the context lines an export carries
+WARM_START, CONTEXT = "warm_start", "context"
 
 log = logging.getLogger(__name__)
 _WEEK_US = 7 * 86_400_000_000
 _MARGIN_US = 3_600_000_000  # readings a little older than the dose window, for continuity
 _FUTURE_US = 60_000_000  # a logged input later than this after the restart is not replayed
+
+
+class RecoverySource(Protocol):
+    """Where a warm start reads the past: the durable log, or an exported session."""
+
+    async def recovery_inputs(
+        self, documentation_since_us: int, readings_since_us: int, *, site: str | None = None
+    ) -> list[Any]: ...
+
+    async def next_alert_id(self) -> int: ...
+
+    async def open_alerts(self, *, site: str | None = None) -> list[dict[str, Any]]: ...
+
+    async def alarm_lines(
+        self, since_us: int, *, site: str | None = None
+    ) -> list[dict[str, Any]]: ...
+
+
+@dataclass(frozen=True)
+class ContextInput:
+    """One logged input, as a warm start reads it."""
+
+    raw: str
+    event_type: str | None
+    source: str
+    t_us: int | None
+
+
+class ExportedContext:
+    """The context lines of an exported session, as a ``RecoverySource``: what the live
+    warm start read, already cut to its windows by the exporter."""
+
+    def __init__(self, marker: dict[str, Any], lines: Iterable[dict[str, Any]]) -> None:
+        self.marker = marker
+        self.inputs: list[ContextInput] = []
+        self.open: list[dict[str, Any]] = []
+        self.alarm: list[dict[str, Any]] = []
+        for line in lines:
+            if "input" in line:
+                self.inputs.append(
+                    ContextInput(
+                        str(line["input"]),
+                        line.get("event_type"),
+                        str(line.get("source", "")),
+                        line.get("t_us"),
+                    )
+                )
+            elif "open_alert" in line:
+                self.open.append(line["open_alert"])
+            elif "alarm_line" in line:
+                self.alarm.append(line["alarm_line"])
+
+    async def recovery_inputs(
+        self, documentation_since_us: int, readings_since_us: int, *, site: str | None = None
+    ) -> list[Any]:
+        return list(self.inputs)
+
+    async def next_alert_id(self) -> int:
+        return int(self.marker["first_alert_id"])
+
+    async def open_alerts(self, *, site: str | None = None) -> list[dict[str, Any]]:
+        return list(self.open)
+
+    async def alarm_lines(self, since_us: int, *, site: str | None = None) -> list[dict[str, Any]]:
+        return list(self.alarm)
+
+
+def context_lines(
+    marker_raw: str,
+    rows: Iterable[Any],
+    open_alerts: Iterable[dict[str, Any]],
+    alarm_lines: Iterable[dict[str, Any]],
+) -> Iterable[str]:
+    """An export's warm start: the marker, then what the warm start read, one per line."""
+    yield marker_raw
+    for row in rows:
+        line = {"type": CONTEXT, "input": row.raw, "event_type": row.event_type}
+        yield orjson.dumps({**line, "source": row.source, "t_us": row.t_us}).decode()
+    for alert in open_alerts:
+        yield orjson.dumps({"type": CONTEXT, "open_alert": alert}).decode()
+    for alarm_line in alarm_lines:
+        yield orjson.dumps({"type": CONTEXT, "alarm_line": alarm_line}).decode()
+
+
+async def exported_context(url: str | None, session: int, marker_raw: str) -> list[str]:
+    """The lines an export of ``session`` carries for its warm start: what that warm start
+    read from the log then (the live sessions before it, in the windows its marker names)."""
+    marker = orjson.loads(marker_raw)
+    site = marker.get("site")
+    since = {k: parse_ts(marker[k]) for k in ("documentation_since", "readings_since")}
+    async with AlertLog.reading(url) as source:
+        rows = await source.recovery_inputs(
+            since["documentation_since"],
+            since["readings_since"],
+            site=site,
+            before_session=session,
+        )
+        open_alerts = await source.open_alerts(site=site, before_session=session)
+        alarm_lines = await source.alarm_lines(
+            parse_ts(marker["alarm_lines_since"]), site=site, before_session=session
+        )
+    return list(context_lines(marker_raw, rows, open_alerts, alarm_lines))
 
 
 @dataclass
@@ -40,6 +165,8 @@ class WarmStart:
     transitions: list[AlertTransition]  # what changed while the monitor was down
     #: the alert lines of the same week, in the order emitted: the alarm layer's state
     alarm_lines: list[dict[str, Any]] = field(default_factory=list)
+    #: what the session logs first, so that an export of it can be replayed (WARM_START)
+    marker: dict[str, Any] = field(default_factory=dict)
 
 
 def _subject(d: dict[str, Any] | Description) -> tuple[Any, ...]:
@@ -48,14 +175,16 @@ def _subject(d: dict[str, Any] | Description) -> tuple[Any, ...]:
 
 
 async def warm_start(
-    alert_log: AlertLog, library: Library, now_us: int, *, site: str | None = None
+    alert_log: RecoverySource, library: Library, now_us: int, *, site: str | None = None
 ) -> WarmStart:
     """Rebuild from the live sessions of ``site`` only: never from training, demo or
     replay sessions, never from another site's."""
     engine = Engine(library)
     window = library.rule("dose-daily").q("window").us
+    since = {"documentation_since": now_us - _WEEK_US, "readings_since": now_us - window}
+    since["readings_since"] -= _MARGIN_US
     rows = await alert_log.recovery_inputs(
-        now_us - _WEEK_US, now_us - window - _MARGIN_US, site=site
+        since["documentation_since"], since["readings_since"], site=site
     )
     # the engine's state only: the alarm layer (acknowledged, paused, latched ...) is
     # rebuilt from its own lines by the live monitor (monitor.live._restore_alarms)
@@ -117,4 +246,37 @@ async def warm_start(
             len(announce),
         )
     lines = await alert_log.alarm_lines(now_us - _WEEK_US, site=site)
-    return WarmStart(engine, len(rows), kept, announce, lines)
+    marker = {
+        "t": format_ts(now_us),
+        "type": WARM_START,
+        "site": site,
+        "first_alert_id": first_new,
+        **{k: format_ts(v) for k, v in since.items()},
+        "alarm_lines_since": format_ts(now_us - _WEEK_US),
+    }
+    return WarmStart(engine, len(rows), kept, announce, lines, marker)
+
+
+def restore_alarms(
+    alarms: AlarmManager,
+    lines: list[dict[str, Any]],
+    engine: Engine,
+    missed: list[AlertTransition],
+    now: int,
+) -> list[AlertTransition]:
+    """The alarms as people left them (acknowledged, paused, latched ...), then what changed
+    while the monitor was down through the alarm layer (a high alarm whose condition ended
+    meanwhile latches). Returns the lines to emit now: deadlines that ran out while down
+    carry their exact times."""
+    ids = {a.alert for a in engine.active.values()}
+    ids |= {tr.alert for tr in missed if tr.state == "cleared"}
+    out = alarms.restore(lines, ids, now)
+    for tr in missed:
+        if tr.state == "cleared" and tr.alert not in alarms.alarms:
+            out.append(tr)  # no alarm left to end: the clear is only recorded
+        else:
+            out += alarms.process([tr], now)
+    for active in engine.active.values():
+        if active.alert not in alarms.alarms:  # no lines of it to restore: annunciate again
+            alarms.resume(active, engine.library.version, now)
+    return sorted(out, key=lambda tr: tr.t)

@@ -20,7 +20,7 @@ from calguard.monitor.engine import Engine
 from calguard.monitor.timeutil import format_ts
 from calguard.monitor.transitions import AlertTransition
 
-from calguard.live import _restore_alarms
+from calguard.recovery import restore_alarms
 from calguard.replay import replay
 from tests.support import Bedside, ts, us
 
@@ -375,7 +375,7 @@ def test_a_high_alarm_whose_condition_ended_while_the_monitor_was_down_latches()
     raised = [AlertTransition.from_dict(a) for a in bay.alerts if a["state"] == "raised"]
     missed = [replace(tr, t=us("08:01:30"), state="cleared") for tr in raised]
     restarted = AlarmManager(QUIET.alarms)
-    out = _restore_alarms(restarted, bay.alerts, Engine(QUIET), missed, us("08:01:30"))
+    out = restore_alarms(restarted, bay.alerts, Engine(QUIET), missed, us("08:01:30"))
     assert [(tr.alert, tr.state, tr.latched) for tr in out] == [
         (raised[0].alert, "cleared", True),
         (raised[1].alert, "cleared", False),
