@@ -70,6 +70,9 @@ class Engine:
         self.note: str | None = None
         self._received: int | None = None  # the live receive time of the event in hand
         self._tolerance = self.rules.ctx.skew_tolerance.us  # scaled for a training clock
+        # every pump's channels, in the order they were made: a pump's presence message
+        # concerns its own channels and must not cost a pass over the ward's
+        self._pump_channels: dict[str, list[ChannelState]] = {}
         self._handlers: dict[type[Any], Callable[[Any, int], None]] = {
             Reading: self._reading,
             Patient: self._patient,
@@ -170,6 +173,7 @@ class Engine:
             self._advance(t)
         if self.now is None:
             raise RuntimeError("the engine has no time yet; advance it before rejecting input")
+        self._channel(pump, channel)
         self.rules.invalid(pump, channel, self.now, reason)
         return self.book.take()
 
@@ -236,8 +240,25 @@ class Engine:
 
     # -- handlers -------------------------------------------------------------------------
 
+    def _channel(self, pump: str, channel: str) -> ChannelState:
+        """The ward's channel, made on first mention and filed under its pump."""
+        ch = self.ward.channels.get((pump, channel))
+        if ch is None:
+            ch = self.ward.channel(pump, channel)
+            self._pump_channels.setdefault(pump, []).append(ch)
+        return ch
+
+    def _channels_of(self, pump: str) -> list[ChannelState]:
+        """The pump's channels. The ward counts them too: should one ever be made other than
+        through ``_channel``, the list is rebuilt rather than a channel missed."""
+        channels = self._pump_channels.get(pump, [])
+        if len(channels) != self.ward.pumps.get(pump, 0):
+            channels = [ch for key, ch in self.ward.channels.items() if key[0] == pump]
+            self._pump_channels[pump] = channels
+        return channels
+
     def _reading(self, r: Reading, now: int) -> None:
-        ch = self.ward.channels.get((r.pump, r.channel)) or self.ward.channel(r.pump, r.channel)
+        ch = self.ward.channels.get((r.pump, r.channel)) or self._channel(r.pump, r.channel)
         device_t, received = r.t, self._received
         seq = r.seq
         if seq is not None and ch.seen(seq, device_t):  # this very reading again
@@ -372,7 +393,7 @@ class Engine:
         self._evaluate(now, channels, [], {line.bed} if line.bed else set())
 
     def _connect(self, ev: Connect, now: int) -> None:
-        ch = self.ward.channel(ev.pump, ev.channel)
+        ch = self._channel(ev.pump, ev.channel)
         if ch.line == ev.line:
             self.note = f"{ch.name} is already connected to line {ev.line}"
             return
@@ -391,7 +412,7 @@ class Engine:
         self._evaluate(now, [ch], lines, set())
 
     def _disconnect(self, ev: Disconnect, now: int) -> None:
-        ch = self.ward.channel(ev.pump, ev.channel)
+        ch = self._channel(ev.pump, ev.channel)
         lines = []
         if ch.line is not None and ch.line in self.ward.lines:
             old = self.ward.lines[ch.line]
@@ -456,7 +477,7 @@ class Engine:
         return float(mg_salt * product.elemental_mmol_per_mg())
 
     def _pump_status(self, ev: PumpStatus, now: int) -> None:
-        channels = [ch for key, ch in self.ward.channels.items() if key[0] == ev.pump]
+        channels = self._channels_of(ev.pump)
         if not channels:
             state = "online" if ev.online else "offline"
             self.note = f"pump {ev.pump} is {state}; no channel of it is known"
