@@ -16,6 +16,10 @@ injected clock, so a replay shows exactly what a live run showed:
                   ``cleared`` with ``"latched": true``; it stays until a person ``reset``s it
     (gone)        cleared (not latching), or reset
 
+An action that carries the person's ``role`` (every live one: the monitor writes it from the
+verified token) is checked against the library's permissions for that alarm's rule and
+priority before the action's own checks; an action without one (a replay file's) is not.
+
 Deadlines (pause end, escalation, override expiry) fire at their exact time. An action at
 the same instant as a deadline comes first, as events do before the engine's timers.
 Technical alarms (telemetry, communications) are kept apart: they never latch.
@@ -39,6 +43,7 @@ __all__ = ["TECHNICAL_RULES", "Alarm", "AlarmManager", "category"]
 #: alarms): one definition, the rule table's (``RuleSpec.technical``), so that the alarm
 #: layer and the documentation cannot disagree.
 TECHNICAL_RULES = frozenset(rule for rule, spec in RULES.items() if spec.technical)
+_VERBS = {"ack": "acknowledge", "pause": "pause", "reset": "reset", "override": "override"}
 
 
 def _urgency(alarm: Alarm) -> tuple[int, int]:
@@ -196,6 +201,8 @@ class AlarmManager:
         alarm = self.alarms.get(action.alert)
         if alarm is None:
             raise EventError("alert", action.alert, "an alarm that is active or latched now")
+        if action.role is not None:
+            self._permitted(action, alarm)
         t, by = action.t, action.by
         if action.type == "ack":
             if alarm.acked_by is not None:
@@ -252,6 +259,21 @@ class AlarmManager:
         return self._line(
             alarm, t, "overridden", by=by, reason=action.reason, until=alarm.overridden_until
         )
+
+    def _permitted(self, action: AlarmAction, alarm: Alarm) -> None:
+        """The library's permissions for the action's role on this very alarm (its rule and
+        priority now); an action without a role (a file of actions) is not checked here:
+        a live monitor never takes one."""
+        rule, priority = alarm.last.rule, alarm.last.priority
+        roles = self.policy.permissions.roles(action.type, rule, priority)
+        if action.role not in roles:
+            allowed = ", ".join(sorted(roles)) or "no role"
+            raise EventError(
+                None,
+                None,
+                f"role {action.role} may not {_VERBS[action.type]} a {priority} {rule} alarm "
+                f"(the library allows {allowed})",
+            )
 
     # -- deadlines ---------------------------------------------------------------------------
 

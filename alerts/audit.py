@@ -1,88 +1,535 @@
-"""The tamper-evident audit chain: every alert transition and every user action, each row
-hashing the one before it.
+"""Verifying the audit: ``calguard audit verify``.
 
-    hash(n) = SHA-256("n|t_us|kind|actor|payload|hash(n-1)", "|" being a newline)
-    hash(0) = 64 zeros
+Five checks, each named in the report, each with what it found:
 
-Rows are numbered without gaps. Changing, deleting or inserting a row breaks the chain at
-that row, and ``verify`` names the first broken link. What a chain cannot show by itself is
-rows cut from its end: ``verify`` prints the head (number and hash) so that it can be kept
-elsewhere - in the shift report, on paper - and compared later.
+- **links**: entries numbered 1, 2, 3 ... without gaps, each naming the MAC of the one
+  before (an entry deleted or inserted in the middle);
+- **HMACs**: each keyed entry's HMAC, with the key it names (an entry edited and every
+  later one re-hashed, or one forged and appended, by someone without the key); legacy
+  entries (before the chain was keyed) by their SHA-256, and only before the keyed ones;
+- **alert_transitions** and **inputs**: each row of those tables against the entry that
+  covers it (``calguard.alerts.chain``): a row edited (a priority lowered), deleted, or
+  added afterwards; rows written before the chain was keyed are counted as legacy;
+- **anchor**: the chain against the newest anchor of this log (``calguard.alerts.anchor``:
+  the anchor file, and the broker's retained copy when asked): a chain that ends before
+  the anchored entry was cut (all of it deleted, when it has no entry left), one whose
+  entry differs from the anchored MAC was rewritten.
+
+Tables are walked in commit order, side by side with the chain (the log writer commits a
+batch's rows and their entries in one transaction, one commit at a time), so memory stays
+small on a log of years. Anchors are read before the chain, and rows committed while the
+check runs (a monitor writing the log) are matched with the entries committed with them.
 """
 
 from __future__ import annotations
 
-import hashlib
-from collections.abc import Iterable
-from dataclasses import dataclass
+import contextlib
+import hmac
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
-from calguard.alerts.schema import audit_chain
-from sqlalchemy import select
-from sqlalchemy.ext.asyncio import create_async_engine
+import orjson
+from calguard.alerts.anchor import Anchor, scan_anchors
+from calguard.alerts.chain import (
+    GENESIS,
+    INPUTS,
+    KEYED_START,
+    TRANSITION,
+    AuditKey,
+    AuditKeyError,
+    Entry,
+    Head,
+    RowsDigest,
+    Subject,
+    entry_mac,
+    inputs_rows,
+    legacy_hash,
+    load_key,
+)
+from calguard.alerts.log import (
+    INPUT_COLUMNS,
+    TRANSITION_COLUMNS,
+    default_anchor_file,
+    default_audit_key,
+    normalise_db_url,
+)
+from calguard.alerts.schema import alert_transitions, audit_chain, inputs, log_identity
+from sqlalchemy import Row, inspect, literal, select
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.pool import NullPool
 
-__all__ = ["GENESIS", "AuditLink", "ChainReport", "link_hash", "verify_chain", "verify_rows"]
+__all__ = [
+    "CHECKS",
+    "AnchorSource",
+    "AuditReport",
+    "Check",
+    "anchor_file_source",
+    "chain_rows",
+    "default_keys",
+    "verify_chain",
+]
 
-GENESIS = "0" * 64
-
-
-def link_hash(seq: int, t_us: int, kind: str, actor: str | None, payload: str, prev: str) -> str:
-    text = f"{seq}\n{t_us}\n{kind}\n{actor or ''}\n{payload}\n{prev}"
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
-
-
-@dataclass(frozen=True)
-class AuditLink:
-    seq: int
-    session_id: int
-    t_us: int
-    kind: str
-    actor: str | None
-    payload: str
-    prev_hash: str
-    hash: str
+CHECKS = ("links", "HMACs", "alert_transitions", "inputs", "anchor")
+_SHOWN = 3  # problems named per check; the rest are counted
+_HELD_ROWS = 100_000  # rows held while waiting for their entry (a log being written)
 
 
-@dataclass(frozen=True)
-class ChainReport:
-    rows: int
-    head_seq: int
-    head_hash: str
-    broken_at: int | None = None  # the seq of the first broken link
-    problem: str | None = None
+@dataclass
+class Check:
+    name: str
+    summary: str = ""
+    problems: list[str] = field(default_factory=list)
+    more: int = 0  # problems beyond those named
 
     @property
     def ok(self) -> bool:
-        return self.broken_at is None
+        return not self.problems
+
+    def fail(self, problem: str) -> None:
+        if len(self.problems) < _SHOWN:
+            self.problems.append(problem)
+        else:
+            self.more += 1
 
 
-def verify_rows(rows: Iterable[AuditLink]) -> ChainReport:
-    prev, expected, count = GENESIS, 1, 0
-    for row in rows:
-        count += 1
-        if row.seq != expected:
-            problem = f"entry {expected} is missing (the next one is {row.seq}): rows deleted"
-            return ChainReport(count, expected - 1, prev, expected, problem)
-        if row.prev_hash != prev:
-            problem = (
-                f"entry {row.seq} does not follow entry {row.seq - 1}: "
-                "a row was deleted, inserted or rewritten before it"
-            )
-            return ChainReport(count, row.seq - 1, prev, row.seq, problem)
-        actual = link_hash(row.seq, row.t_us, row.kind, row.actor, row.payload, row.prev_hash)
-        if actual != row.hash:
-            problem = f"entry {row.seq} was modified: its content does not match its hash"
-            return ChainReport(count, row.seq - 1, prev, row.seq, problem)
-        prev, expected = row.hash, expected + 1
-    return ChainReport(count, expected - 1, prev)
+@dataclass
+class AuditReport:
+    log_id: str | None
+    checks: dict[str, Check] = field(default_factory=lambda: {c: Check(c) for c in CHECKS})
+    entries: int = 0
+    legacy: int = 0  # unkeyed entries from before the chain was keyed
+    head: Head = field(default_factory=Head)
+
+    @property
+    def ok(self) -> bool:
+        return all(c.ok for c in self.checks.values())
+
+    @property
+    def failed(self) -> list[Check]:
+        return [c for c in self.checks.values() if not c.ok]
 
 
-async def verify_chain(url: str) -> ChainReport:
-    """Walk the chain of the database at ``url`` in order."""
-    engine = create_async_engine(url)
+@dataclass(frozen=True)
+class AnchorSource:
+    """Where anchors were read: ``name`` for the report, ``lines`` as read, or why they
+    could not be (``error``)."""
+
+    name: str
+    lines: Sequence[bytes]
+    error: str | None = None
+
+
+def anchor_file_source(path: Path | None = None) -> AnchorSource:
+    """The anchor file (default: the data directory's); a missing file holds no anchor."""
+    file = default_anchor_file() if path is None else path
+    try:
+        lines = file.read_bytes().splitlines()
+    except FileNotFoundError:
+        lines = []
+    return AnchorSource(f"the anchor file {file}", lines)
+
+
+def default_keys() -> dict[str, AuditKey]:
+    try:
+        key = load_key(default_audit_key(), create=False)
+    except AuditKeyError:
+        return {}
+    return {key.id: key}
+
+
+async def verify_chain(
+    url: str,
+    *,
+    keys: Mapping[str, AuditKey] | None = None,
+    anchors: Sequence[AnchorSource] | None = None,
+) -> AuditReport:
+    """Every check of the log at ``url`` (keys by id: default the data directory's key;
+    anchors: default the data directory's anchor file)."""
+    engine = create_async_engine(normalise_db_url(url), poolclass=NullPool)
     try:
         async with engine.connect() as conn:
-            result = await conn.stream(select(audit_chain).order_by(audit_chain.c.seq))
-            rows = [AuditLink(**dict(r._mapping)) async for r in result]
+            log_id = await _log_id(conn)
+            keyed_columns = await _keyed_columns(conn)
+        report = AuditReport(log_id)
+        given = anchors if anchors is not None else [anchor_file_source()]
+        newest = _newest_anchor(report, given, keys if keys is not None else default_keys())
+        walk = _Walk(report, keys if keys is not None else default_keys(), newest, keyed_columns)
+        await walk.run(engine)
     finally:
         await engine.dispose()
-    return verify_rows(rows)
+    return report
+
+
+async def chain_rows(url: str) -> list[Row[Any]]:
+    """Every entry of the chain, in order (for the export)."""
+    engine = create_async_engine(normalise_db_url(url), poolclass=NullPool)
+    try:
+        async with engine.connect() as conn:
+            query = _chain_query(await _keyed_columns(conn), 0, None)
+            return list((await conn.execute(query)).all())
+    finally:
+        await engine.dispose()
+
+
+async def _keyed_columns(conn: AsyncConnection) -> bool:
+    """Whether the chain has the columns of schema version 6 (an older log: not yet)."""
+    names = await conn.run_sync(
+        lambda sync: {c["name"] for c in inspect(sync).get_columns("audit_chain")}
+    )
+    return "key_id" in names
+
+
+def _chain_query(keyed_columns: bool, after: int, upto: int | None) -> Any:
+    """Entries after ``after`` up to ``upto``, in order; a log not yet at schema version
+    6 has legacy ones only (its new columns read as NULL)."""
+    c = audit_chain.c
+    keyed = ("key_id", "subject", "digest")
+    columns = [
+        col if keyed_columns or col.name not in keyed else literal(None).label(col.name)
+        for col in c
+    ]
+    query = select(*columns).where(c.seq > after)
+    if upto is not None:
+        query = query.where(c.seq <= upto)
+    return query.order_by(c.seq)
+
+
+async def _log_id(conn: AsyncConnection) -> str | None:
+    has_identity = await conn.run_sync(lambda sync: inspect(sync).has_table("log_identity"))
+    if not has_identity:
+        return None
+    value = (await conn.execute(select(log_identity.c.id))).scalar()
+    return str(value) if value is not None else None
+
+
+def _newest_anchor(
+    report: AuditReport, sources: Sequence[AnchorSource], keys: Mapping[str, AuditKey]
+) -> tuple[Anchor, str] | None:
+    """The newest anchor of this log among ``sources`` (and what is wrong with any)."""
+    check = report.checks["anchor"]
+    newest: tuple[Anchor, str] | None = None
+    for source in sources:
+        if report.log_id is None:
+            break
+        if source.error is not None:
+            check.fail(f"{source.name}: {source.error}")
+            continue
+        scan = scan_anchors(source.lines, report.log_id, keys)
+        for problem in scan.problems:
+            check.fail(f"{source.name}: {problem}")
+        if scan.newest is None:
+            check.fail(
+                f"{source.name} holds no anchor of this log ({report.log_id}): entries cut "
+                "from its end, or all of it deleted, cannot be found"
+            )
+        elif newest is None or scan.newest.seq > newest[0].seq:
+            newest = (scan.newest, source.name)
+    if report.log_id is None:
+        check.fail("the log has no identity (a log from before schema version 3): no anchor")
+    return newest
+
+
+class _Walk:
+    """The chain in order, with the tables beside it."""
+
+    def __init__(
+        self,
+        report: AuditReport,
+        keys: Mapping[str, AuditKey],
+        anchor: tuple[Anchor, str] | None,
+        keyed_columns: bool,
+    ) -> None:
+        self.report, self.keys, self.anchor = report, keys, anchor
+        self.keyed_columns = keyed_columns
+        self.links, self.macs = report.checks["links"], report.checks["HMACs"]
+        self.expected, self.prev = 1, GENESIS
+        self.key_ids: set[str] = set()
+        self.keyed_from: int | None = None
+        self.transitions = _Rows(report.checks["alert_transitions"], _describe_transition)
+        self.inputs = _Rows(report.checks["inputs"], _describe_inputs)
+
+    async def run(self, engine: AsyncEngine) -> None:
+        async with contextlib.AsyncExitStack() as stack:
+            head = await self._head(engine)
+            # the tables are read after the head: every row committed before it has its entry
+            self.transitions.rows = await stack.enter_async_context(
+                _stream(engine, _table_query(alert_transitions, TRANSITION_COLUMNS))
+            )
+            self.inputs.rows = await stack.enter_async_context(
+                _stream(engine, _table_query(inputs, INPUT_COLUMNS))
+            )
+            async with _stream(engine, _chain_query(self.keyed_columns, 0, head)) as chain:
+                async for row in chain:
+                    await self.entry(row, newer=False)
+            for rows in (self.transitions, self.inputs):
+                await rows.pull_rest()
+            if self.transitions.held or self.inputs.held:  # rows newer than the head read
+                async with _stream(engine, _chain_query(self.keyed_columns, head, None)) as chain:
+                    async for row in chain:
+                        await self.entry(row, newer=True)
+        self.finish()
+
+    async def _head(self, engine: AsyncEngine) -> int:
+        query = select(audit_chain.c.seq).order_by(audit_chain.c.seq.desc()).limit(1)
+        async with engine.connect() as conn:
+            return int((await conn.execute(query)).scalar() or 0)
+
+    # -- one entry ------------------------------------------------------------------------
+
+    async def entry(self, row: Row[Any], *, newer: bool) -> None:
+        self.report.entries += 1
+        self._link(row)
+        entry = Entry(
+            row.session_id, row.t_us, row.kind, row.actor, row.payload, row.subject, row.digest
+        )
+        if row.key_id is None:
+            self._legacy(row)
+        else:
+            self._keyed(row, entry)
+        self._anchored(row)
+        self.report.head = Head(row.seq, row.hash, row.key_id)
+        self.prev, self.expected = row.hash, row.seq + 1
+        subject = Subject.parse(row.subject)
+        if row.key_id is None or subject is None:
+            return
+        if row.kind == TRANSITION:
+            await self.transitions.expect(
+                _Range(row.seq, subject, 1, row.digest, row.payload, newer)
+            )
+        elif row.kind == INPUTS:
+            count = inputs_rows(row.payload) or 0
+            await self.inputs.expect(_Range(row.seq, subject, count, row.digest, "", newer))
+
+    def _link(self, row: Row[Any]) -> None:
+        if row.seq != self.expected:  # seq is the key: higher, never lower
+            self.links.fail(
+                f"entries {self.expected}-{row.seq - 1} are missing (the next one is {row.seq}): "
+                "deleted"
+            )
+        elif row.prev_hash != self.prev:
+            self.links.fail(
+                f"entry {row.seq} does not follow entry {row.seq - 1}: an entry was deleted, "
+                "inserted or rewritten before it"
+            )
+
+    def _legacy(self, row: Row[Any]) -> None:
+        if self.keyed_from is not None:
+            self.macs.fail(
+                f"entry {row.seq} is unkeyed after keyed entries (edited and re-hashed, or forged)"
+            )
+            return
+        self.report.legacy += 1
+        expected = legacy_hash(row.seq, row.t_us, row.kind, row.actor, row.payload, row.prev_hash)
+        if expected != row.hash:
+            self.macs.fail(f"legacy entry {row.seq} does not match its SHA-256 (edited)")
+
+    def _keyed(self, row: Row[Any], entry: Entry) -> None:
+        if self.keyed_from is None:
+            self.keyed_from = row.seq
+        self.key_ids.add(row.key_id)
+        key = self.keys.get(row.key_id)
+        if key is None:
+            self.macs.fail(
+                f"entry {row.seq} was made with key {row.key_id}, which was not given "
+                "(--audit-key FILE)"
+            )
+        elif not hmac.compare_digest(entry_mac(key, row.seq, entry, row.prev_hash), row.hash):
+            self.macs.fail(
+                f"entry {row.seq}'s HMAC does not match (edited and re-hashed, or forged)"
+            )
+        if row.kind == KEYED_START:
+            legacy = _json(row.payload)
+            self.transitions.legacy_before = int(legacy.get("transitions_before", 0))
+            self.inputs.legacy_before = int(legacy.get("inputs_before", 0))
+
+    def _anchored(self, row: Row[Any]) -> None:
+        if self.anchor is None or row.seq != self.anchor[0].seq:
+            return
+        anchor, source = self.anchor
+        if not hmac.compare_digest(anchor.hash, row.hash):
+            self.report.checks["anchor"].fail(
+                f"entry {row.seq} differs from the anchor of {anchor.time} ({source}): the "
+                "chain was rewritten up to there"
+            )
+
+    # -- the end --------------------------------------------------------------------------
+
+    def finish(self) -> None:
+        r = self.report
+        for rows in (self.transitions, self.inputs):
+            rows.finish()
+        keyed = r.entries - r.legacy
+        keys = ", ".join(sorted(self.key_ids)) or "-"
+        r.checks["links"].summary = (
+            f"{r.entries} entries"
+            + (f", 1-{r.legacy} legacy (unkeyed SHA-256)" if r.legacy else "")
+            + (f", {r.legacy + 1}-{r.head.seq} keyed" if keyed else "")
+        )
+        r.checks["HMACs"].summary = f"{keyed} keyed entries (key {keys})"
+        self._anchor_summary()
+
+    def _anchor_summary(self) -> None:
+        r, check = self.report, self.report.checks["anchor"]
+        if self.anchor is None:
+            return
+        anchor, source = self.anchor
+        if r.entries == 0:
+            check.fail(
+                f"all entries deleted: the anchor of {anchor.time} holds entry {anchor.seq}, "
+                f"the log has none ({source})"
+            )
+        elif r.head.seq < anchor.seq:
+            check.fail(
+                f"tail cut: the anchor of {anchor.time} holds entry {anchor.seq}, the log ends "
+                f"at {r.head.seq} ({source})"
+            )
+        check.summary = (
+            f"head {r.head.seq}; newest anchor: entry {anchor.seq} at {anchor.time} ({source})"
+        )
+
+
+@dataclass
+class _Range:
+    """Rows an entry covers, hashed as they come."""
+
+    entry: int
+    subject: Subject
+    count: int
+    digest: str | None
+    line: str  # a transition entry's alert line (for naming the alert)
+    newer: bool  # committed after the tables were read: its rows may not be there
+    fed: int = 0
+    digest_of_rows: RowsDigest = field(default_factory=RowsDigest)
+
+
+class _Rows:
+    """One table's rows against the entries that cover them. Rows come in id order, the
+    entries in chain order: the same commit order, so each entry finds its rows at once
+    or nearly (a row held meanwhile is one of a later entry, or of none)."""
+
+    def __init__(self, check: Check, describe: Any) -> None:
+        self.check, self.describe = check, describe
+        self.rows: AsyncIterator[Row[Any]] | None = None
+        self.legacy_before: int | None = None  # rows up to this id predate the keyed chain
+        self.awaiting: dict[int, list[_Range]] = {}  # by session
+        self.held: list[Row[Any]] = []
+        self.legacy = self.matched = self.ranges = 0
+        self.too_many = 0
+
+    async def expect(self, rng: _Range) -> None:
+        self.awaiting.setdefault(rng.subject.session, []).append(rng)
+        self.ranges += 1
+        held, self.held = self.held, []
+        for row in held:
+            self._place(row)
+        for _ in range(rng.count):
+            pulled = await self._pull()
+            if pulled is None:
+                break
+            self._place(pulled)
+
+    async def pull_rest(self) -> None:
+        while (row := await self._pull()) is not None:
+            self._place(row)
+
+    async def _pull(self) -> Row[Any] | None:
+        assert self.rows is not None
+        async for row in self.rows:
+            if self.legacy_before is not None and row.id <= self.legacy_before:
+                self.legacy += 1
+                continue
+            return row
+        return None
+
+    def _place(self, row: Row[Any]) -> None:
+        for rng in self.awaiting.get(row.session_id, ()):
+            if rng.subject.first <= row.seq <= rng.subject.last:
+                rng.digest_of_rows.add(tuple(row)[1:])  # all but the id
+                rng.fed += 1
+                if rng.fed == rng.count:
+                    self._close(rng)
+                return
+        if len(self.held) < _HELD_ROWS:
+            self.held.append(row)
+        else:
+            self.too_many += 1
+
+    def _close(self, rng: _Range) -> None:
+        self.awaiting[rng.subject.session].remove(rng)
+        if rng.digest is not None and hmac.compare_digest(
+            rng.digest_of_rows.hexdigest(), rng.digest
+        ):
+            self.matched += rng.count
+        else:
+            self.check.fail(self.describe(rng, None))
+
+    def finish(self) -> None:
+        for ranges in self.awaiting.values():
+            for rng in ranges:
+                if not rng.newer:  # a newer one's rows came after the tables were read
+                    self.check.fail(self.describe(rng, None))
+        if self.legacy_before is None:  # no keyed entry: every row is from before
+            self.legacy += len(self.held) + self.too_many
+            self.held, self.too_many = [], 0
+        for row in self.held:
+            self.check.fail(self.describe(None, row))
+        if self.too_many:
+            self.check.fail(f"{self.too_many} more rows are in no audit entry")
+        self.check.summary = f"{self.matched} row(s) match their {self.ranges} audit entries" + (
+            f"; {self.legacy} legacy rows from before the chain was keyed" if self.legacy else ""
+        )
+
+
+def _describe_transition(rng: _Range | None, row: Row[Any] | None) -> str:
+    if row is not None:
+        return (
+            f"alert_transitions row {row.alert_id} (session {row.session_id}, seq {row.seq}) "
+            "is in no audit entry (added afterwards, or its entry deleted)"
+        )
+    assert rng is not None
+    alert = _json(rng.line).get("alert", "?")
+    where = (
+        f"alert_transitions row {alert} (session {rng.subject.session}, seq {rng.subject.first})"
+    )
+    if rng.fed < rng.count:
+        return f"{where} of entry {rng.entry} is missing (deleted, or its session or seq changed)"
+    return f"{where} differs from its audited line (entry {rng.entry})"
+
+
+def _describe_inputs(rng: _Range | None, row: Row[Any] | None) -> str:
+    if row is not None:
+        return (
+            f"input row {row.id} (session {row.session_id}, seq {row.seq}) is in no audit "
+            "entry (added afterwards, or its entry deleted)"
+        )
+    assert rng is not None
+    s = rng.subject
+    where = f"input rows seq {s.first}-{s.last} of session {s.session} (entry {rng.entry})"
+    if rng.fed < rng.count:
+        found = f"{rng.fed} of {rng.count} found"
+        return f"{where}: {found} (rows deleted, or their session or seq changed)"
+    return f"{where} differ from their audited digest (a row edited)"
+
+
+def _table_query(table: Any, columns: Sequence[str]) -> Any:
+    return select(table.c.id, *(table.c[name] for name in columns)).order_by(table.c.id)
+
+
+@contextlib.asynccontextmanager
+async def _stream(engine: AsyncEngine, query: Any) -> AsyncIterator[AsyncIterator[Row[Any]]]:
+    async with engine.connect() as conn:
+        result = await conn.stream(query)
+        try:
+            yield result.__aiter__()
+        finally:
+            await result.close()
+
+
+def _json(text: str) -> dict[str, Any]:
+    try:
+        value = orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return {}
+    return value if isinstance(value, dict) else {}

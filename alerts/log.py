@@ -23,6 +23,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import re
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -31,8 +32,18 @@ from types import TracebackType
 from typing import Any
 
 import orjson
-from calguard.alerts.audit import GENESIS, link_hash
+from calguard.alerts.anchor import DEFAULT_INTERVAL_S, Anchor, Anchorer
+from calguard.alerts.chain import (
+    TRANSITION,
+    AuditKey,
+    AuditKeyError,
+    Entry,
+    load_key,
+    row_digest,
+    transition_subject,
+)
 from calguard.alerts.log_writer import UNRECORDED, Batch, LogStatus, LogWriter, Marks
+from calguard.alerts.private import FILE_MODE, create_private_file, private_dir
 from calguard.alerts.schema import (
     alert_transitions,
     audit_chain,
@@ -57,6 +68,8 @@ from sqlalchemy.pool import NullPool
 __all__ = [
     "AlertLog",
     "LogStatus",
+    "default_anchor_file",
+    "default_audit_key",
     "default_db_url",
     "default_spool_dir",
     "normalise_db_url",
@@ -122,7 +135,19 @@ TRANSITION_COLUMNS = (
     "latched",
     "alert_line",
 )
-AUDIT_COLUMNS = ("seq", "session_id", "t_us", "kind", "actor", "payload", "prev_hash", "hash")
+AUDIT_COLUMNS = (
+    "seq",
+    "session_id",
+    "t_us",
+    "kind",
+    "actor",
+    "payload",
+    "prev_hash",
+    "hash",
+    "key_id",
+    "subject",
+    "digest",
+)
 
 
 def default_data_dir() -> Path:
@@ -148,6 +173,18 @@ def default_spool_dir() -> Path:
     ``spool`` folder of the data directory. A disk other than the database's is better."""
     env = os.environ.get("CALGUARD_SPOOL_DIR")
     return Path(env) if env else default_data_dir() / "spool"
+
+
+def default_audit_key() -> Path:
+    """The key of the audit chain: ``CALGUARD_AUDIT_KEY``, else ``keys/audit.key`` in the
+    data directory - never in the database, whose rows it guards."""
+    env = os.environ.get("CALGUARD_AUDIT_KEY")
+    return Path(env) if env else default_data_dir() / "keys" / "audit.key"
+
+
+def default_anchor_file() -> Path:
+    """Where the audit chain's heads are anchored: ``audit/anchors`` in the data directory."""
+    return default_data_dir() / "audit" / "anchors"
 
 
 def _spool_max_bytes() -> int:
@@ -177,14 +214,16 @@ def normalise_db_url(url: str) -> str:
     return url
 
 
+# user:password@ after a scheme (a password may hold an unescaped @ or /), and password=
+_URL_PASSWORD = re.compile(r"(?P<head>[A-Za-z][\w+.-]*://[^:/@\s]*):[^\s]*@(?=[^@\s]*$|[^@\s]*\s)")
+_QUERY_PASSWORD = re.compile(r"(?i)(?P<head>[?&]password=)[^&\s]*")
+
+
 def _redact(url: str) -> str:
-    """The URL without its password, for messages."""
-    head, sep, tail = url.partition("@")
-    if not sep or "://" not in head:
-        return url
-    scheme, _, credentials = head.partition("://")
-    user = credentials.split(":", 1)[0]
-    return f"{scheme}://{user}:***@{tail}"
+    """The URL - or a message holding URLs - without passwords: one redaction for every
+    URL CalGuard shows."""
+    text_ = _URL_PASSWORD.sub(r"\g<head>:***@", url)
+    return _QUERY_PASSWORD.sub(r"\g<head>***", text_)
 
 
 class AlertLog:
@@ -200,6 +239,10 @@ class AlertLog:
         spool_dir: Path | str | None = None,
         spool_max_bytes: int | None = None,
         max_held_inputs: int = _HELD_INPUTS,
+        audit_key: Path | str | None = None,
+        anchor_file: Path | str | None = None,
+        anchor_interval: float = DEFAULT_INTERVAL_S,
+        on_anchor: Callable[[Anchor], None] | None = None,
     ) -> None:
         self.url = normalise_db_url(url or default_db_url())
         self.batch_size = batch_size
@@ -208,13 +251,15 @@ class AlertLog:
         self.spool_root = Path(spool_dir) if spool_dir is not None else default_spool_dir()
         self.spool_max_bytes = spool_max_bytes
         self.max_held_inputs = max_held_inputs
+        self.audit_key = Path(audit_key) if audit_key is not None else default_audit_key()
+        self.anchor_file = Path(anchor_file) if anchor_file is not None else default_anchor_file()
+        self.anchor_interval, self.on_anchor = anchor_interval, on_anchor
         self.session_id: int | None = None
         self._engine: AsyncEngine | None = None
         self._writer: LogWriter | None = None
         self._inputs: list[tuple[Any, ...]] = []
         self._transitions: list[tuple[Any, ...]] = []
-        self._audit_rows: list[tuple[Any, ...]] = []
-        self._audit_seq, self._audit_hash = 0, GENESIS
+        self._audit_rows: list[Entry] = []
         self._insert_inputs = self._insert_transitions = self._insert_audit = ""
         self._seq = 0
         self._added: list[int] = [0, 0, 0]  # rows added: inputs, transitions, audit links
@@ -259,10 +304,12 @@ class AlertLog:
 
     async def _open(self) -> None:
         file_sqlite = self.url.startswith("sqlite") and ":memory:" not in self.url
-        if file_sqlite:
-            path = self.url.split(":///", 1)[-1].split("?", 1)[0]
-            if path:  # once, at startup: a blocking mkdir is fine here
-                Path(path).expanduser().parent.mkdir(parents=True, exist_ok=True)  # noqa: ASYNC240
+        try:  # once, at startup: blocking file system calls are fine here
+            if file_sqlite:
+                _private_sqlite(self.url.split(":///", 1)[-1].split("?", 1)[0])
+            key = load_key(self.audit_key, create=True)
+        except (OSError, AuditKeyError) as exc:
+            raise LogError(f"cannot use the log {self.display_url}: {exc}") from exc
         try:
             engine = create_async_engine(self.url, **_engine_options(self.url, file_sqlite))
         except (SQLAlchemyError, ImportError, ValueError, TypeError) as exc:
@@ -292,32 +339,25 @@ class AlertLog:
         self._insert_inputs = _positional_insert(engine, inputs, INPUT_COLUMNS)
         self._insert_transitions = _positional_insert(engine, alert_transitions, TRANSITION_COLUMNS)
         self._insert_audit = _positional_insert(engine, audit_chain, AUDIT_COLUMNS)
-        writer = await self._writer_for(engine, writer_id, identity)
+        writer = await self._writer_for(engine, writer_id, identity, key)
         try:
             drained = await writer.drain_all()  # before anything reads the log
-            async with engine.connect() as conn:
-                head = (
-                    await conn.execute(
-                        select(audit_chain.c.seq, audit_chain.c.hash)
-                        .order_by(audit_chain.c.seq.desc())
-                        .limit(1)
-                    )
-                ).first()
         except (SQLAlchemyError, OSError, SpoolError, TimeoutError) as exc:
             writer.spool.close()
             await engine.dispose()
             raise LogError(
-                f"cannot write the spooled rows into {self.display_url} or read its audit "
-                f"chain: {_short(exc)}"
+                f"cannot write the spooled rows into {self.display_url}: {_short(exc)}"
             ) from exc
         if drained:
             log.warning("log %s: %d spooled batch(es) written", self.display_url, drained)
-        self._audit_seq, self._audit_hash = (int(head[0]), str(head[1])) if head else (0, GENESIS)
         self._engine, self._writer = engine, writer
         writer.start()
 
-    async def _writer_for(self, engine: AsyncEngine, writer_id: str, identity: str) -> LogWriter:
-        """The writer, with the spool of this database (found by its identity)."""
+    async def _writer_for(
+        self, engine: AsyncEngine, writer_id: str, identity: str, key: AuditKey
+    ) -> LogWriter:
+        """The writer, with the spool of this database (found by its identity), the audit
+        key and the anchors of its chain."""
         max_bytes = self.spool_max_bytes or _spool_max_bytes()
         spool = Spool(self.spool_root / identity, max_bytes)
         try:
@@ -342,6 +382,14 @@ class AlertLog:
             write_timeout=_PG_WRITE_TIMEOUT_S if engine.dialect.name == "postgresql" else None,
             max_held_inputs=self.max_held_inputs,
             on_dropped=self._dropped,
+            key=key,
+            anchorer=Anchorer(
+                key,
+                identity,
+                self.anchor_file,
+                interval=self.anchor_interval,
+                publish=self.on_anchor,
+            ),
         )
 
     async def close(self) -> None:
@@ -594,43 +642,49 @@ class AlertLog:
         self._audit(t_us, "undelivered", None, f"{sink}\n{reason}\n{line}")
         self._wake()
 
-    def _audit(self, t_us: int, kind: str, actor: str | None, payload: str) -> None:
-        """Append to the hash chain (computed here, in order; written with the batch)."""
-        self._audit_seq += 1
+    def _audit(
+        self,
+        t_us: int,
+        kind: str,
+        actor: str | None,
+        payload: str,
+        subject: str | None = None,
+        digest: str | None = None,
+    ) -> None:
+        """An entry for the audit chain, in order; the writer numbers and keys it in the
+        transaction that commits its batch (``calguard.alerts.log_writer``)."""
         self._added[2] += 1
-        prev = self._audit_hash
-        self._audit_hash = link_hash(self._audit_seq, t_us, kind, actor, payload, prev)
-        self._audit_rows.append(
-            (self._audit_seq, self.session_id, t_us, kind, actor, payload, prev, self._audit_hash)
-        )
+        self._audit_rows.append(Entry(self.session_id, t_us, kind, actor, payload, subject, digest))
 
     def add_transition(self, tr: AlertTransition, alert_line: str | None = None) -> None:
         self._seq += 1
         self._added[1] += 1
         line = alert_line if alert_line is not None else tr.to_json()
         d = tr.description
-        self._transitions.append(
-            (
-                self.session_id,
-                self._seq,
-                tr.t,
-                tr.state,
-                tr.alert,
-                tr.rule,
-                tr.priority,
-                d.bed,
-                d.line,
-                d.pump,
-                d.channel,
-                d.value,
-                d.limit,
-                d.message,
-                tr.library,
-                tr.latched,
-                line,
-            )
+        row = (
+            self.session_id,
+            self._seq,
+            tr.t,
+            tr.state,
+            tr.alert,
+            tr.rule,
+            tr.priority,
+            d.bed,
+            d.line,
+            d.pump,
+            d.channel,
+            d.value,
+            d.limit,
+            d.message,
+            tr.library,
+            tr.latched,
+            line,
         )
-        self._audit(tr.t, "transition", tr.by, line)
+        self._transitions.append(row)
+        # the entry holds the line, and the digest of the row as stored: an edit of the
+        # table (a priority lowered) is found by comparing the two
+        subject = transition_subject(self.session_id, self._seq)
+        self._audit(tr.t, TRANSITION, tr.by, line, subject, row_digest(row))
         self._wake()
 
     def _wake(self) -> None:
@@ -763,11 +817,28 @@ async def session_rows(
                 .scalars()
                 .all()
             )
-    except SQLAlchemyError as exc:
+    except (SQLAlchemyError, OSError) as exc:
         raise LogError(f"cannot read {_redact(url or default_db_url())}: {_short(exc)}") from exc
     finally:
         await engine.dispose()
     return session, list(rows), list(alerts)
+
+
+def _private_sqlite(path: str) -> None:
+    """The SQLite file (and its folder) made before SQLite makes them with the umask's
+    modes: patients' data, 0600 (SQLite gives its -wal and -shm files the same mode)."""
+    if not path:
+        return
+    file = Path(path).expanduser()
+    private_dir(file.parent)
+    if not create_private_file(file) and file.stat().st_mode & 0o077:
+        log.warning(
+            "the log %s can be read by others (mode %o): chmod %o %s",
+            file,
+            file.stat().st_mode & 0o777,
+            FILE_MODE,
+            file,
+        )
 
 
 def _engine_options(url: str, file_sqlite: bool) -> dict[str, Any]:
@@ -814,7 +885,7 @@ def _wall_us() -> int:
 
 def _short(exc: BaseException) -> str:
     text_ = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    return text_[:300]
+    return _redact(text_)[:300]
 
 
 #: one redaction for every database URL that is shown (no password ever printed)

@@ -17,6 +17,14 @@ PUBACK, MLLP AA) - or once it is held in memory with nowhere to go, because the 
 must keep taking inputs to keep alarming: the status then says ``unrecorded`` and the
 monitor says so loudly. The status (``ok``, ``spooling``, ``unrecorded``) is what the
 monitor turns into the ``log-unavailable`` technical alarm.
+
+The audit chain (``calguard.alerts.chain``) is extended here, in the transaction that
+commits a batch: its entries, then one ``inputs`` entry with the digest of the batch's
+input rows, numbered after the chain's head as the database holds it then. Commits that
+extend the chain are serialised (PostgreSQL: an advisory lock; SQLite: the write lock,
+taken first), so a batch drained from the spool hours later, and the batches of several
+writers on one database, make one chain in commit order. The head is anchored outside the
+database as it moves (``calguard.alerts.anchor``).
 """
 
 from __future__ import annotations
@@ -31,10 +39,22 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
-from calguard.alerts.schema import log_writers, sessions
+from calguard.alerts.anchor import Anchorer
+from calguard.alerts.chain import (
+    KEYED_START,
+    TRANSITION,
+    AuditKey,
+    Entry,
+    Head,
+    inputs_entries,
+    link,
+    row_digest,
+    transition_subject,
+)
+from calguard.alerts.schema import alert_transitions, audit_chain, inputs, log_writers, sessions
 from calguard.alerts.spool import Spool, SpoolError, SpoolRecord
-from sqlalchemy import insert, select, update
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy import func, insert, select, text, update
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 __all__ = ["OK", "SPOOLING", "UNRECORDED", "Batch", "LogStatus", "LogWriter", "Marks"]
 
@@ -45,6 +65,8 @@ OK, SPOOLING, UNRECORDED = "ok", "spooling", "unrecorded"
 Marks = tuple[int, int, int]
 _RETRY_FIRST_S, _RETRY_MAX_S = 0.5, 5.0  # database retries while it is down
 _REPEAT_S = 60.0  # how often a lasting failure is said again on stderr
+_PG_AUDIT_LOCK = 0x6361_6C61  # "cala": one commit at a time extends the audit chain
+_PAYLOAD_VERSION = 2  # 2: audit entries unnumbered (chained at commit); 1: numbered, hashed
 
 
 @dataclass(slots=True)
@@ -55,7 +77,7 @@ class Batch:
     number: int
     inputs: list[tuple[Any, ...]]
     transitions: list[tuple[Any, ...]]
-    audit: list[tuple[Any, ...]]
+    audit: list[Entry]
     marks: Marks
     end: tuple[int, int] | None = None  # (session id, ended_us): the session closes
 
@@ -66,11 +88,12 @@ class Batch:
     def payload(self, writer: str) -> bytes:
         return orjson.dumps(
             {
+                "v": _PAYLOAD_VERSION,
                 "writer": writer,
                 "batch": self.number,
                 "inputs": self.inputs,
                 "transitions": self.transitions,
-                "audit": self.audit,
+                "audit": [tuple(e) for e in self.audit],  # orjson takes no NamedTuple
                 "end": self.end,
             }
         )
@@ -78,9 +101,28 @@ class Batch:
     @classmethod
     def from_payload(cls, payload: bytes) -> tuple[str, Batch]:
         d = orjson.loads(payload)
-        ins, trs, aus = ([tuple(r) for r in d[k]] for k in ("inputs", "transitions", "audit"))
+        ins, trs = ([tuple(r) for r in d[k]] for k in ("inputs", "transitions"))
+        if d.get("v") == _PAYLOAD_VERSION:
+            audit = [Entry(*r) for r in d["audit"]]
+        else:
+            audit = _entries_of_version_1(d["audit"], trs)
         end = (int(d["end"][0]), int(d["end"][1])) if d.get("end") else None
-        return str(d["writer"]), cls(int(d["batch"]), ins, trs, aus, (0, 0, 0), end)
+        return str(d["writer"]), cls(int(d["batch"]), ins, trs, audit, (0, 0, 0), end)
+
+
+def _entries_of_version_1(rows: list[list[Any]], transitions: list[tuple[Any, ...]]) -> list[Entry]:
+    """Audit rows an older CalGuard spooled, numbered and hashed, as entries to chain now;
+    each transition entry names its row (one per transition, in the same order)."""
+    rows_of = iter(transitions)
+    entries = []
+    for _seq, session, t_us, kind, actor, payload, _prev, _hash in rows:
+        row = next(rows_of, None) if kind == TRANSITION else None
+        if row is None:
+            entries.append(Entry(session, t_us, kind, actor, payload))
+            continue
+        subject = transition_subject(row[0], row[1])
+        entries.append(Entry(session, t_us, kind, actor, payload, subject, row_digest(row)))
+    return entries
 
 
 @dataclass(frozen=True)
@@ -141,8 +183,12 @@ class LogWriter:
         write_timeout: float | None,
         max_held_inputs: int,
         on_dropped: Callable[[int, str], None],
+        key: AuditKey,
+        anchorer: Anchorer,
     ) -> None:
         self.engine, self.inserts, self.writer, self.spool = engine, inserts, writer, spool
+        self.key, self.anchorer = key, anchorer
+        self._other_key_said: str | None = None
         self.take, self.on_dropped = take, on_dropped
         self.flush_interval, self.write_timeout = flush_interval, write_timeout
         self.max_held_inputs = max_held_inputs
@@ -187,6 +233,7 @@ class LogWriter:
             with contextlib.suppress(asyncio.CancelledError):
                 await drain
             self.spool.close()
+            await self.anchorer.anchor()
 
     async def _guard(self, loop: Callable[[], Any]) -> None:
         try:
@@ -243,6 +290,7 @@ class LogWriter:
                 self.on_dropped(self.dropped, self._drop_reason or "")
                 self.dropped = 0
                 self._wake.set()
+            await self.anchorer.tick()  # a head left unanchored by a quiet spell
             self._update()
             self._progress.fire()
             if self.closing:
@@ -376,9 +424,12 @@ class LogWriter:
     # -- the database ---------------------------------------------------------------------
 
     async def _commit(self, writer: str, batch: Batch, *, check: bool) -> None:
-        """One batch, one transaction, with its number recorded for its writer; with
-        ``check``, a batch already recorded is skipped (it was committed, then spooled)."""
+        """One batch, one transaction, with its number recorded for its writer and its
+        entries appended to the audit chain; with ``check``, a batch already recorded is
+        skipped (it was committed, then spooled)."""
         ins_in, ins_tr, ins_au = self.inserts
+        entries = [*batch.audit, *inputs_entries(batch.inputs, _wall_us())]
+        head: Head | None = None
         async with self._deadline(), self.engine.begin() as conn:
             if check:
                 last = (
@@ -392,22 +443,51 @@ class LogWriter:
                 if last is None:  # a log restored from before this writer: record it now
                     row = {"writer": writer, "started_us": _wall_us(), "last_batch": 0}
                     await conn.execute(insert(log_writers), [row])
-            if batch.inputs:
-                await conn.exec_driver_sql(ins_in, batch.inputs)
-            if batch.transitions:
-                await conn.exec_driver_sql(ins_tr, batch.transitions)
-            if batch.audit:
-                await conn.exec_driver_sql(ins_au, batch.audit)
-            if batch.end is not None:
-                session, ended = batch.end
-                await conn.execute(
-                    update(sessions).where(sessions.c.id == session).values(ended_us=ended)
-                )
+            # first a write: on SQLite it takes the database's write lock, so the chain's
+            # head read below stays the head until this transaction commits
             await conn.execute(
                 update(log_writers)
                 .where(log_writers.c.writer == writer)
                 .values(last_batch=batch.number)
             )
+            if entries:
+                head = await self._head(conn)
+                if head.key_id is None:
+                    entries.insert(0, await _keyed_start(conn, head, entries[0]))
+            if batch.inputs:
+                await conn.exec_driver_sql(ins_in, batch.inputs)
+            if batch.transitions:
+                await conn.exec_driver_sql(ins_tr, batch.transitions)
+            if head is not None:
+                rows, head = link(head, entries, self.key)
+                await conn.exec_driver_sql(ins_au, rows)
+            if batch.end is not None:
+                session, ended = batch.end
+                await conn.execute(
+                    update(sessions).where(sessions.c.id == session).values(ended_us=ended)
+                )
+        if head is not None:
+            await self.anchorer.moved(head)
+
+    async def _head(self, conn: AsyncConnection) -> Head:
+        """The chain's newest entry, once no other commit can extend the chain."""
+        if conn.dialect.name == "postgresql":
+            await conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _PG_AUDIT_LOCK})
+        c = audit_chain.c
+        row = (
+            await conn.execute(select(c.seq, c.hash, c.key_id).order_by(c.seq.desc()).limit(1))
+        ).first()
+        head = Head(int(row.seq), str(row.hash), row.key_id) if row is not None else Head()
+        if head.key_id not in (None, self.key.id, self._other_key_said):
+            self._other_key_said = head.key_id
+            log.error(
+                "the audit chain was last extended with key %s; this writer's key (%s) is %s: "
+                "verifying the chain now needs both keys",
+                head.key_id,
+                self.key.path,
+                self.key.id,
+            )
+        return head
 
     @contextlib.asynccontextmanager
     async def _deadline(self) -> AsyncIterator[None]:
@@ -457,6 +537,21 @@ class _Signal:
 
     async def wait(self) -> None:
         await self._event.wait()
+
+
+async def _keyed_start(conn: AsyncConnection, head: Head, first: Entry) -> Entry:
+    """The first keyed entry: where the unkeyed (legacy) entries end, and which rows of
+    the tables were written before the chain covered them."""
+    before_in = (await conn.execute(select(func.coalesce(func.max(inputs.c.id), 0)))).scalar()
+    before_tr = (
+        await conn.execute(select(func.coalesce(func.max(alert_transitions.c.id), 0)))
+    ).scalar()
+    legacy = {
+        "legacy_entries": head.seq,
+        "inputs_before": before_in,
+        "transitions_before": before_tr,
+    }
+    return Entry(first.session_id, _wall_us(), KEYED_START, None, orjson.dumps(legacy).decode())
 
 
 def _reached(mark: Marks, settled: Marks) -> bool:

@@ -47,6 +47,7 @@ __all__ = [
     "migrate",
     "schema_version",
     "sessions",
+    "users",
 ]
 
 metadata = MetaData()
@@ -146,7 +147,12 @@ audit_chain = Table(
     Column("actor", String(200)),  # who acted (actions; and acknowledged/... lines)
     Column("payload", Text, nullable=False),  # the exact alert line, or the action as received
     Column("prev_hash", String(64), nullable=False),
-    Column("hash", String(64), nullable=False),
+    Column("hash", String(64), nullable=False),  # keyed: the HMAC; legacy: the SHA-256
+    # version 6: the key's id (None: a legacy, unkeyed entry), the table rows the entry
+    # covers and their SHA-256 as stored (calguard.alerts.chain)
+    Column("key_id", String(16)),
+    Column("subject", String(80)),
+    Column("digest", String(64)),
     Index("ix_audit_t", "t_us"),
 )
 
@@ -171,6 +177,22 @@ log_writers = Table(
     Column("writer", String(32), primary_key=True),
     Column("started_us", BigInteger, nullable=False),
     Column("last_batch", BigInteger, nullable=False),
+)
+
+
+# The people who act on alarms: one account each, with a role (the library's permissions
+# say what each role may do) and an Argon2id hash of the password (PHC string: the
+# parameters travel with the hash). Accounts are disabled, never deleted: the log names
+# them. Times are wall-clock microseconds.
+users = Table(
+    "users",
+    metadata,
+    Column("name", String(32), primary_key=True),
+    Column("role", String(32), nullable=False),
+    Column("password_hash", Text, nullable=False),
+    Column("disabled", Boolean, nullable=False, default=False),
+    Column("created_us", BigInteger, nullable=False),
+    Column("changed_us", BigInteger, nullable=False),  # password, role or state
 )
 
 
@@ -206,11 +228,29 @@ def _v4(conn: Connection, _now_us: int) -> None:
         conn.execute(text("ALTER TABLE sessions ADD COLUMN site TEXT"))
 
 
+def _v5(conn: Connection, _now_us: int) -> None:
+    metadata.create_all(conn, tables=[users], checkfirst=True)
+
+
+def _v6(conn: Connection, _now_us: int) -> None:
+    # a keyed audit chain (a fresh log made them at version 2 already)
+    have = {c["name"] for c in inspect(conn).get_columns("audit_chain")}
+    for name, kind in (
+        ("key_id", "VARCHAR(16)"),
+        ("subject", "VARCHAR(80)"),
+        ("digest", "VARCHAR(64)"),
+    ):
+        if name not in have:
+            conn.execute(text(f"ALTER TABLE audit_chain ADD COLUMN {name} {kind}"))
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "inputs, alert transitions, sessions and library versions", _v1),
     Migration(2, "tamper-evident audit chain of alert transitions and user actions", _v2),
     Migration(3, "database identity and log writers' batch marks (the local spool)", _v3),
     Migration(4, "the site of each session, so training and other sites never warm-start one", _v4),
+    Migration(5, "people's accounts: role, Argon2id password hash, disabled", _v5),
+    Migration(6, "a keyed audit chain covering alert transitions and batches of inputs", _v6),
 )
 
 

@@ -89,7 +89,7 @@ async def list_sessions(url: str | None, which: SessionFilter | None = None) -> 
     try:
         async with engine.connect() as conn:
             rows = (await conn.execute(query)).all()
-    except SQLAlchemyError as exc:
+    except (SQLAlchemyError, OSError) as exc:  # OSError: the server does not answer
         raise LogError(
             f"cannot read {redact_url(url or default_db_url())}: {short_error(exc)}"
         ) from exc

@@ -29,6 +29,8 @@ import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
+from calguard.alerts.private import FILE_MODE, private_dir
+
 __all__ = ["SPOOL_MAGIC", "Spool", "SpoolError", "SpoolRecord"]
 
 log = logging.getLogger(__name__)
@@ -173,10 +175,10 @@ class Spool:
             last.sealed = True
         self._close_fd()
         fresh = not self.directory.is_dir()
-        self.directory.mkdir(parents=True, exist_ok=True)
+        private_dir(self.directory)  # 0700, as the segments are 0600: the log's rows
         number = int(last.path.stem) + 1 if last is not None else 1
         path = self.directory / f"{number:012d}{_SUFFIX}"
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o600)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, FILE_MODE)
         try:
             _write_all(fd, SPOOL_MAGIC)
             os.fsync(fd)

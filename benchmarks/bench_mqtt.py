@@ -35,6 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from calguard.alerts.log import AlertLog
 from calguard.config import load_library
+from calguard.config.site import Charting
 from calguard.drivers.clock import SystemClock
 from calguard.drivers.mqtt import MqttDriver, _Inbox
 from calguard.monitor.engine import Engine
@@ -45,6 +46,8 @@ from tests.brokers import Broker
 
 ROOT = Path(__file__).resolve().parent.parent
 PREFIX = "calguard/bench"
+CHARTER = "bench-charting"  # the bedside documentation comes from a charting account
+CHARTING_TOPIC = f"{PREFIX}/events/{CHARTER}"
 PUMPS = 200
 CA = "Calcium gluconate 20 mg/ml"
 
@@ -116,7 +119,7 @@ async def subscribe_once(port: int, client_id: str) -> None:
         for topic in (
             f"{PREFIX}/pumps/+/telemetry",
             f"{PREFIX}/pumps/+/status",
-            f"{PREFIX}/events",
+            f"{PREFIX}/events/+",
         ):
             await client.subscribe(topic, qos=1)
 
@@ -125,7 +128,7 @@ async def publish_backlog(port: int, n: int) -> None:
     async with aiomqtt.Client(
         "127.0.0.1", port, identifier="bench-pub", max_inflight_messages=1000
     ) as client:
-        await client.publish(f"{PREFIX}/events", orjson.dumps(bedside()), qos=1)
+        await client.publish(CHARTING_TOPIC, orjson.dumps(bedside()), qos=1)
         sent = [client.publish(*reading(i, time.time_ns()), qos=1) for i in range(n)]
         for start in range(0, n, 2000):
             await asyncio.gather(*sent[start : start + 2000])
@@ -166,7 +169,7 @@ async def bare(
     inbox = _Inbox if burst else None
     rate = Rate(expected)  # from the connection: the broker delivers from that moment on
     async with session_client(port, client_id, burst=burst) as client:
-        for topic in (f"{PREFIX}/pumps/+/telemetry", f"{PREFIX}/events"):
+        for topic in (f"{PREFIX}/pumps/+/telemetry", f"{PREFIX}/events/+"):
             await client.subscribe(topic, qos=1)
         messages = aiter(client.messages)
         while rate.count < expected:
@@ -194,7 +197,9 @@ async def calguard(
 ) -> Rate:
     """The real thing: driver, engine with every rule, durable SQLite log."""
     library = load_library()
-    driver = MqttDriver(f"mqtt://127.0.0.1:{port}/{PREFIX}", client_id=client_id)
+    driver = MqttDriver(
+        f"mqtt://127.0.0.1:{port}/{PREFIX}", client_id=client_id, charting=[Charting(CHARTER)]
+    )
     rate = Rate(expected)
 
     def on_alert(tr: object, line: str) -> None:
@@ -235,13 +240,13 @@ PUBLISHER = """
 import asyncio, sys, time
 sys.path.insert(0, {root!r})
 sys.argv = ["x"]
-from benchmarks.bench_mqtt import reading, bedside, PREFIX
+from benchmarks.bench_mqtt import reading, bedside, CHARTING_TOPIC
 import aiomqtt, orjson
 async def main():
     async with aiomqtt.Client(
         "127.0.0.1", {port}, identifier="bench-live-pub", max_inflight_messages=1000
     ) as c:
-        await c.publish(PREFIX + "/events", orjson.dumps(bedside()), qos=1)
+        await c.publish(CHARTING_TOPIC, orjson.dumps(bedside()), qos=1)
         start = time.perf_counter()
         for n in range({total}):
             due = start + n / {rate}
@@ -271,6 +276,9 @@ async def latency_run(port: int, kind: str, rate: int, seconds: float, db: str) 
 
 
 def pct(values: list[float], q: float) -> float:
+    """The q-quantile; NaN for a run that measured nothing (too short to raise an alert)."""
+    if not values:
+        return float("nan")
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 

@@ -4,23 +4,17 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import csv
 import logging
-import sys
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.ext.asyncio import create_async_engine
 
-from calguard.alerts.audit import verify_chain
-from calguard.alerts.log import default_db_url, normalise_db_url
-from calguard.alerts.schema import audit_chain
+from calguard import audit_cli
+from calguard.alerts.log import default_db_url, normalise_db_url, redact_url, short_error
 from calguard.alerts.sessions import MODES, WARD, SessionFilter
 from calguard.cliargs import retire_config
 from calguard.monitor.errors import ConfigError
-from calguard.monitor.timeutil import format_ts
 
 __all__ = ["add_parsers", "dispatch"]
 
@@ -30,19 +24,7 @@ DEFAULT_BROKER = "mqtt://127.0.0.1:1883/calguard/nicu"
 
 
 def add_parsers(sub: Any) -> None:
-    audit = sub.add_parser("audit", help="verify or export the tamper-evident audit chain")
-    audit_sub = audit.add_subparsers(dest="audit_command", required=True)
-    verify = audit_sub.add_parser("verify", help="report the first broken link, if any")
-    export = audit_sub.add_parser("export", help="the chain as CSV, for retention elsewhere")
-    for p in (verify, export):
-        p.add_argument("--db", metavar="URL", help="log database (default: the local SQLite file)")
-    export.add_argument(
-        "--out",
-        metavar="FILE.csv",
-        help="default: standard output. Text a spreadsheet would run as a formula (starting "
-        "with = + - @ tab CR) gets a leading ' (and a leading ' is doubled): drop one leading "
-        "' from a cell to get the stored text, e.g. to recompute a hash",
-    )
+    audit_cli.add_parser(sub)
     report = sub.add_parser(
         "report", help="the alarm burden: per bed-day, by rule, acknowledgement"
     )
@@ -89,6 +71,8 @@ def _time_zone(name: str) -> ZoneInfo:
 
 
 def _broker_args(p: argparse.ArgumentParser) -> None:
+    """Where the monitor's alarm sink is, and how a station logs in to its broker: the
+    options of the MQTT driver (an account, its password from the environment, TLS)."""
     where = p.add_mutually_exclusive_group()
     where.add_argument(
         "--broker", metavar="URL", help=f"the monitor's MQTT alarm sink (default {DEFAULT_BROKER})"
@@ -96,6 +80,15 @@ def _broker_args(p: argparse.ArgumentParser) -> None:
     where.add_argument(
         "--site", metavar="SITE.toml", help="take the broker from the site's mqtt sink"
     )
+    p.add_argument("--username", help="broker account (default: $CALGUARD_MQTT_USER)")
+    p.add_argument(
+        "--password-env",
+        metavar="NAME",
+        help="environment variable holding the password (default: CALGUARD_MQTT_PASSWORD)",
+    )
+    p.add_argument("--ca-file", metavar="FILE", help="CA certificate(s) of the broker (TLS)")
+    p.add_argument("--cert-file", metavar="FILE", help="client certificate (TLS)")
+    p.add_argument("--key-file", metavar="FILE", help="client key (TLS)")
     retire_config(p)
 
 
@@ -105,6 +98,12 @@ def add_alarm_parsers(sub: Any) -> None:
     alerts.add_argument("--priority", choices=["high", "medium", "low"], help="only this priority")
     alerts.add_argument("--json", action="store_true", help="JSON lines instead of a table")
     _broker_args(alerts)
+    alerts.add_argument(
+        "--monitor-key",
+        metavar="FILE",
+        help="the monitor's public key: only states it signed are shown (default: this "
+        "machine's <data dir>/keys/state-ed25519.pub)",
+    )
     helps = {
         "ack": "acknowledge an alarm: it stays visible, stops sounding and escalating",
         "pause": "pause an alarm's audio (the library's pause time, or --duration)",
@@ -114,7 +113,14 @@ def add_alarm_parsers(sub: Any) -> None:
     for action, text in helps.items():
         p = sub.add_parser(action, help=text)
         p.add_argument("alert", help="the alert id, e.g. a-000003")
-        p.add_argument("--by", required=True, help="your user id")
+        # who acts is the account of the token (calguard login); --by is refused, with why
+        p.add_argument("--by", help=argparse.SUPPRESS)
+        p.add_argument(
+            "--token-file",
+            metavar="FILE",
+            help="the token of calguard login (default CALGUARD_TOKEN_FILE, else "
+            "~/.config/calguard/token)",
+        )
         if action == "override":
             p.add_argument("--reason", required=True, help="a coded reason of the library")
         if action in ("pause", "override"):
@@ -148,20 +154,19 @@ def dispatch(args: argparse.Namespace) -> int:
             log.error("%s", exc)
             return 2
         if args.command == "alerts":
-            return asyncio.run(remote.show_alerts(broker, args.bed, args.priority, args.json))
-        return asyncio.run(remote.send_action(broker, args))
+            access = remote.access(args)
+            return asyncio.run(
+                remote.show_alerts(broker, args.bed, args.priority, args.json, access=access)
+            )
+        return asyncio.run(remote.send_action(broker, args, access=remote.access(args)))
+    if args.command == "audit":
+        return audit_cli.run(args)
     url = normalise_db_url(args.db or default_db_url())
     try:
-        if args.command == "report":
-            return _report(url, args)
-        if args.command == "audit" and args.audit_command == "verify":
-            return asyncio.run(_verify(url))
-        if args.command == "audit":
-            return _export(asyncio.run(_audit_rows(url)), args.out)
+        return _report(url, args)
     except (SQLAlchemyError, OSError) as exc:
-        log.error("cannot read the log %s: %s", url, str(exc).splitlines()[0])
+        log.error("cannot read the log %s: %s", redact_url(url), short_error(exc))
         return 3
-    return 2
 
 
 def _report(url: str, args: argparse.Namespace) -> int:
@@ -198,45 +203,4 @@ def _report(url: str, args: argparse.Namespace) -> int:
             log.error("the chart needs matplotlib: pip install 'calguard[report]'")
             return 1
         log.info("chart written to %s", args.png)
-    return 0
-
-
-async def _verify(url: str) -> int:
-    report = await verify_chain(url)
-    if report.ok:
-        print(
-            f"audit chain intact: {report.rows} entries; head {report.head_seq} "
-            f"sha256:{report.head_hash} (keep this to detect entries cut from the end)"
-        )
-        return 0
-    print(
-        f"audit chain BROKEN at entry {report.broken_at}: {report.problem}; "
-        f"entries 1-{report.head_seq} are intact (head sha256:{report.head_hash})"
-    )
-    return 1
-
-
-async def _audit_rows(url: str) -> list[Any]:
-    engine = create_async_engine(url)
-    try:
-        async with engine.connect() as conn:
-            return list((await conn.execute(select(audit_chain).order_by(audit_chain.c.seq))).all())
-    finally:
-        await engine.dispose()
-
-
-def _export(rows: list[Any], out: str | None) -> int:
-    from calguard.alerts.report import csv_cell
-
-    stream = open(out, "w", newline="", encoding="utf-8") if out else sys.stdout  # noqa: SIM115
-    try:
-        writer = csv.writer(stream)
-        writer.writerow(["seq", "time", "session", "kind", "actor", "payload", "prev_hash", "hash"])
-        for r in rows:
-            cells = [r.seq, format_ts(r.t_us), r.session_id, r.kind, r.actor or "", r.payload]
-            writer.writerow([csv_cell(c) for c in (*cells, r.prev_hash, r.hash)])
-    finally:
-        if out:
-            stream.close()
-    log.info("%d audit entries exported", len(rows))
     return 0

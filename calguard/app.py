@@ -27,9 +27,11 @@ from collections.abc import Callable, Sequence
 
 import orjson
 
+from calguard.alerts.accounts import AccountError
 from calguard.alerts.log import AlertLog, LogStatus
 from calguard.alerts.sinks.base import Delivery, Sink
 from calguard.drivers.base import Driver, Inbound
+from calguard.guard import CommandGuard
 from calguard.monitor.clock import Clock
 from calguard.monitor.engine import Engine
 from calguard.monitor.events import ALARM_ACTIONS
@@ -38,6 +40,7 @@ from calguard.monitor.rules.system import LOG_KEY
 from calguard.monitor.timeutil import format_ts
 from calguard.monitor.transitions import AlertTransition
 from calguard.pipeline import Pipeline
+from calguard.tokens import TokenError
 
 __all__ = ["Monitor"]
 
@@ -59,8 +62,13 @@ async def _cancel(tasks: list[asyncio.Task[None]]) -> None:
 Output = Callable[[AlertTransition, str], None]
 _CHECKPOINT_EVERY = 500  # inputs between chances for the log writer to catch up
 _NEVER = 1 << 62
-#: what a command may carry into its action event (event-format: actions on alarms)
-_COMMAND_FIELDS = ("alert", "by", "reason", "duration", "note")
+#: what a command may carry into its action event (event-format: actions on alarms); the
+#: person (``by``) and ``role`` are the verified token's, never the sender's
+_COMMAND_FIELDS = ("alert", "reason", "duration", "note")
+_DRIVER_ACTION = (
+    "an action on an alarm is taken only as a command with a signed token (calguard login, "
+    "then calguard ack|pause|reset|override), never from a device's or a file's input"
+)
 _SINK_FLUSH_S = 3.0  # at a stop, how long the sinks may take to deliver what they hold
 _LOG_FLUSH_S = 5.0  # at a stop, how long the log may take to make the last inputs durable
 _DETAIL_CHARS = 200  # the longest detail a monitor event carries (event-format bound)
@@ -77,6 +85,8 @@ class Monitor:
         outputs: Sequence[Output] = (),
         engine: Engine | None = None,
         sinks: Sequence[Sink] = (),
+        guard: CommandGuard | None = None,
+        file_actions: bool = False,
     ) -> None:
         self.library = library
         self.drivers = list(drivers)
@@ -91,6 +101,14 @@ class Monitor:
             sink.bed_states = self._bed_states
             if sink.takes_commands:
                 sink.on_command = self.command
+                sink.before_command = self.settle_command
+        if guard is None and any(sink.takes_commands for sink in self.sinks):
+            guard = CommandGuard.of_log(log)  # the accounts of this log's database
+        #: checks each command's token and account; None: this monitor takes no commands
+        self.guard = guard
+        #: actions on alarms in the drivers' inputs are applied (a demo's or a training
+        #: scenario's files); live, people act only by commands that prove who they are
+        self.file_actions = file_actions
         self.processed = 0
         self._stopping = asyncio.Event()
         self._timer_moved = asyncio.Event()
@@ -119,6 +137,8 @@ class Monitor:
                 tasks.append(group.create_task(self._clock_loop(), name="clock"))
                 if self.log is not None:
                     tasks.append(group.create_task(self._watch_log(self.log), name="log state"))
+                if self.guard is not None:
+                    tasks.append(group.create_task(self.guard.run(), name="accounts"))
                 senders = [group.create_task(s.run(), name=f"sink {s.url}") for s in self.sinks]
                 await self._stopping.wait()
                 if self.log is not None:  # what was processed is acknowledged before the
@@ -198,6 +218,11 @@ class Monitor:
             transitions = self.pipeline.feed_problem(
                 item.raw, item.problem, source=item.source, pump=item.pump, t=now
             )
+        elif not self.file_actions and _is_action(item.obj):
+            assert isinstance(item.obj, dict)
+            transitions = self.pipeline.refuse_command(
+                item.raw, _DRIVER_ACTION, action=str(item.obj["type"]), source=item.source, t=now
+            )
         elif isinstance(item.obj, dict):
             # the monitor's clock is the time: stamp the input on arrival (over whatever a
             # sender wrote there) and log it so stamped, so a replay decides as we did
@@ -228,30 +253,72 @@ class Monitor:
         event = {"t": format_ts(now), "type": "clock"}
         self.emit(self.pipeline.feed_object(event, raw=orjson.dumps(event), source="clock"))
 
+    async def settle_command(self, raw: bytes) -> None:
+        """Before ``command``: a valid token of an account not read yet waits for its lookup."""
+        if self.guard is None:
+            return
+        try:
+            obj = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            return
+        if isinstance(obj, dict) and "token" in obj:
+            await self.guard.settle(obj["token"])
+
     def command(self, raw: bytes, source: str) -> str | None:
         """A person's command from a central station (``{"action": "ack", "alert": ...,
-        "by": ...}``): stamped with the monitor's clock and fed through the pipeline like
-        any input (logged, audited, replayable). Returns None if applied, else the reason."""
+        "token": ...}``). The token is checked first (``CommandGuard``: signature, key,
+        expiry, the account and its role); the action then names the token's account as
+        ``by`` and its ``role``, is stamped with the monitor's clock and goes through the
+        pipeline like any input (logged, audited, replayable), where the library's
+        permissions decide on the role, as a replay will. Returns None if applied, else
+        the reason. A refused command is logged without its token: a credential is never
+        written to the log."""
         try:
             obj = orjson.loads(raw)
         except orjson.JSONDecodeError as exc:
             obj, why = None, f"not JSON: {exc}"
+        else:
+            why = "a JSON object is expected"
         if isinstance(obj, dict):
-            # only the fields an action has: a "received", "clock_speed" or "t" in a command
-            # is the sender's to claim, never ours to apply (the monitor's clock is the time)
-            event = {k: v for k, v in obj.items() if k in _COMMAND_FIELDS}
-            now = format_ts(self.clock.now_us())
-            event = {"t": now, "type": obj.get("action"), **event, "received": now}
-            if event["type"] not in ALARM_ACTIONS:
-                why = f"action {obj.get('action')!r}: one of {', '.join(ALARM_ACTIONS)} is expected"
-            else:
+            event, why = self._action(obj)
+            if event is not None:
                 self.emit(self.pipeline.feed_object(event, raw=orjson.dumps(event), source=source))
                 self._timer_moved.set()  # a pause or override brings a deadline
                 return self.pipeline.refusal  # the verdict on this very command
-        elif obj is not None:
-            why = "a JSON object is expected"
-        self.pipeline.feed_problem(raw, why, source=source, t=self.clock.now_us())
+            if "token" in obj:
+                raw = orjson.dumps({**obj, "token": "withheld"})
+            action = obj.get("action")
+            if isinstance(action, str) and action in ALARM_ACTIONS:  # audited as refused
+                now = self.clock.now_us()
+                self.emit(
+                    self.pipeline.refuse_command(raw, why, action=action, source=source, t=now)
+                )
+                return why
+        self.emit(self.pipeline.feed_problem(raw, why, source=source, t=self.clock.now_us()))
         return why
+
+    def _action(self, command: dict[str, object]) -> tuple[dict[str, object] | None, str]:
+        """The action event of a command whose token holds, or None and why not."""
+        action = command.get("action")
+        if action not in ALARM_ACTIONS:
+            return None, f"action {action!r}: one of {', '.join(ALARM_ACTIONS)} is expected"
+        if "by" in command:
+            return None, (
+                'a command names no one in "by": who acts is the account you log in as '
+                "(calguard login)"
+            )
+        if self.guard is None:
+            return None, "this monitor takes no commands (it checks no accounts)"
+        try:
+            person = self.guard.check(command.get("token"))
+        except (TokenError, AccountError) as exc:
+            return None, str(exc)
+        # only the fields an action has: a "received", "clock_speed" or "t" in a command
+        # is the sender's to claim, never ours to apply (the monitor's clock is the time)
+        fields = {k: v for k, v in command.items() if k in _COMMAND_FIELDS}
+        now = format_ts(self.clock.now_us())
+        event = {"t": now, "type": action, **fields, "by": person.sub, "role": person.role}
+        return {**event, "received": now}, ""
 
     def _undelivered(self, sink: Sink, item: Delivery, reason: str) -> None:
         log.error("%s: alarm line not delivered (%s): %s", sink.url, reason, item.line)
@@ -293,3 +360,7 @@ class Monitor:
             audiences = alarms.policy.audiences
             state = tuple(a.snapshot(audiences) for a in alarms.of_bed(bed))
         return Delivery(tr, line, state, bed or "unassigned")
+
+
+def _is_action(obj: object) -> bool:
+    return isinstance(obj, dict) and obj.get("type") in ALARM_ACTIONS

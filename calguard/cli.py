@@ -26,7 +26,7 @@ from typing import BinaryIO
 
 import orjson
 
-from calguard import __version__, alarm_cli
+from calguard import __version__, alarm_cli, broker_config, user_cli
 from calguard.alerts.log import AlertLog, default_db_url, training_db_url
 from calguard.alerts.sessions import MODES, SessionFilter, list_sessions
 from calguard.cliargs import retire_config
@@ -151,6 +151,8 @@ def _parser() -> argparse.ArgumentParser:
         help="mqtt: start at once instead of waiting for the monitor to subscribe",
     )
     alarm_cli.add_parsers(sub)
+    user_cli.add_parsers(sub)
+    broker_config.add_parser(sub)
     _everywhere(parser)
     return parser
 
@@ -216,6 +218,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         return _replay(args)
     if args.command in alarm_cli.COMMANDS:
         return alarm_cli.dispatch(args)
+    if args.command in user_cli.COMMANDS:
+        return user_cli.dispatch(args)
     if args.command == "run":
         return _run(args)
     if args.command == "demo":
@@ -226,6 +230,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         return _export(args)
     if args.command == "sessions":
         return _sessions(args)
+    if args.command == "broker-config":
+        return broker_config.main(args)
     return 2
 
 
@@ -246,6 +252,7 @@ def _sessions(args: argparse.Namespace) -> int:
 
 def _export(args: argparse.Namespace) -> int:
     from calguard.alerts.log import session_rows
+    from calguard.monitor.events import ALARM_ACTIONS
     from calguard.recovery import WARM_START, exported_context
 
     session = args.session
@@ -264,7 +271,7 @@ def _export(args: argparse.Namespace) -> int:
     if args.alerts:
         sys.stdout.writelines(line + "\n" for line in alerts)
         return 0
-    skipped = 0
+    skipped = skipped_actions = 0
     for row in rows:
         if row.event_type == WARM_START and row.status == "accepted":
             # the live warm start that began the session, and what it read from the log
@@ -274,6 +281,11 @@ def _export(args: argparse.Namespace) -> int:
                 log.error("%s", exc)
                 return 3
             sys.stdout.writelines(line + "\n" for line in context)
+        elif row.status == "rejected" and row.event_type in ALARM_ACTIONS:
+            # refused live and changed nothing (a command without valid proof, an action a
+            # device sent): the log and the audit chain keep it; a replay, which takes file
+            # actions, must not apply it
+            skipped_actions += 1
         elif row.event_type != WIRE:
             sys.stdout.write(row.raw + "\n")
         elif row.pump is not None and row.t_us is not None:
@@ -292,10 +304,12 @@ def _export(args: argparse.Namespace) -> int:
         else:
             skipped += 1  # naming no pump: logged, and nothing for a replay to do
     log.info(
-        "session %s: %d inputs exported, %d wire problems naming no pump left out",
+        "session %s: %d inputs exported; left out: %d wire problems naming no pump, %d "
+        "refused actions",
         session,
-        len(rows) - skipped,
+        len(rows) - skipped - skipped_actions,
         skipped,
+        skipped_actions,
     )
     return 0
 

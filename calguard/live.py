@@ -19,6 +19,8 @@ from typing import Any, TextIO
 
 import orjson
 
+from calguard.alerts.anchor import Anchor
+from calguard.alerts.anchor_mqtt import AnchorPublisher
 from calguard.alerts.log import AlertLog
 from calguard.alerts.sinks import Sink, open_sink
 from calguard.app import Monitor
@@ -56,12 +58,25 @@ def _printer(out: TextIO, counts: Counter[str]) -> Callable[[AlertTransition, st
 
 
 @contextlib.asynccontextmanager
-async def _log(db: str | None) -> AsyncIterator[AlertLog | None]:
+async def _log(
+    db: str | None, on_anchor: Callable[[Anchor], None] | None = None
+) -> AsyncIterator[AlertLog | None]:
     if db is None:
         yield None
         return
-    async with AlertLog(db or None) as alert_log:
+    async with AlertLog(db or None, on_anchor=on_anchor) as alert_log:
         yield alert_log
+
+
+def _anchor_publisher(site: Site) -> AnchorPublisher | None:
+    """The audit chain's anchor kept retained on the broker of the site's MQTT alarm sink
+    (its log-in and TLS options): a copy of the head off this machine."""
+    if site.db is None:
+        return None
+    for sink in site.sinks:
+        if sink.url.startswith(("mqtt://", "mqtts://")):
+            return AnchorPublisher(sink.url, **sink.options)
+    return None
 
 
 def _on_signals(stop: Callable[[], None]) -> None:
@@ -85,11 +100,12 @@ async def _monitor(
     mode: str = "live",
     sinks: Sequence[Sink] = (),
     site: str | None = None,
+    on_anchor: Callable[[Anchor], None] | None = None,
 ) -> Counter[str]:
     counts: Counter[str] = Counter()
     early = asyncio.Event()
     _on_signals(early.set)  # a signal while starting up is kept: the monitor stops at once
-    async with _log(db) as alert_log:
+    async with _log(db, on_anchor) as alert_log:
         outputs = (
             [_printer(out, counts)]
             if not view
@@ -125,6 +141,7 @@ async def _monitor(
             outputs=outputs,
             engine=engine,
             sinks=sinks,
+            file_actions=mode != "live",  # live, people act only with a signed token
         )
         _on_signals(monitor.stop)
         if early.is_set():
@@ -169,20 +186,23 @@ async def run_site(site: Site, *, view: bool, out: TextIO = sys.stdout) -> int:
         log.warning("training clock: %gx real time from %s", site.speed, format_ts(clock.anchor_us))
     drivers = [open_driver(d.url, clock=clock, **d.options) for d in site.drivers]
     sinks = [open_sink(s.url, **s.options) for s in site.sinks]
-    await _monitor(
-        site.library,
-        drivers,
-        clock,
-        site.db,
-        site.source,
-        title=site.name,
-        view=view,
-        out=out,
-        sinks=sinks,
-        # a training clock is training: its sessions never warm-start a ward's monitor
-        mode="live" if site.speed == 1 else "training",
-        site=site.name,
-    )
+    anchors = _anchor_publisher(site)
+    async with anchors or contextlib.nullcontext():  # closed after the log: the last anchor
+        await _monitor(
+            site.library,
+            drivers,
+            clock,
+            site.db,
+            site.source,
+            title=site.name,
+            view=view,
+            out=out,
+            sinks=sinks,
+            # a training clock is training: its sessions never warm-start a ward's monitor
+            mode="live" if site.speed == 1 else "training",
+            site=site.name,
+            on_anchor=anchors.offer if anchors is not None else None,
+        )
     return 0
 
 

@@ -269,6 +269,13 @@ class Pipeline:
         obj = {"pump": pump[0], "channel": pump[1], "type": WIRE} if pump else {"type": WIRE}
         return self._reject(raw, source, None, EventError(None, None, reason), obj, t)
 
+    def refuse_command(
+        self, raw: bytes | str, reason: str, *, action: str, source: str, t: int
+    ) -> list[AlertTransition]:
+        """A person's command refused before it became an action (its token, its form):
+        logged as a refused action of that kind, so that the audit chain holds it too."""
+        return self._reject(raw, source, None, EventError(None, None, reason), {"type": action}, t)
+
     def finish(self) -> list[AlertTransition]:
         """End of input: fire the timers due at the last instant."""
         if self.engine.now is None:

@@ -1,5 +1,10 @@
 """``calguard alerts`` and ``calguard ack|pause|reset|override``: a central station's view
-and actions, over the MQTT topics of the monitor's alarm sink (protocols.md section 3)."""
+and actions, over the MQTT topics of the monitor's alarm sink (protocols.md section 3).
+
+``calguard alerts`` shows only what the monitor signed: a retained state that is not
+signed with the monitor's key for its own topic (a forgery, another monitor's) is named
+and left out, and the command exits non-zero. It logs in as the driver does (user,
+password from an environment variable, TLS with a CA and a client certificate)."""
 
 from __future__ import annotations
 
@@ -9,14 +14,27 @@ import logging
 import os
 import sys
 import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import aiomqtt
 import orjson
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from calguard.alerts.signed_state import (
+    Untrusted,
+    default_state_key,
+    load_public_key,
+    public_key_file,
+    unseal,
+)
 from calguard.alerts.sinks.mqtt import presence_topic
+from calguard.drivers.mqtt_link import LINK_OPTIONS, broker_address, password, tls_context
+from calguard.tokens import TokenError, default_token_file, holder, read_token
 
-__all__ = ["send_action", "show_alerts"]
+__all__ = ["Access", "access", "send_action", "show_alerts"]
 
 log = logging.getLogger("calguard")
 _RANK = {"high": 0, "medium": 1, "low": 2}
@@ -24,57 +42,184 @@ _QUIET_S = 0.3  # after the presence, this long without a message and all are in
 _PRESENCE_S = 5.0  # how long the retained presence may take to arrive
 
 
-def _target(broker: str) -> tuple[str, int, str]:
-    parts = urlsplit(broker)
-    return parts.hostname or "127.0.0.1", parts.port or 1883, parts.path.strip("/")
+@dataclass(frozen=True)
+class Access:
+    """How the command line logs in to the broker (the options of the MQTT driver, see
+    ``drivers/mqtt_link.py``), and the monitor's public key it trusts (default: the one in
+    this machine's data directory, where a monitor running here keeps it)."""
+
+    username: str | None = None
+    password_env: str | None = None
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+    monitor_key: str | None = None
+
+    def link(self) -> dict[str, Any]:
+        """The values of the driver's link options (``LINK_OPTIONS``)."""
+        given = ("username", "password_env", "ca_file", "cert_file", "key_file")
+        defaults = {k: spec.default for k, spec in LINK_OPTIONS.items()}
+        return defaults | {k: getattr(self, k) for k in given}
+
+    def monitor_key_file(self) -> Path:
+        return Path(self.monitor_key) if self.monitor_key else public_key_file(default_state_key())
 
 
-def _client(host: str, port: int) -> aiomqtt.Client:
+def access(args: argparse.Namespace) -> Access:
+    """The log-in and trust options of ``calguard alerts``; the user and password default to
+    ``CALGUARD_MQTT_USER`` and ``CALGUARD_MQTT_PASSWORD``."""
+    env_password = "CALGUARD_MQTT_PASSWORD" if "CALGUARD_MQTT_PASSWORD" in os.environ else None
+    return Access(
+        username=args.username or os.environ.get("CALGUARD_MQTT_USER"),
+        password_env=args.password_env or env_password,
+        ca_file=args.ca_file,
+        cert_file=args.cert_file,
+        key_file=args.key_file,
+        monitor_key=getattr(args, "monitor_key", None),
+    )
+
+
+def _client(host: str, port: int, access: Access, tls: bool) -> aiomqtt.Client:
+    """A client of the broker, logged in and over TLS as ``access`` says (``ValueError`` when
+    its password or a TLS file cannot be had)."""
+    link = access.link()
+    username, secret, context = link["username"], password(link), tls_context(link, tls)
     return aiomqtt.Client(
         host,
         port,
         identifier=f"calguard-cli-{uuid.uuid4().hex[:8]}",
-        username=os.environ.get("CALGUARD_MQTT_USER"),
-        password=os.environ.get("CALGUARD_MQTT_PASSWORD"),
+        username=username,
+        password=secret,
+        tls_context=context,
         timeout=10,
     )
 
 
-async def show_alerts(broker: str, bed: str | None, priority: str | None, as_json: bool) -> int:
-    host, port, prefix = _target(broker)
-    alarms: dict[str, list[dict[str, object]]] = {}
-    presence: object = None
+async def show_alerts(
+    broker: str,
+    bed: str | None,
+    priority: str | None,
+    as_json: bool,
+    *,
+    access: Access | None = None,
+) -> int:
+    access = access or Access()
     try:
-        async with _client(host, port) as client:
-            # the presence is subscribed last: the broker sends each subscription's retained
-            # messages in order, so once it is here, every bed's state is too. Wait for it
-            # as long as a loaded machine may need; only a missing one waits the whole time.
-            await client.subscribe(f"{prefix}/alerts/active/+", qos=1)
-            await client.subscribe(presence_topic(prefix), qos=1)
-            messages = aiter(client.messages)
-            loop = asyncio.get_running_loop()
-            deadline = loop.time() + _PRESENCE_S
-            while True:
-                wait = _QUIET_S if presence is not None else deadline - loop.time()
-                try:
-                    message = await asyncio.wait_for(anext(messages), max(wait, 0.0))
-                except TimeoutError:
-                    break
-                if not message.retain:
-                    continue
-                payload = _payload(message.payload)
-                if str(message.topic) == presence_topic(prefix):
-                    presence = payload
-                elif isinstance(payload, list):
-                    alarms[str(message.topic).rsplit("/", 1)[-1]] = payload
+        address = broker_address(urlsplit(broker), access.link())
+        client = _client(address.host, address.port, access, address.tls)
+    except ValueError as exc:
+        log.error("%s", exc)
+        return 2
+    host, port, prefix = address.host, address.port, address.prefix
+    try:
+        presence_raw, states = await _retained(client, prefix)
     except aiomqtt.MqttError as exc:
         log.error("cannot reach the broker %s:%s: %s", host, port, exc)
+        return 3
+    if presence_raw is None:
+        log.error("%s", _offline(None, prefix))  # nothing there to trust or not
+        return 3
+    monitor = _monitor_key(access.monitor_key_file())
+    if monitor is None:
+        return 2
+    try:
+        presence = unseal(monitor, presence_topic(prefix), presence_raw)[1]
+    except Untrusted as exc:
+        log.error(
+            "the monitor's presence under %r is not signed by the monitor (%s): nothing shown",
+            prefix,
+            exc,
+        )
         return 3
     offline = _offline(presence, prefix)
     if offline is not None:
         # a dead monitor must never look like a quiet ward
         log.error("%s", offline)
         return 3
+    alarms, untrusted = _trusted(monitor, prefix, states, bed)
+    _print_rows(alarms, bed, priority, as_json, prefix, quiet=not untrusted)
+    for name, why in sorted(untrusted.items()):
+        log.error(
+            "the retained state of %s is not signed by the monitor (%s): not shown", name, why
+        )
+    return 3 if untrusted else 0
+
+
+def _monitor_key(path: Path) -> Ed25519PublicKey | None:
+    """The monitor's public key, or None (said why)."""
+    try:
+        return load_public_key(path)
+    except FileNotFoundError:
+        log.error(
+            "no public key of the monitor at %s: give --monitor-key FILE (a copy of the "
+            "monitor's <data dir>/keys/state-ed25519.pub); without it nothing read from the "
+            "broker can be trusted",
+            path,
+        )
+    except (OSError, ValueError) as exc:
+        log.error("the monitor's public key %s cannot be read: %s", path, exc)
+    return None
+
+
+async def _retained(client: aiomqtt.Client, prefix: str) -> tuple[bytes | None, dict[str, bytes]]:
+    """The retained presence and every bed's retained state, as they came."""
+    presence: bytes | None = None
+    states: dict[str, bytes] = {}
+    async with client:
+        # the presence is subscribed last: the broker sends each subscription's retained
+        # messages in order, so once it is here, every bed's state is too. Wait for it
+        # as long as a loaded machine may need; only a missing one waits the whole time.
+        await client.subscribe(f"{prefix}/alerts/active/+", qos=1)
+        await client.subscribe(presence_topic(prefix), qos=1)
+        messages = aiter(client.messages)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + _PRESENCE_S
+        while True:
+            wait = _QUIET_S if presence is not None else deadline - loop.time()
+            try:
+                message = await asyncio.wait_for(anext(messages), max(wait, 0.0))
+            except TimeoutError:
+                break
+            if not message.retain:
+                continue
+            payload = _raw(message.payload)
+            if str(message.topic) == presence_topic(prefix):
+                presence = payload
+            else:
+                states[str(message.topic).rsplit("/", 1)[-1]] = payload
+    return presence, states
+
+
+def _trusted(
+    monitor: Ed25519PublicKey, prefix: str, states: dict[str, bytes], bed: str | None
+) -> tuple[dict[str, list[dict[str, object]]], dict[str, str]]:
+    """The alarms of each bed (of ``bed`` only, if given) whose state the monitor signed,
+    and why each other bed's state cannot be trusted."""
+    alarms: dict[str, list[dict[str, object]]] = {}
+    untrusted: dict[str, str] = {}
+    for name, raw in states.items():
+        if bed is not None and name != bed:
+            continue
+        try:
+            _, data = unseal(monitor, f"{prefix}/alerts/active/{name}", raw)
+        except Untrusted as exc:
+            untrusted[name] = str(exc)
+            continue
+        alarms[name] = [a for a in data if isinstance(a, dict)] if isinstance(data, list) else []
+    return alarms, untrusted
+
+
+def _print_rows(
+    alarms: dict[str, list[dict[str, object]]],
+    bed: str | None,
+    priority: str | None,
+    as_json: bool,
+    prefix: str,
+    *,
+    quiet: bool,
+) -> None:
+    """The alarms, by priority then time; ``quiet``: say so when there are none (never when
+    a bed's state could not be read: that is not a quiet ward)."""
     rows = [
         a
         for name, items in sorted(alarms.items())
@@ -85,10 +230,13 @@ async def show_alerts(broker: str, bed: str | None, priority: str | None, as_jso
     if as_json:
         for a in rows:
             sys.stdout.write(orjson.dumps(a).decode() + "\n")
-        return 0
+        return
     if not rows:
-        print(f"no active alarms{f' at {bed}' if bed else ''} (monitor online under {prefix!r})")
-        return 0
+        if quiet:
+            print(
+                f"no active alarms{f' at {bed}' if bed else ''} (monitor online under {prefix!r})"
+            )
+        return
     print(
         f"{'PRIORITY':<9}{'SINCE':<10}{'ALERT':<10}{'STATE':<14}{'RULE':<26}{'BED':<5}{'TO':<14}MESSAGE"
     )
@@ -98,14 +246,10 @@ async def show_alerts(broker: str, bed: str | None, priority: str | None, as_jso
             f"{a.get('alert', ''):<10}{a.get('state', ''):<14}{a.get('rule', ''):<26}"
             f"{a.get('bed', '-') or '-':<5}{a.get('audience', ''):<14}{a.get('message', '')}"
         )
-    return 0
 
 
-def _payload(raw: object) -> object:
-    try:
-        return orjson.loads(raw if isinstance(raw, bytes | str) else b"")
-    except orjson.JSONDecodeError:
-        return None
+def _raw(payload: object) -> bytes:
+    return payload if isinstance(payload, bytes) else str(payload or "").encode()
 
 
 def _offline(presence: object, prefix: str) -> str | None:
@@ -126,21 +270,43 @@ def _offline(presence: object, prefix: str) -> str | None:
     return f"monitor offline under {prefix!r} since {presence.get('since', '?')}"
 
 
-async def send_action(broker: str, args: argparse.Namespace) -> int:
-    host, port, prefix = _target(broker)
+async def send_action(
+    broker: str, args: argparse.Namespace, *, access: Access | None = None
+) -> int:
+    """The action, with the token of ``calguard login`` as the proof of who acts (the
+    monitor takes the person and the role from it, never from what is typed)."""
+    if args.by is not None:
+        log.error(
+            "--by is no longer taken: who acts is the account you log in as "
+            "(calguard login --user NAME), then run this again without --by"
+        )
+        return 2
+    try:
+        token = read_token(Path(args.token_file) if args.token_file else default_token_file())
+    except TokenError as exc:
+        log.error("%s", exc)
+        return 1
+    access = access or Access()
+    try:
+        address = broker_address(urlsplit(broker), access.link())
+        client = _client(address.host, address.port, access, address.tls)
+    except ValueError as exc:
+        log.error("%s", exc)
+        return 2
+    host, port, prefix = address.host, address.port, address.prefix
     ident = f"cli-{uuid.uuid4().hex[:12]}"
     command: dict[str, object] = {
         "id": ident,
         "action": args.command,
         "alert": args.alert,
-        "by": args.by,
+        "token": token,
     }
     for key in ("reason", "duration", "note"):
         value = getattr(args, key, None)
         if value is not None:
             command[key] = value
     try:
-        async with _client(host, port) as client:
+        async with client:
             await client.subscribe(f"{prefix}/commands/results", qos=1)
             await client.publish(f"{prefix}/commands", orjson.dumps(command), qos=1)
             async with asyncio.timeout(args.wait):
@@ -159,7 +325,7 @@ async def send_action(broker: str, args: argparse.Namespace) -> int:
         log.error("cannot reach the broker %s:%s: %s", host, port, exc)
         return 3
     if result.get("ok"):
-        print(f"{args.command}: {args.alert} by {args.by}: done")
+        print(f"{args.command}: {args.alert} by {holder(token)}: done")
         return 0
     print(f"{args.command}: {args.alert}: refused: {result.get('reason')}")
     return 1

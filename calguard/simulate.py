@@ -23,7 +23,7 @@ from calguard.drivers.mqtt import monitor_status_topic
 from calguard.monitor.clock import Clock
 from calguard.monitor.timeutil import format_ts
 from calguard.simulators.hl7_gateway import Hl7Gateway
-from calguard.simulators.mqtt_ward import MqttWard, wait_for_monitor
+from calguard.simulators.mqtt_ward import CHARTING_ACCOUNT, MqttWard, wait_for_monitor
 from calguard.simulators.ne1000 import PumpBus
 from calguard.simulators.runner import BedsideFile, play
 from calguard.simulators.scenario import Scenario
@@ -169,13 +169,15 @@ async def _mqtt(
         + "\n# alarms to central stations, and their acknowledgements back\n"
         + f'[[sinks]]\nurl = "mqtt://{host}:{port}/{prefix}"\n'
         + 'client_id = "calguard-training-alarms"\n'
+        + "\n# the simulated bedside charting, on the events topic of its own account\n"
+        + f'[[broker.charting]]\naccount = "{CHARTING_ACCOUNT}"\n'
     )
     ward = MqttWard(host, port, prefix, clock)
     _announce(
         scenario,
         [
             f"{len(scenario.pumps)} pumps publishing to mqtt://{host}:{port}/{prefix}/pumps/<pump>/...",
-            f"bedside events on {prefix}/events",
+            f"bedside events on {prefix}/events/{CHARTING_ACCOUNT}",
             f"site config: {site}{note}",
             f"monitor it:  calguard run --site {site} --view",
             f"then:        calguard alerts --site {site}",

@@ -29,6 +29,7 @@ from calguard.config.schema import (
     IntSetting,
     QuantitySetting,
     RuleSpec,
+    permissions,
 )
 from calguard.monitor import units
 from calguard.monitor.errors import ConfigError, ConfigProblem, QuantityError
@@ -36,6 +37,7 @@ from calguard.monitor.library import (
     AlarmPolicy,
     ConfiguredQuantity,
     Library,
+    Permissions,
     Product,
     RuleConfig,
     Salt,
@@ -205,6 +207,7 @@ class _Checker:
             "latching",
             "override_reasons",
             "override_max",
+            "permissions",
         )
         for key in table:
             if key not in known:
@@ -242,7 +245,10 @@ class _Checker:
             )
         else:
             override_max = self.quantity("alarms.override_max", table["override_max"], _OVERRIDE)
-        if override_max is None or len(per["pause"]) < 3 or len(per["escalate_after"]) < 3:
+        allowed = self.permissions(table.get("permissions"))
+        if override_max is None or allowed is None:
+            return None
+        if len(per["pause"]) < 3 or len(per["escalate_after"]) < 3:
             return None
         return AlarmPolicy(
             pause=per["pause"],
@@ -251,7 +257,20 @@ class _Checker:
             latching=frozenset(latching),
             override_reasons=tuple(reasons),
             override_max=override_max,
+            permissions=allowed,
         )
+
+    def permissions(self, table: object) -> Permissions | None:
+        """Who may act on alarms; a library from before accounts takes the built-in roles."""
+        if table is None:
+            self.warn("alarms.permissions", "section is missing; the built-in roles apply")
+            table = tomllib.loads(builtin_text())["alarms"]["permissions"]
+        if not isinstance(table, dict):
+            self.problem(
+                "alarms.permissions", "a table of actions and the roles that may take them"
+            )
+            return None
+        return permissions(table, self.problem)
 
     # -- typed accessors ------------------------------------------------------------------
 

@@ -8,9 +8,13 @@ that a slip such as ``"2 ml/h"`` for the 2 ml/min limit is caught when the libra
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from calguard.monitor import units
+from calguard.monitor.events import ALARM_ACTIONS, ROLES
+from calguard.monitor.library import Permissions, RolesByPriority
 from calguard.monitor.units import Kind
 
 __all__ = [
@@ -22,6 +26,7 @@ __all__ = [
     "QuantitySetting",
     "RuleSpec",
     "Setting",
+    "permissions",
 ]
 
 #: IEC 60601-1-8 priorities, lowest first.
@@ -191,3 +196,94 @@ RULES: dict[str, RuleSpec] = {
         RuleSpec("log-unavailable", "medium", technical=True),
     )
 }
+
+
+# -- who may act on alarms ([alarms.permissions]) ---------------------------------------------
+
+Problem = Callable[[str, str], None]  # (key, message)
+
+
+def permissions(table: dict[str, Any], problem: Problem) -> Permissions | None:
+    """``[alarms.permissions]``: for each action the roles that may take it, as one list for
+    every priority or as a table by priority; ``rules.<rule>`` replaces some of them for one
+    rule's alarms. Every problem is reported (``problem``); None if there was one."""
+    key = "alarms.permissions"
+    for name in table:
+        if name not in (*ALARM_ACTIONS, "rules"):
+            problem(
+                f"{key}.{name}", f"unknown key; expected one of {', '.join(ALARM_ACTIONS)}, rules"
+            )
+    actions: dict[str, RolesByPriority] = {}
+    for action in ALARM_ACTIONS:
+        if action not in table:
+            problem(f"{key}.{action}", 'is missing; list the roles, e.g. ["nurse", "charge-nurse"]')
+            continue
+        roles = _roles_by_priority(table[action], f"{key}.{action}", problem)
+        if roles is not None:
+            actions[action] = roles
+    rules: dict[str, dict[str, RolesByPriority]] = {}
+    exceptions = table.get("rules", {})
+    if not isinstance(exceptions, dict):
+        problem(f"{key}.rules", "a table of rule ids is expected")
+        exceptions = {}
+    for rule, per_action in exceptions.items():
+        where = f"{key}.rules.{rule}"
+        if rule not in RULES:
+            problem(where, "no rule has this id; the rules are " + ", ".join(RULES))
+        elif not isinstance(per_action, dict) or not per_action:
+            problem(where, 'a table of actions is expected, e.g. override = ["prescriber"]')
+        else:
+            rules[rule] = _rule_exceptions(per_action, where, problem)
+    if len(actions) < len(ALARM_ACTIONS):
+        return None
+    try:
+        return Permissions(actions, rules)
+    except ValueError as exc:  # what was checked above cannot get here; said, never raised
+        problem(key, str(exc))
+        return None
+
+
+def _rule_exceptions(
+    per_action: dict[str, Any], where: str, problem: Problem
+) -> dict[str, RolesByPriority]:
+    out: dict[str, RolesByPriority] = {}
+    for action, value in per_action.items():
+        if action not in ALARM_ACTIONS:
+            problem(f"{where}.{action}", f"unknown action; one of {', '.join(ALARM_ACTIONS)}")
+            continue
+        roles = _roles_by_priority(value, f"{where}.{action}", problem)
+        if roles is not None:
+            out[action] = roles
+    return out
+
+
+def _roles_by_priority(value: object, key: str, problem: Problem) -> RolesByPriority | None:
+    if isinstance(value, list):
+        roles = _roles(value, key, problem)
+        return None if roles is None else dict.fromkeys(PRIORITIES, roles)
+    if not isinstance(value, dict):
+        problem(key, "a list of roles, or one per priority ({ low = [...], high = [...] })")
+        return None
+    out: dict[str, frozenset[str]] = {}
+    for name in value:
+        if name not in PRIORITIES:
+            problem(f"{key}.{name}", f"unknown priority; one of {', '.join(PRIORITIES)}")
+    for priority in PRIORITIES:
+        if priority not in value:
+            problem(f"{key}.{priority}", "is missing; list the roles ([] for none)")
+            continue
+        roles = _roles(value[priority], f"{key}.{priority}", problem)
+        if roles is not None:
+            out[priority] = roles
+    return out if len(out) == len(PRIORITIES) else None
+
+
+def _roles(value: object, key: str, problem: Problem) -> frozenset[str] | None:
+    if not isinstance(value, list) or not all(isinstance(r, str) for r in value):
+        problem(key, f"a list of roles is expected, of {', '.join(ROLES)}")
+        return None
+    unknown = [r for r in value if r not in ROLES]
+    if unknown:
+        problem(key, f"{', '.join(map(repr, unknown))}: the roles are {', '.join(ROLES)}")
+        return None
+    return frozenset(value)

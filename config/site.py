@@ -24,6 +24,16 @@
     drug = "Calcium gluconate 20 mg/ml"
     concentration = "20 mg/ml"
 
+    [broker]                        # who may publish what on the MQTT broker: the accounts
+    pumps = ["P7", "P8"]            # `calguard broker-config` makes (a pump logs in as its id)
+    stations = ["station-1"]        # central stations: read alarms, send commands
+    [[broker.gateways]]             # a gateway that publishes for several pumps
+    account = "gw-north"
+    pumps = ["P3", "P4"]
+    [[broker.charting]]             # bedside charting, on <prefix>/events/<account>
+    account = "chart-b1"
+    events = ["patency_check", "site_check"]   # default: every bedside documentation type
+
 Each driver and sink declares the options it takes (``options``, a map of ``OptionSpec``),
 a driver also the parameters of its URL (``url_params``; none when it declares none) and
 any check across them (``config_problems(url, options)``, (key, message) pairs). They are
@@ -32,11 +42,19 @@ key; a pump table's drug must be a product of the library (or no calcium and not
 one), its concentration a mass per volume. The drivers and sinks live floors above
 ``config``, so the caller hands in the lookups that find their classes
 (``calguard.site.load_site`` does, with the registries).
+
+The broker's accounts are the site's too: only the monitor, and each device or app in
+its own topics (the ACL ``calguard broker-config`` writes). Bedside events that can clear
+an alarm must come from a charting account allowed to chart them, so a driver that reads
+bedside charting (``takes_charting``) is handed the ``[[broker.charting]]`` accounts.
+Account and pump names end up in topics and in Mosquitto's files: letters, digits and
+``. _ -`` only.
 """
 
 from __future__ import annotations
 
 import difflib
+import re
 import tomllib
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -51,17 +69,27 @@ from calguard.config.loader import builtin_text, check_library
 from calguard.config.options import OptionSpec, check_options, parse_query
 from calguard.config.pumps import check_pumps
 from calguard.monitor.errors import ConfigError, ConfigProblem, DriverError
+from calguard.monitor.events import DOCUMENTATION
 from calguard.monitor.library import Library
 from calguard.monitor.timeutil import parse_ts
 
-__all__ = ["DriverConfig", "Lookup", "Site", "load_site", "time_zone"]
+__all__ = [
+    "BEDSIDE_TYPES",
+    "BrokerAccounts",
+    "Charting",
+    "DriverConfig",
+    "Lookup",
+    "Site",
+    "load_site",
+    "time_zone",
+]
 
 #: finds the class for a URL (its ``scheme`` and ``options``); raises ``DriverError`` or
 #: ``ValueError`` for a URL it does not know
 Lookup = Callable[[str], Any]
 Problem = Callable[[str, str], None]
 
-_SECTIONS = ("site", "drivers", "sinks")
+_SECTIONS = ("site", "drivers", "sinks", "broker")
 _SITE_KEYS = ("name", "library", "timezone", "db", "speed", "clock_anchor")
 
 
@@ -69,6 +97,33 @@ _SITE_KEYS = ("name", "library", "timezone", "db", "speed", "clock_anchor")
 class DriverConfig:
     url: str
     options: dict[str, Any] = field(default_factory=dict)
+
+
+#: the event types of bedside documentation, which a charting account may be allowed
+BEDSIDE_TYPES: tuple[str, ...] = tuple(str(vars(kind)["type"]) for kind in DOCUMENTATION)
+#: what an account or a pump on the broker may be called: it is part of topics and of
+#: Mosquitto's password and ACL files, so no wildcard, separator, space or colon
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}\Z")
+
+
+@dataclass(frozen=True)
+class Charting:
+    """A bedside charting account: it publishes on ``<prefix>/events/<account>`` and may
+    chart the event types in ``events``."""
+
+    account: str
+    events: frozenset[str] = frozenset(BEDSIDE_TYPES)
+
+
+@dataclass(frozen=True)
+class BrokerAccounts:
+    """The devices and apps of the site's MQTT broker (besides the monitor itself, which
+    logs in with its driver's and sink's ``username``)."""
+
+    pumps: tuple[str, ...] = ()  # each logs in as its pump id
+    gateways: tuple[tuple[str, tuple[str, ...]], ...] = ()  # (account, its pumps)
+    charting: tuple[Charting, ...] = ()
+    stations: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -82,6 +137,7 @@ class Site:
     clock_anchor_us: int | None = None  # a training clock's start (None: 00:00 UTC)
     timezone: str = "UTC"  # IANA name: the local time of reports and the station
     source: str = ""
+    broker: BrokerAccounts = BrokerAccounts()
 
 
 def load_site(
@@ -124,7 +180,10 @@ def load_site(
     db = site.get("db", db_default)
     if db is not None and not isinstance(db, str):
         problem("site.db", 'a database URL, or "none", is expected')
-    driver_configs = _drivers(doc.get("drivers", []), drivers, result.library, problem)
+    broker = _broker(doc.get("broker", {}), problem)
+    driver_configs = _drivers(
+        doc.get("drivers", []), drivers, result.library, broker.charting, problem
+    )
     sink_configs = _sinks(doc.get("sinks", []), sinks, problem)
     if problems:
         raise ConfigError(problems)
@@ -139,6 +198,7 @@ def load_site(
         clock_anchor_us=anchor,
         timezone=timezone,
         source=source,
+        broker=broker,
     )
 
 
@@ -180,7 +240,7 @@ def _sections(doc: dict[str, Any], source: str, name: str, problem: Problem) -> 
                 'its own, named here by [site] library = "FILE.toml"',
             )
         elif key not in _SECTIONS:
-            problem(key, "unknown section; expected [site], [[drivers]] and [[sinks]]")
+            problem(key, "unknown section; expected [site], [[drivers]], [[sinks]] and [broker]")
 
 
 def _anchor(value: object, problem: Problem) -> int | None:
@@ -235,7 +295,11 @@ def _db(db: object) -> str | None:
 
 
 def _drivers(
-    items: object, driver_class: Lookup, library: Library | None, problem: Problem
+    items: object,
+    driver_class: Lookup,
+    library: Library | None,
+    charting: tuple[Charting, ...],
+    problem: Problem,
 ) -> list[DriverConfig]:
     if not isinstance(items, list) or not items:
         problem("drivers", "at least one [[drivers]] entry with a url is expected")
@@ -244,7 +308,15 @@ def _drivers(
     check_pumps(
         [(key, options, cls.options) for key, _, options, cls, _ in entries], library, problem
     )
-    return [DriverConfig(url, options) for _, url, options, _, fine in entries if fine]
+    out = []
+    for _, url, options, cls, fine in entries:
+        if not fine:
+            continue
+        if charting and getattr(cls, "takes_charting", False):
+            # a driver of bedside charting learns who may chart what (else: nobody)
+            options = {**options, "charting": charting}
+        out.append(DriverConfig(url, options))
+    return out
 
 
 def _sinks(items: object, sink_class: Lookup, problem: Problem) -> list[DriverConfig]:
@@ -306,3 +378,115 @@ def _entries(
         for sub, message in found:
             problem(f"{key}.{sub}", message)
         yield key, url, options, cls, not found
+
+
+# -- the broker's accounts -----------------------------------------------------------------
+
+_ACCOUNT = OptionSpec(
+    str, None, "the account's user name on the broker", required=True, unique=True
+)
+_BROKER_KEYS = {
+    "pumps": OptionSpec(list, [], "pumps that publish on MQTT themselves, each as its pump id"),
+    "stations": OptionSpec(list, [], "central stations: read alarms, send commands"),
+    "gateways": OptionSpec(
+        list,
+        [],
+        "gateways that publish for several pumps",
+        table={
+            "account": _ACCOUNT,
+            "pumps": OptionSpec(list, None, "the pumps it publishes for", required=True),
+        },
+    ),
+    "charting": OptionSpec(
+        list,
+        [],
+        "bedside charting apps, each on <prefix>/events/<account>",
+        table={
+            "account": _ACCOUNT,
+            "events": OptionSpec(list, list(BEDSIDE_TYPES), "the bedside event types it may chart"),
+        },
+    ),
+}
+
+
+def _broker(table: object, problem: Problem) -> BrokerAccounts:
+    """The ``[broker]`` table: every problem reported as ``broker.<key>``."""
+    if not isinstance(table, dict):
+        problem("broker", "a table ([broker]) is expected")
+        return BrokerAccounts()
+    found = list(check_options(table, _BROKER_KEYS, "in the [broker] table", "key"))
+    for key, message in found:
+        problem(f"broker.{key}", message)
+    if found:
+        return BrokerAccounts()
+
+    def names(values: list[Any], key: str, what: str) -> tuple[str, ...]:
+        good = (v for i, v in enumerate(values) if _named(v, f"{key}[{i}]", what, problem))
+        return tuple(dict.fromkeys(good))  # a name given twice is one account
+
+    gateways = [
+        (g["account"], names(g["pumps"], f"broker.gateways[{i}].pumps", "pump id"))
+        for i, g in enumerate(table.get("gateways", []))
+        if _named(g["account"], f"broker.gateways[{i}].account", "account", problem)
+    ]
+    charting = [
+        _charting(c, f"broker.charting[{i}]", problem)
+        for i, c in enumerate(table.get("charting", []))
+        if _named(c["account"], f"broker.charting[{i}].account", "account", problem)
+    ]
+    accounts = BrokerAccounts(
+        pumps=names(table.get("pumps", []), "broker.pumps", "pump id"),
+        gateways=tuple(gateways),
+        charting=tuple(charting),
+        stations=names(table.get("stations", []), "broker.stations", "account"),
+    )
+    _once(accounts, problem)
+    return accounts
+
+
+def _named(value: object, key: str, what: str, problem: Problem) -> bool:
+    """Whether ``value`` is a name that can stand in a topic and in Mosquitto's files."""
+    if isinstance(value, str) and _NAME.match(value):
+        return True
+    problem(
+        key,
+        f"{value!r} — a {what} of 1 to 64 letters, digits, '.', '_' or '-' is expected "
+        "(it is part of MQTT topics and of the broker's account files)",
+    )
+    return False
+
+
+def _charting(table: dict[str, Any], key: str, problem: Problem) -> Charting:
+    events = table.get("events", BEDSIDE_TYPES)
+    wrong = [e for e in events if e not in BEDSIDE_TYPES]
+    if wrong or not events:
+        problem(
+            f"{key}.events",
+            f"{wrong or events!r} — bedside event types are expected, some of "
+            f"{', '.join(BEDSIDE_TYPES)}",
+        )
+    return Charting(table["account"], frozenset(e for e in events if e in BEDSIDE_TYPES))
+
+
+def _once(accounts: BrokerAccounts, problem: Problem) -> None:
+    """An account has one role, and a pump publishes through one account."""
+    roles: dict[str, str] = {}
+    named = [
+        *((p, "broker.pumps") for p in accounts.pumps),
+        *((a, f"broker.gateways[{i}]") for i, (a, _) in enumerate(accounts.gateways)),
+        *((c.account, f"broker.charting[{i}]") for i, c in enumerate(accounts.charting)),
+        *((s, "broker.stations") for s in accounts.stations),
+    ]
+    for name, key in named:
+        first = roles.setdefault(name, key)
+        if first != key:
+            problem(key, f'"{name}" is also an account of {first}: each account has one role')
+    carriers: dict[str, str] = {p: "broker.pumps" for p in accounts.pumps}
+    for index, (_, pumps) in enumerate(accounts.gateways):
+        for pump in pumps:
+            first = carriers.setdefault(pump, f"broker.gateways[{index}]")
+            if first != f"broker.gateways[{index}]":
+                problem(
+                    f"broker.gateways[{index}].pumps",
+                    f'pump "{pump}" also publishes through {first}: a pump has one account',
+                )

@@ -6,7 +6,8 @@ Topics under the URL's prefix (protocols.md section 3):
 
     <prefix>/pumps/<pump>/telemetry   readings (one event, or a list), QoS 1
     <prefix>/pumps/<pump>/status      presence {"online": true|false}, retained; the Will
-    <prefix>/events                   bedside documentation events, QoS 1
+    <prefix>/events/<account>         bedside documentation of a charting account, QoS 1
+    <prefix>/events                   bedside documentation from nobody in particular
     <prefix>/monitor/status           the monitor's own presence, published by it:
                                       {"online": true} retained once subscribed, and
                                       {"online": false} as its Will and on a clean exit
@@ -20,6 +21,14 @@ redelivers what was not acknowledged - and the redelivered copies of what was al
 logged are dropped by the engine on ``seq`` (logged as ``duplicate``). ``receive_maximum``
 bounds the messages the broker sends ahead of those acknowledgements.
 
+Who charted what is the broker's to say, not the payload's: the broker's ACL lets each
+charting account publish only on ``events/<account>``, the driver stamps that account on
+the event (``"account"``, logged with it), and the site's ``[[broker.charting]]`` says which
+event types each account may chart. A bedside event that can end an alarm (``CLEARING``) on
+the bare ``events`` topic, an event from an account not allowed to chart it, an event that
+names an account of its own, and an action on an alarm (those come from central stations
+as commands, stamped by the monitor) are refused with the reason and never applied.
+
 A payload that cannot be used is a problem naming the topic's pump (telemetry-invalid), never
 a crash. Losing the broker is a ``DriverError``: the base class reconnects with backoff, and
 meanwhile the engine's stale timers speak for the silent pumps. Acknowledgements still due
@@ -32,20 +41,22 @@ import asyncio
 import contextlib
 import dataclasses
 import hashlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable
 from typing import Any, ClassVar
 
 import aiomqtt
 import orjson
 from calguard.config.options import OptionSpec
+from calguard.config.site import BEDSIDE_TYPES, Charting
 from calguard.drivers.base import Driver, Inbound
 from calguard.drivers.mqtt_link import LINK_OPTIONS, broker_address, password, tls_context
 from calguard.monitor.errors import DriverError
+from calguard.monitor.events import ALARM_ACTIONS
 from calguard.monitor.timeutil import format_ts
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-__all__ = ["MqttDriver", "monitor_status_topic", "topics"]
+__all__ = ["CLEARING", "MqttDriver", "monitor_status_topic", "topics"]
 
 _SESSION_EXPIRY_S = 7 * 24 * 3600  # keep queued messages a week while the monitor is away
 _BURST = 256  # messages taken at once when they are already waiting
@@ -57,6 +68,9 @@ _BURST = 256  # messages taken at once when they are already waiting
 _MAX_PAYLOAD = 64 * 1024
 _TOPIC_CHARS = 256  # of a topic, what a source name keeps
 _RECEIVE_MAXIMUM = 5000
+#: bedside events that can end an alarm (patency-check-missing, site-check-overdue,
+#: telemetry-stale ...): they count only from a charting account allowed to chart them
+CLEARING = ("patency_check", "site_check", "disconnect", "line_removed")
 
 
 class _Inbox(asyncio.Queue[aiomqtt.Message]):
@@ -84,11 +98,14 @@ def topics(prefix: str) -> dict[str, str]:
         "telemetry": f"{prefix}/pumps/+/telemetry",
         "status": f"{prefix}/pumps/+/status",
         "events": f"{prefix}/events",
+        "charting": f"{prefix}/events/+",
     }
 
 
 class MqttDriver(Driver):
     scheme = "mqtt"
+    #: given the site's ``[[broker.charting]]`` accounts (``charting``) by the site config
+    takes_charting: ClassVar[bool] = True
     options: ClassVar[dict[str, OptionSpec]] = {
         "client_id": OptionSpec(
             str, "calguard-monitor", "fixed client id: the persistent session's name"
@@ -112,8 +129,10 @@ class MqttDriver(Driver):
         ),
     }
 
-    def __init__(self, url: str, **kwargs: Any) -> None:
+    def __init__(self, url: str, *, charting: Iterable[Charting] = (), **kwargs: Any) -> None:
         super().__init__(url, **kwargs)
+        #: who may chart what; an account not listed charts nothing
+        self.charting = {c.account: c for c in charting}
         try:
             self.host, self.port, self.prefix, self.tls = broker_address(self.parts, self.config)
         except ValueError as exc:
@@ -227,34 +246,92 @@ class MqttDriver(Driver):
             why = f"a payload of {len(payload)} bytes (sha256 {digest}); at most {limit} are read"
             named = (parts[1][:64], "A") if len(parts) == 3 and parts[0] == "pumps" else None
             return [Inbound(source, why, problem=why, pump=named)]
-        if rest == "events":
-            return self._events(source, payload, pump=None, kind=None)
+        if parts[0] == "events" and len(parts) <= 2:
+            return self._bedside(source, payload, parts[1] if len(parts) == 2 else None)
         if len(parts) == 3 and parts[0] == "pumps" and parts[2] in ("telemetry", "status"):
-            pump = (parts[1], "A")
             if parts[2] == "telemetry":
-                return self._events(source, payload, pump=pump, kind="reading")
+                return self._readings(source, payload, (parts[1], "A"))
             return [self._status(source, payload, parts[1])]
         self.stats.count("unknown_topic")
         return [Inbound(source, payload, problem=f"unexpected topic {topic!r}")]
 
-    def _events(
-        self, source: str, payload: bytes, *, pump: tuple[str, str] | None, kind: str | None
-    ) -> list[Inbound]:
-        try:
-            decoded = orjson.loads(payload)
-        except orjson.JSONDecodeError as exc:
-            return [Inbound(source, payload, problem=f"not valid JSON ({exc})", pump=pump)]
-        items = decoded if isinstance(decoded, list) else [decoded]
+    def _readings(self, source: str, payload: bytes, pump: tuple[str, str]) -> list[Inbound]:
+        items = _decoded(payload)
+        if isinstance(items, str):
+            return [Inbound(source, payload, problem=items, pump=pump)]
         out = []
         for obj in items:
-            problem = _mismatch(obj, pump, kind)
+            problem = _mismatch(obj, pump)
             if problem is not None:
                 channel = obj.get("channel") if isinstance(obj, dict) else None
-                named = (pump[0], channel if isinstance(channel, str) else "A") if pump else None
+                named = (pump[0], channel if isinstance(channel, str) else "A")
                 out.append(Inbound(source, orjson.dumps(obj), problem=problem, pump=named))
+                continue
+            if "account" in obj:  # only bedside charting has one, and never from a payload
+                obj.pop("account")
+                out.append(Inbound(source, orjson.dumps(obj), obj))
                 continue
             out.append(Inbound(source, payload if len(items) == 1 else orjson.dumps(obj), obj))
         return out
+
+    def _bedside(self, source: str, payload: bytes, account: str | None) -> list[Inbound]:
+        """Bedside documentation on ``events`` (``account`` None) or ``events/<account>``:
+        each event stamped with its account, or refused with the reason."""
+        items = _decoded(payload)
+        if isinstance(items, str):
+            return [Inbound(source, payload, problem=items)]
+        out = []
+        for obj in items:
+            refusal = self._refusal(obj, account)
+            if refusal is not None:
+                self.stats.count("refused")
+                out.append(Inbound(source, orjson.dumps(obj), problem=refusal))
+                continue
+            assert isinstance(obj, dict)  # _refusal refuses anything else
+            if account is not None:
+                obj["account"] = account
+            out.append(Inbound(source, orjson.dumps(obj), obj))
+        return out
+
+    def _refusal(self, obj: object, account: str | None) -> str | None:
+        """Why this bedside event may not count, coming from ``account``; None if it may."""
+        if not isinstance(obj, dict):
+            return "an event (a JSON object) is expected"
+        kind = obj.get("type")
+        if kind in ALARM_ACTIONS:
+            return (
+                f"an action on an alarm ({kind}) on an events topic: actions come from central "
+                f"stations as commands on {self.prefix}/commands; never applied from here"
+            )
+        if kind not in BEDSIDE_TYPES:
+            return (
+                f"a {kind!r} event on an events topic: only bedside documentation is taken "
+                f"there ({', '.join(BEDSIDE_TYPES)}); readings and presence come on "
+                f"{self.prefix}/pumps/<pump>/..."
+            )
+        claimed = obj.get("account")
+        if claimed is not None and claimed != account:
+            return (
+                f"the event names the account {claimed!r}: the account is the broker log-in "
+                "it came from (the topic), never the sender's to write"
+            )
+        if account is None:
+            if kind not in CLEARING:
+                return None
+            return (
+                f"a {kind} can end an alarm, so it counts only from a charting account "
+                f"(on {self.prefix}/events/<account>); on {self.prefix}/events nobody answers "
+                "for it"
+            )
+        charting = self.charting.get(account)
+        if charting is None:
+            return (
+                f"{account!r} is not a charting account of this site: the site config's "
+                "[[broker.charting]] lists who may chart"
+            )
+        if kind not in charting.events:
+            return f"{account!r} may not chart a {kind} (only {', '.join(sorted(charting.events))})"
+        return None
 
     def _status(self, source: str, payload: bytes, pump: str) -> Inbound:
         try:
@@ -276,12 +353,21 @@ class MqttDriver(Driver):
         return Inbound(source, orjson.dumps(event), event)
 
 
-def _mismatch(obj: object, pump: tuple[str, str] | None, kind: str | None) -> str | None:
+def _decoded(payload: bytes) -> list[Any] | str:
+    """The events of a payload (one, or a JSON list of them), or why there are none."""
+    try:
+        decoded = orjson.loads(payload)
+    except orjson.JSONDecodeError as exc:
+        return f"not valid JSON ({exc})"
+    return decoded if isinstance(decoded, list) else [decoded]
+
+
+def _mismatch(obj: object, pump: tuple[str, str]) -> str | None:
     if not isinstance(obj, dict):
         return "an event (a JSON object) is expected"
-    if kind is not None and obj.get("type") != kind:
-        return f"a {kind} is expected on a telemetry topic, not {obj.get('type')!r}"
-    if pump is not None and obj.get("pump") != pump[0]:
+    if obj.get("type") != "reading":
+        return f"a reading is expected on a telemetry topic, not {obj.get('type')!r}"
+    if obj.get("pump") != pump[0]:
         return f"the topic names pump {pump[0]!r} but the reading names {obj.get('pump')!r}"
     return None
 

@@ -22,6 +22,7 @@ __all__ = [
     "DOCUMENTATION",
     "LINE_KINDS",
     "MAX_LINE_BYTES",
+    "ROLES",
     "AlarmAction",
     "Clock",
     "Connect",
@@ -198,6 +199,9 @@ class MonitorStatus:
 
 #: What a person does to an alarm (the alarm-management extension of the format).
 ALARM_ACTIONS = ("ack", "pause", "reset", "override")
+#: The roles of the people who act on alarms (an account has one; the library's
+#: ``[alarms.permissions]`` says which may do what).
+ROLES = ("nurse", "charge-nurse", "prescriber", "pharmacist", "admin")
 
 
 @dataclass(frozen=True, slots=True)
@@ -212,6 +216,9 @@ class AlarmAction:
     reason: str | None = None
     duration_us: int | None = None
     note: str | None = None
+    #: the verified role of the person (a live monitor writes it from the signed token);
+    #: None in a file of actions, which the library's permissions do not check
+    role: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -557,7 +564,8 @@ def _alarm_action(d: dict[str, Any], t: int) -> AlarmAction:
     reason = _opt_text(d, "reason")
     if kind == "override" and reason is None:
         raise EventError("reason", None, "an override needs a coded reason")
-    return AlarmAction(kind, t, alert, by, reason, duration, _opt_text(d, "note"))
+    role = _choice(d, "role", ROLES) if d.get("role") is not None else None
+    return AlarmAction(kind, t, alert, by, reason, duration, _opt_text(d, "note"), role)
 
 
 _PARSERS: dict[str, Callable[[dict[str, Any], int], Event]] = {

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 
 from calguard.monitor import units
+from calguard.monitor.events import ALARM_ACTIONS, ROLES
+from calguard.monitor.transitions import PRIORITY_RANK
 from calguard.monitor.units import CALCIUM_MG_PER_MMOL, Kind
 
 __all__ = [
@@ -21,6 +23,7 @@ __all__ = [
     "ConfiguredQuantity",
     "LabelMatch",
     "Library",
+    "Permissions",
     "Product",
     "RuleConfig",
     "Salt",
@@ -224,10 +227,46 @@ _CONFUSABLE_UPPER = {
 _CONFUSABLES = str.maketrans({**_CONFUSABLE_LOWER, **_CONFUSABLE_UPPER})
 
 
+#: roles by priority: who may take one action on alarms of each priority
+RolesByPriority = Mapping[str, frozenset[str]]
+
+
+@dataclass(frozen=True)
+class Permissions:
+    """Which roles may act on which alarms: ``actions[action][priority]`` are the roles that
+    may ``ack``, ``pause``, ``reset`` or ``override`` an alarm of that priority, and
+    ``rules[rule][action]`` replaces them for one rule's alarms (an exception the library
+    states, such as an arterial line that only a prescriber may override)."""
+
+    actions: Mapping[str, RolesByPriority]
+    rules: Mapping[str, Mapping[str, RolesByPriority]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if set(self.actions) != set(ALARM_ACTIONS):
+            raise ValueError(f"roles for each of {', '.join(ALARM_ACTIONS)} are needed")
+        tables = list(self.actions.values())
+        for rule, exceptions in self.rules.items():
+            if not set(exceptions) <= set(ALARM_ACTIONS):
+                raise ValueError(f"rule {rule}: the actions are {', '.join(ALARM_ACTIONS)}")
+            tables += exceptions.values()
+        for by_priority in tables:
+            if set(by_priority) != set(PRIORITY_RANK):
+                raise ValueError(f"roles for each priority ({', '.join(PRIORITY_RANK)}) are needed")
+            unknown = set().union(*by_priority.values()) - set(ROLES)
+            if unknown:
+                raise ValueError(f"{', '.join(sorted(unknown))}: the roles are {', '.join(ROLES)}")
+
+    def roles(self, action: str, rule: str, priority: str) -> frozenset[str]:
+        """The roles that may take ``action`` on an alarm of ``rule`` at ``priority``."""
+        exception = self.rules.get(rule, {}).get(action)
+        return (exception if exception is not None else self.actions[action])[priority]
+
+
 @dataclass(frozen=True)
 class AlarmPolicy:
     """How alerts become alarms (IEC 60601-1-8): audio pause and escalation per priority,
-    which priorities latch, the audiences of escalation, coded override reasons."""
+    which priorities latch, the audiences of escalation, coded override reasons, and which
+    roles may act on which alarms."""
 
     pause: Mapping[str, ConfiguredQuantity]  # by priority
     escalate_after: Mapping[str, ConfiguredQuantity]  # by priority
@@ -235,6 +274,7 @@ class AlarmPolicy:
     latching: frozenset[str]  # priorities
     override_reasons: tuple[str, ...]
     override_max: ConfiguredQuantity
+    permissions: Permissions
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,9 @@ Each pump has its own connection, like a real networked pump: a retained birth m
 reading every ``interval`` (on the injected clock) at QoS 1 and keeps every reading in an
 outbox until the broker has acknowledged it: when the broker is away the pump keeps
 measuring, and publishes what it kept once it is back (at-least-once; the monitor drops
-redeliveries by ``seq``). Bedside documentation goes to the ``events`` topic.
+redeliveries by ``seq``). Bedside documentation goes to the ``events/<account>`` topic of
+the ward's charting account (``CHARTING_ACCOUNT`` unless told otherwise): the monitor takes
+an event that can end an alarm only from a charting account its site config lists.
 """
 
 from __future__ import annotations
@@ -24,9 +26,12 @@ from calguard.monitor.clock import Clock
 from calguard.monitor.timeutil import format_ts
 from calguard.simulators.scenario import PumpSpec, Scenario, Step
 
-__all__ = ["MqttPump", "MqttWard", "wait_for_monitor"]
+__all__ = ["CHARTING_ACCOUNT", "MqttPump", "MqttWard", "wait_for_monitor"]
 
 log = logging.getLogger(__name__)
+
+#: the simulated bedside charting's account (the training site config lists it)
+CHARTING_ACCOUNT = "sim-bedside"
 
 
 class MqttPump:
@@ -142,11 +147,19 @@ class MqttWard:
     """A scenario's pumps and bedside events on an MQTT broker."""
 
     def __init__(
-        self, host: str, port: int, prefix: str, clock: Clock, *, interval_s: float = 1.0
+        self,
+        host: str,
+        port: int,
+        prefix: str,
+        clock: Clock,
+        *,
+        interval_s: float = 1.0,
+        account: str = CHARTING_ACCOUNT,
     ) -> None:
         self.host, self.port, self.prefix = host, port, prefix
         self.clock = clock
         self.interval_s = interval_s
+        self.account = account
         self.pumps: dict[tuple[str, str], MqttPump] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._events: aiomqtt.Client | None = None
@@ -179,7 +192,8 @@ class MqttWard:
 
     async def document(self, event: dict[str, Any]) -> None:
         assert self._events is not None
-        await self._events.publish(f"{self.prefix}/events", orjson.dumps(event), qos=1)
+        topic = f"{self.prefix}/events/{self.account}"
+        await self._events.publish(topic, orjson.dumps(event), qos=1)
 
     async def set_pump(self, pump: str, channel: str, settings: dict[str, Any]) -> None:
         sim = self.pumps[(pump, channel)]

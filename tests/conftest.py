@@ -78,6 +78,19 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 
 
 @pytest.fixture(autouse=True)
+def own_data_dir(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Each test its own CalGuard data directory and token file (keys, anchors, spool, the
+    default log), in its environment and so in its subprocesses': nothing reads or writes
+    the real ~/.local/share/calguard or ~/.config/calguard. A test may set its own."""
+    data = tmp_path_factory.mktemp("calguard-data")
+    monkeypatch.setenv("CALGUARD_DATA_DIR", str(data))
+    monkeypatch.setenv("CALGUARD_TOKEN_FILE", str(data / "token"))
+    monkeypatch.delenv("CALGUARD_AUDIT_KEY", raising=False)
+    monkeypatch.delenv("CALGUARD_SPOOL_DIR", raising=False)
+    return data
+
+
+@pytest.fixture(autouse=True)
 async def no_leaks() -> AsyncIterator[None]:
     """Fail a test that leaves a task running or a file descriptor open (a driver, a port)."""
     before = _fds()

@@ -19,7 +19,7 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,6 +34,7 @@ from tests.live import ROOT, admission
 
 CA = "Calcium gluconate 20 mg/ml"
 PREFIX = "calguard/test"
+CHARTING = "charting"  # the bedside charting account: it publishes on events/charting
 Key = tuple[str, int]  # (pump, seq)
 
 
@@ -81,17 +82,19 @@ class Ward:
         pumps: int = 10,
         rate: float = 500.0,
         surge: Surge | None = None,
-        password: str | None = None,
+        passwords: Mapping[str, str] | None = None,
     ) -> None:
+        """``passwords``: each account's (a pump's is its name), to log in with."""
         self.port, self.total, self.rate, self.surge = port, total, rate, surge
         self.names = [f"P{k:02d}" for k in range(1, pumps + 1)]
-        self.password = password
-        auth = password is not None
-        self.clients = {
-            name: _client(f"pump-{name}", port, name if auth else None, password)
-            for name in self.names
-        }
-        self.charting = _client("charting", port, "charting" if auth else None, password)
+
+        def client(client_id: str, account: str) -> mqtt.Client:
+            if passwords is None:
+                return _client(client_id, port, None, None)
+            return _client(client_id, port, account, passwords[account])
+
+        self.clients = {name: client(f"pump-{name}", name) for name in self.names}
+        self.charting = client("charting", CHARTING)
         self.sent = 0
         self._lock = threading.Lock()
         self._mids: dict[tuple[str, int], Key] = {}
@@ -149,7 +152,7 @@ class Ward:
         events: list[dict[str, Any]] = []
         for k, pump in enumerate(self.names, 1):
             events += admission(t, bed=f"B{k:02d}", line=f"L{k:02d}", pump=pump)
-        info = self.charting.publish(f"{PREFIX}/events", json.dumps(events), qos=1)
+        info = self.charting.publish(f"{PREFIX}/events/{CHARTING}", json.dumps(events), qos=1)
         info.wait_for_publish(30)
 
     def start(self) -> None:
@@ -293,11 +296,15 @@ class Monitor:
 
 
 def site_file(path: Path, db: str, broker_port: int, **driver: str) -> Path:
+    """The monitor's site config: the broker's accounts too (ten pumps, the charting)."""
     options = "".join(f'{k} = "{v}"\n' for k, v in driver.items())
+    pumps = ", ".join(f'"P{k:02d}"' for k in range(1, 11))
     path.write_text(
         f'[site]\nname = "durability test"\ndb = "{db}"\n\n'
         f'[[drivers]]\nurl = "mqtt://127.0.0.1:{broker_port}/{PREFIX}"\n'
-        f'client_id = "calguard-durability"\n{options}'
+        f'client_id = "calguard-durability"\n{options}\n'
+        f"[broker]\npumps = [{pumps}]\n"
+        f'[[broker.charting]]\naccount = "{CHARTING}"\n'
     )
     return path
 

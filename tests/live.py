@@ -22,6 +22,7 @@ from calguard.monitor.timeutil import format_ts
 from calguard.monitor.transitions import AlertTransition
 
 from calguard.app import Monitor
+from calguard.guard import CommandGuard
 
 ROOT = Path(__file__).parent.parent
 
@@ -73,7 +74,11 @@ class LiveBay:
         library: Library | None = None,
         log: AlertLog | None = None,
         sinks: Sequence[Sink] = (),
+        guard: CommandGuard | None = None,
+        file_actions: bool = True,
     ) -> None:
+        """``file_actions``: actions in the drivers' inputs apply (as in a replay file);
+        False as ``calguard run`` has it, where people act only by signed commands."""
         self.alerts: list[dict[str, Any]] = []
         lib = library or load_library()
         self.monitor = Monitor(
@@ -84,6 +89,8 @@ class LiveBay:
             outputs=[self._out],
             engine=Engine(lib),
             sinks=sinks,
+            guard=guard,
+            file_actions=file_actions,
         )
         self.records: list[InputRecord] = []
         self._log = log

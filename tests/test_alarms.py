@@ -11,6 +11,7 @@ import io
 import json
 import re
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 from calguard.alerts.alarms import AlarmManager
@@ -260,16 +261,20 @@ async def test_a_replayed_shift_with_actions_prints_every_transition_in_time_ord
     assert got[6]["latched"] is True and got[7]["latched"] is True
 
 
-async def test_live_a_pause_ends_on_the_live_clock_at_its_exact_time() -> None:
+async def test_live_a_pause_ends_on_the_live_clock_at_its_exact_time(tmp_path: Path) -> None:
     """The monitor's clock task sleeps until the alarm layer's next deadline too."""
     from calguard.drivers.clock import ScaledClock, SystemClock
     from calguard.drivers.virtual import VirtualDriver
 
     from tests.live import LiveBay, now_ts
+    from tests.people import add_staff, guard, keyring, token
 
     clock = ScaledClock(60.0, anchor_us=SystemClock().now_us())  # a 2 min pause lasts 2 s
     url = "virtual://alarms-live"
-    async with LiveBay([VirtualDriver(url)], clock=clock, library=QUIET) as bay:
+    db, keys = f"sqlite:///{tmp_path / 'log.sqlite3'}", keyring(tmp_path)
+    await add_staff(db)
+    checks = guard(db, keys)
+    async with LiveBay([VirtualDriver(url)], clock=clock, library=QUIET, guard=checks) as bay:
         t = now_ts(clock)
         for event in (
             {"t": t, "type": "patient", "bed": "B1", "weight": "1 kg", "postnatal_age": "5 day"},
@@ -288,10 +293,12 @@ async def test_live_a_pause_ends_on_the_live_clock_at_its_exact_time() -> None:
             VirtualDriver.put(url, event)
         await bay.until(lambda: bay.of("rate-weight", "raised"))
         alert = bay.of("rate-weight")[0]["alert"]
-        command = json.dumps({"action": "pause", "alert": alert, "by": "rn42"}).encode()
+        await checks.ready.wait()
+        rn1 = token(keys, "rn1")
+        command = json.dumps({"action": "pause", "alert": alert, "token": rn1}).encode()
         assert bay.monitor.command(command, "test") is None
         await bay.until(lambda: bay.of("rate-weight", "resumed"), within=10)
-        refused = json.dumps({"action": "reset", "alert": alert, "by": "rn42"}).encode()
+        refused = json.dumps({"action": "reset", "alert": alert, "token": rn1}).encode()
         assert "still holds" in (bay.monitor.command(refused, "test") or "")
         assert "one of ack" in (bay.monitor.command(b'{"action": "silence"}', "test") or "")
         assert "not JSON" in (bay.monitor.command(b"{", "test") or "")

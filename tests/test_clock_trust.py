@@ -6,10 +6,12 @@ window, never dated ahead."""
 from __future__ import annotations
 
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
 import aiomqtt
 import orjson
+from calguard.config.site import Charting
 from calguard.drivers.mqtt import MqttDriver
 from calguard.monitor.timeutil import MINUTE_US, parse_ts
 
@@ -174,7 +176,8 @@ async def _publish(broker: Broker, items: list[tuple[str, object]]) -> None:
 
 
 async def _ward_run(broker: Broker, client_id: str, bad_clocks: bool) -> list[dict[str, Any]]:
-    driver = MqttDriver(f"mqtt://{broker.host}:{broker.port}/{PREFIX}", client_id=client_id)
+    url = f"mqtt://{broker.host}:{broker.port}/{PREFIX}"
+    driver = MqttDriver(url, client_id=client_id, charting=[Charting("charting")])
     async with LiveBay([driver]) as bay:
         await bay.until(lambda: driver.is_open)
         t = now_ts()
@@ -182,7 +185,7 @@ async def _ward_run(broker: Broker, client_id: str, bad_clocks: bool) -> list[di
             *admission(t, bed="B1", line="L1", pump="P1"),
             *admission(t, bed="B2", line="L2", pump="P2"),
         ]
-        items: list[tuple[str, object]] = [("events", events)]
+        items: list[tuple[str, object]] = [("events/charting", events)]
         items.append(("pumps/P2/telemetry", _reading("P2", t, "180 ml/h", 1)))  # B2: too fast
         items.append(("pumps/P1/telemetry", _reading("P1", t, "1 ml/h", 1)))
         if bad_clocks:
@@ -257,15 +260,19 @@ def test_a_monitor_condition_from_outside_is_refused() -> None:
     assert "only the monitor itself reports" in (bay.records[-1].reason or "")
 
 
-async def test_a_command_cannot_bring_its_own_time() -> None:
+async def test_a_command_cannot_bring_its_own_time(tmp_path: Path) -> None:
     """A station's command carrying "received" (or "t") is stamped by the monitor all the
     same: the engine's clock never moves to a time a sender chose."""
     from calguard.drivers.virtual import VirtualDriver
 
     from tests.live import LiveBay
+    from tests.people import add_staff, guard, keyring, token
 
     feed = "virtual://command-time"
-    async with LiveBay([VirtualDriver(feed)]) as bay:
+    db, keys = f"sqlite:///{tmp_path / 'log.sqlite3'}", keyring(tmp_path)
+    await add_staff(db)
+    checks = guard(db, keys)
+    async with LiveBay([VirtualDriver(feed)], guard=checks) as bay:
         t = now_ts()
         for event in admission(t):
             VirtualDriver.put(feed, event)
@@ -273,7 +280,8 @@ async def test_a_command_cannot_bring_its_own_time() -> None:
                                  "drug": CA})  # fmt: skip
         await bay.until(lambda: bool(bay.of("rate-volume")))
         alert = bay.of("rate-volume")[0]["alert"]
-        command = {"action": "ack", "alert": alert, "by": "rn1",
+        await checks.ready.wait()
+        command = {"action": "ack", "alert": alert, "token": token(keys, "rn1"),
                    "received": "2099-01-01T00:00:00Z", "t": "2099-01-01T00:00:00Z",
                    "clock_speed": 10000}  # fmt: skip
         assert bay.monitor.command(orjson.dumps(command), "test/commands") is None

@@ -10,6 +10,7 @@ build/durability.txt; ``pytest -s`` shows it.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import os
@@ -18,6 +19,7 @@ import signal
 import sqlite3
 import subprocess
 import time
+import tomllib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -25,9 +27,9 @@ from typing import Any
 import asyncpg
 import pytest
 
+from calguard import broker_config
 from tests.brokers import Broker
 from tests.durability import (
-    PREFIX,
     Census,
     Monitor,
     Surge,
@@ -266,28 +268,35 @@ def test_kill_9_of_the_monitor_mid_stream_loses_no_reading(broker: Broker, tmp_p
 
 
 class ShippedBroker(Broker):
-    """Mosquitto with deploy/mosquitto/calguard.conf. Only what a test cannot keep is
-    changed: the port (no TLS listener), and the paths of the persistence directory, the
-    ACL and password files and the log. Persistence, autosave, queue and in-flight limits
-    are the shipped ones."""
+    """Mosquitto with deploy/mosquitto/calguard.conf, and the password file and ACL that
+    `calguard broker-config` makes from the monitor's site config. Only what a test cannot
+    keep is changed: the port (no TLS listener), and the paths of the persistence
+    directory, the ACL and password files and the log. Persistence, autosave, queue and
+    in-flight limits are the shipped ones."""
 
-    password = "durability-test"
-    users = ("calguard-monitor", "charting", *(f"P{k:02d}" for k in range(1, 11)))
+    def __init__(self, directory: Path, site: Path) -> None:
+        super().__init__(directory)
+        self.site = site
+        self.accounts = directory / "accounts"
+
+    @property
+    def passwords(self) -> dict[str, str]:
+        return tomllib.loads((self.accounts / broker_config.CREDENTIALS).read_text())
 
     def config(self) -> Path:
-        acl = self.directory / "calguard.acl"
-        acl.write_text((SHIPPED / "calguard.acl").read_text().replace("calguard/nicu", PREFIX))
-        passwords = self.directory / "calguard.passwd"
-        if not passwords.exists():
-            passwords.write_text("".join(f"{u}:{self.password}\n" for u in self.users))
-            subprocess.run(["mosquitto_passwd", "-U", str(passwords)], check=True)
+        args = argparse.Namespace(site=str(self.site), out=str(self.accounts), rotate=None)
+        assert broker_config.main(args) == 0  # the same passwords at every restart
         replace = {
             "listener 1883 127.0.0.1": f"listener {self.port} 127.0.0.1",
             "persistence_location /var/lib/mosquitto/": (
                 f"persistence_location {self.directory / 'data'}/"
             ),
-            "password_file /etc/mosquitto/calguard.passwd": f"password_file {passwords}",
-            "acl_file /etc/mosquitto/calguard.acl": f"acl_file {acl}",
+            "password_file /etc/mosquitto/calguard/calguard.passwd": (
+                f"password_file {self.accounts / broker_config.PASSWD}"
+            ),
+            "acl_file /etc/mosquitto/calguard/calguard.acl": (
+                f"acl_file {self.accounts / broker_config.ACL}"
+            ),
             "log_dest syslog": f"log_dest file {self.directory / 'mosquitto.log'}",
         }
         dropped = ("listener 8883", "cafile ", "certfile ", "keyfile ", "tls_version ")
@@ -314,21 +323,29 @@ SAVE_EVERY_S = 2.0
 
 @contextlib.contextmanager
 def shipped_broker_ward(tmp_path: Path) -> Iterator[tuple[ShippedBroker, Monitor, Ward, Path]]:
-    """The shipped broker (with its accounts and ACL), the monitor, and the ward."""
-    broker = ShippedBroker(tmp_path / "mosquitto").start()
+    """The shipped broker (with the accounts and ACL made from the site), the monitor, and
+    the ward."""
     db = tmp_path / "calguard.sqlite3"
+    site = tmp_path / "site.toml"
+    broker = ShippedBroker(tmp_path / "mosquitto", site)
+    site_file(
+        site,
+        f"sqlite:///{db}",
+        broker.port,
+        username="calguard-monitor",
+        password_env="CG_TEST_MQTT_PASSWORD",
+    )
+    broker.start()
+    passwords = broker.passwords
     monitor = Monitor(
-        site_file(
-            tmp_path / "site.toml",
-            f"sqlite:///{db}",
-            broker.port,
-            username="calguard-monitor",
-            password_env="CG_TEST_MQTT_PASSWORD",
-        ),
-        {"CALGUARD_DATA_DIR": str(tmp_path / "data"), "CG_TEST_MQTT_PASSWORD": broker.password},
+        site,
+        {
+            "CALGUARD_DATA_DIR": str(tmp_path / "data"),
+            "CG_TEST_MQTT_PASSWORD": passwords["calguard-monitor"],
+        },
         tmp_path / "monitor",
     )
-    ward = Ward(broker.port, total=TOTAL, rate=RATE, password=broker.password)
+    ward = Ward(broker.port, total=TOTAL, rate=RATE, passwords=passwords)
     try:
         monitor.start()
         ward.connect().wait_for_monitor()

@@ -43,7 +43,8 @@ async def test_a_flood_of_made_up_pumps_never_delays_a_canary_nor_grows_memory(
     site.write_text(
         f'[site]\nname = "flood ward"\ndb = "sqlite:///{tmp_path / "log.sqlite3"}"\n\n'
         f'[[drivers]]\nurl = "{url}"\nclient_id = "flood-monitor"\n\n'
-        f'[[sinks]]\nurl = "{url}"\nclient_id = "flood-alarms"\n'
+        f'[[sinks]]\nurl = "{url}"\nclient_id = "flood-alarms"\n\n'
+        '[[broker.charting]]\naccount = "charting"\n'
     )
     out, err_file = (tmp_path / "stdout.txt").open("w"), (tmp_path / "stderr.txt").open("w")
     proc = _start(site, tmp_path, out, err_file)
@@ -106,7 +107,7 @@ async def _canary(client: aiomqtt.Client, pump: str) -> None:
     t = _now()
     bed = pump.replace("C", "B")
     await client.publish(
-        f"{PREFIX}/events",
+        f"{PREFIX}/events/charting",
         orjson.dumps(admission(t, bed=bed, line=f"L{bed}", pump=pump)),
         qos=1,
     )

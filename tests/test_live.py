@@ -23,7 +23,9 @@ from calguard.monitor.timeutil import format_ts, parse_ts
 from calguard.simulators.ne1000 import PumpBus, SimulatedPump
 
 from calguard.replay import replay
+from tests.brokers import Broker
 from tests.live import LiveBay, admission, calguard_process
+from tests.people import add_staff, keyring, token_file
 
 CA = "Calcium gluconate 10 mg/ml"
 
@@ -126,7 +128,9 @@ def test_calguard_run_stops_cleanly_on_sigterm_and_flushes_its_log(tmp_path: Pat
                 stream.close()
     assert code == 0, err
     session, rows, alerts = asyncio.run(session_rows(f"sqlite:///{db}"))
-    assert session == 1 and len(rows) == 5 and json.loads(alerts[0])["rule"] == "rate-volume"
+    # the warm start's marker first (nothing to read: a new log), then the five inputs
+    assert session == 1 and [r.event_type for r in rows][:1] == ["warm_start"]
+    assert len(rows) == 5 + 1 and json.loads(alerts[0])["rule"] == "rate-volume"
 
 
 def test_calguard_demo_runs_on_a_fresh_install(tmp_path: Path) -> None:
@@ -150,17 +154,24 @@ def test_calguard_demo_runs_on_a_fresh_install(tmp_path: Path) -> None:
     assert time.monotonic() - start < 120
 
 
-def test_a_restarted_calguard_run_keeps_the_alarm_states_people_left(tmp_path: Path) -> None:
-    """Run 1 raises a high alarm and a nurse pauses it for 3 s; CalGuard is stopped for
-    longer than that. Run 2 (same log) restores the pause and emits its ``resumed`` line,
-    stamped with the exact end of the pause, instead of annunciating afresh."""
+def test_a_restarted_calguard_run_keeps_the_alarm_states_people_left(
+    tmp_path: Path, broker: Broker
+) -> None:
+    """Run 1 raises a high alarm and a nurse pauses it for 3 s (``calguard pause``, logged
+    in); CalGuard is stopped for longer than that. Run 2 (same log) restores the pause and
+    emits its ``resumed`` line, stamped with the exact end of the pause, instead of
+    annunciating afresh."""
     db = tmp_path / "run.sqlite3"
+    commands = f"mqtt://127.0.0.1:{broker.port}/calguard/restart"
+    asyncio.run(add_staff(f"sqlite:///{db}"))
+    logged_in = token_file(keyring(tmp_path), tmp_path / "token", "rn1")
 
     def start(events: Path) -> subprocess.Popen[str]:
         site = tmp_path / f"{events.stem}.toml"
         site.write_text(
             f'[site]\nname = "test ward"\ndb = "sqlite:///{db}"\n\n'
             f'[[drivers]]\nurl = "replay://{events}"\npoll = 0.05\n'
+            f'[[sinks]]\nurl = "{commands}"\n'
         )
         return calguard_process(
             "run", "--site", str(site), env={"CALGUARD_DATA_DIR": str(tmp_path)}
@@ -194,17 +205,14 @@ def test_a_restarted_calguard_run_keeps_the_alarm_states_people_left(tmp_path: P
             )
         raised = _next(first, "raised")
         assert (raised["rule"], raised["state"]) == ("rate-volume", "raised")
-        pause = {
-            "t": format_ts(SystemClock().now_us()),
-            "type": "pause",
-            "alert": raised["alert"],
-            "by": "rn42",
-            "duration": "3 s",
-        }
-        with first_events.open("a") as out:
-            out.write(orjson.dumps(pause).decode() + "\n")
+        pause = calguard_process(
+            "pause", str(raised["alert"]), "--duration", "3 s", "--broker", commands,
+            "--token-file", str(logged_in), env={"CALGUARD_DATA_DIR": str(tmp_path)},
+        )  # fmt: skip
+        out, err = pause.communicate(timeout=60)
+        assert pause.returncode == 0 and "by rn1: done" in out, err
         paused = _next(first, "paused")
-        assert (paused["alert"], paused["by"]) == (raised["alert"], "rn42")
+        assert (paused["alert"], paused["by"]) == (raised["alert"], "rn1")
     finally:
         stop(first)
     assert first.returncode == 0

@@ -12,6 +12,7 @@ from typing import Any
 import aiomqtt
 import orjson
 import pytest
+from calguard.config.site import Charting
 from calguard.drivers.clock import SystemClock
 from calguard.drivers.mqtt import MqttDriver
 from calguard.monitor.errors import DriverError
@@ -23,11 +24,15 @@ from tests.live import LiveBay, admission, now_ts
 
 PREFIX = "calguard/test"
 CA = "Calcium gluconate 20 mg/ml"
+CHARTING = "events/charting"  # the bedside charting account's own topic
 
 
 def mqtt_driver(broker: Broker, client_id: str = "calguard-test", **options: Any) -> MqttDriver:
     return MqttDriver(
-        f"mqtt://{broker.host}:{broker.port}/{PREFIX}", client_id=client_id, **options
+        f"mqtt://{broker.host}:{broker.port}/{PREFIX}",
+        client_id=client_id,
+        charting=[Charting("charting")],
+        **options,
     )
 
 
@@ -58,7 +63,7 @@ def reading(pump: str = "P1", rate: str = "1 ml/h", seq: int = 1, **extra: Any) 
 async def test_bedside_events_and_telemetry_raise_alerts(broker: Broker) -> None:
     async with LiveBay([mqtt_driver(broker)]) as bay:
         await bay.until(lambda: bay.monitor.drivers[0].is_open)
-        await publish(broker, "events", bedside())  # a list of events in one message
+        await publish(broker, CHARTING, bedside())  # a list of events in one message
         await publish(broker, "pumps/P1/telemetry", reading(rate="180 ml/h"))
         await bay.until(lambda: bay.of("rate-volume", "raised"))
     (alert,) = bay.of("rate-volume")
@@ -110,7 +115,7 @@ async def test_a_pump_whose_connection_drops_is_stale_at_once_by_its_will(broker
     pump = MqttPump(spec, broker.host, broker.port, PREFIX, SystemClock(), interval_s=0.2)
     async with LiveBay([mqtt_driver(broker)]) as bay:
         await bay.until(lambda: bay.monitor.drivers[0].is_open)
-        await publish(broker, "events", bedside())
+        await publish(broker, CHARTING, bedside())
         tasks = [asyncio.create_task(pump.publish()), asyncio.create_task(pump.measure())]
         try:
             await bay.until(lambda: bay.counts["accepted"] >= 8)
@@ -306,9 +311,11 @@ def test_the_topic_convention() -> None:
     (bad,) = d.translate("calguard/nicu/pumps/P3/telemetry", b'{"t":"x","type":"clock"}')
     assert bad.problem is not None and bad.pump == ("P3", "A")
     two = d.translate(
-        "calguard/nicu/events", b'[{"type":"clock","t":"x"},{"type":"clock","t":"y"}]'
+        "calguard/nicu/events", b'[{"type":"patient","t":"x"},{"type":"line","t":"y"}]'
     )
     assert len(two) == 2 and all(i.obj for i in two)
+    (clock,) = d.translate("calguard/nicu/events", b'{"type":"clock","t":"x"}')
+    assert clock.problem is not None and "only bedside documentation" in clock.problem
     (other,) = d.translate("elsewhere/x", b"{}")
     assert other.problem is not None and "unexpected topic" in other.problem
     with pytest.raises(DriverError, match="topic prefix"):

@@ -6,16 +6,27 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
+import time
 from pathlib import Path
 
+import pytest
 from calguard.alerts.sinks import open_sink
 from calguard.drivers.virtual import VirtualDriver
 
+from calguard.tokens import write_token
 from tests.brokers import Broker
 from tests.live import LiveBay, admission, now_ts
+from tests.people import add_staff, guard, keyring, token, token_file
 
 ROOT = Path(__file__).parent.parent
 CA = "Calcium gluconate 10%"
+
+
+@pytest.fixture(autouse=True)
+def data_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The sink's state signing key, and the public key `calguard alerts` trusts: in this
+    test's own data directory, never the user's."""
+    monkeypatch.setenv("CALGUARD_DATA_DIR", str(tmp_path))
 
 
 async def calguard(*args: str) -> tuple[int, str, str]:
@@ -29,11 +40,18 @@ async def calguard(*args: str) -> tuple[int, str, str]:
     return proc.returncode, out.decode(), err.decode()
 
 
-async def test_each_refusal_is_its_own_answer_and_a_non_zero_exit(broker: Broker) -> None:
+async def test_each_refusal_is_its_own_answer_and_a_non_zero_exit(
+    broker: Broker, tmp_path: Path
+) -> None:
     url_in = "virtual://replies"
     broker_url = f"mqtt://127.0.0.1:{broker.port}/calguard/replies"
     sink = open_sink(broker_url, client_id="alarms-replies")
-    async with LiveBay([VirtualDriver(url_in)], sinks=[sink]) as bay:
+    db, keys = f"sqlite:///{tmp_path / 'log.sqlite3'}", keyring(tmp_path)
+    await add_staff(db)
+    rn1 = str(token_file(keys, tmp_path / "rn1.token", "rn1"))
+    stale = tmp_path / "stale.token"  # a login of yesterday
+    write_token(stale, token(keys, "rn1", ttl_s=3600, now_s=time.time() - 86400))
+    async with LiveBay([VirtualDriver(url_in)], sinks=[sink], guard=guard(db, keys)) as bay:
         t = now_ts()
         for event in (
             *admission(t, bed="B4"),
@@ -43,22 +61,23 @@ async def test_each_refusal_is_its_own_answer_and_a_non_zero_exit(broker: Broker
         await bay.until(lambda: bool(bay.of("rate-volume")) and sink.connected)
         rate = bay.of("rate-volume")[0]["alert"]
 
-        empty_by = await calguard("ack", rate, "--by", "", "--broker", broker_url)
+        expired = await calguard("ack", rate, "--token-file", str(stale), "--broker", broker_url)
         words = await calguard(
-            "pause", rate, "--by", "rn1", "--duration", "ninety seconds", "--broker", broker_url
-        )
+            "pause", rate, "--token-file", rn1, "--duration", "ninety seconds",
+            "--broker", broker_url,
+        )  # fmt: skip
         too_long = await calguard(
-            "pause", rate, "--by", "rn1", "--duration", "3 h", "--broker", broker_url
+            "pause", rate, "--token-file", rn1, "--duration", "3 h", "--broker", broker_url
         )
-        unknown = await calguard("ack", "a-999999", "--by", "rn1", "--broker", broker_url)
-        fine = await calguard("ack", rate, "--by", "rn1", "--broker", broker_url)
+        unknown = await calguard("ack", "a-999999", "--token-file", rn1, "--broker", broker_url)
+        fine = await calguard("ack", rate, "--token-file", rn1, "--broker", broker_url)
 
-    assert empty_by[0] == 1 and "refused" in empty_by[1] and "by" in empty_by[1]
+    assert expired[0] == 1 and "refused: token expired at" in expired[1]
     assert words[0] == 1 and "ninety seconds" in words[1]
     assert too_long[0] == 1 and "2 min" in too_long[1]  # in the user's units
     assert "us" not in too_long[1].split("refused:", 1)[1].split()
     assert unknown[0] == 1 and "a-999999" in unknown[1]
-    reasons = [r[1].split("refused:", 1)[1] for r in (empty_by, words, too_long, unknown)]
+    reasons = [r[1].split("refused:", 1)[1] for r in (expired, words, too_long, unknown)]
     assert len(set(reasons)) == 4  # no reply repeats an earlier one
     assert fine[0] == 0 and "done" in fine[1] and "refused" not in fine[1]
     acked = [a for a in bay.alerts if a["state"] == "acknowledged"]

@@ -16,6 +16,7 @@ from typing import Any
 import aiomqtt
 import orjson
 import pytest
+from calguard.alerts.signed_state import load_public_key, public_key_file, unseal
 from calguard.alerts.sinks import Delivery, open_sink
 from calguard.alerts.sinks.base import Sink
 from calguard.drivers.virtual import VirtualDriver
@@ -23,6 +24,7 @@ from hl7.mllp import start_hl7_server
 
 from tests.brokers import Broker, free_port
 from tests.live import LiveBay, admission, now_ts
+from tests.people import add_staff, guard, keyring, token
 
 CA = "Calcium gluconate 10%"
 _urls = itertools.count()
@@ -43,6 +45,18 @@ def reading(url: str, rate: str) -> None:
     )
 
 
+def signed_sink(url: str, tmp_path: Path, **options: Any) -> Sink:
+    """The MQTT sink, signing with a key of this test's own."""
+    return open_sink(url, signing_key=str(tmp_path / "keys" / "state-ed25519.key"), **options)
+
+
+def opened(tmp_path: Path, message: aiomqtt.Message) -> Any:
+    """A retained state, checked with the sink's public key (the monitor's signature)."""
+    key = load_public_key(public_key_file(tmp_path / "keys" / "state-ed25519.key"))
+    assert isinstance(message.payload, bytes)
+    return unseal(key, str(message.topic), message.payload)[1]
+
+
 class Lost:
     """Collects what sinks give up on (the monitor sends it to the audit chain)."""
 
@@ -57,12 +71,16 @@ class Lost:
 
 
 async def test_a_central_station_sees_active_alarms_at_once_and_acknowledges(
-    broker: Broker,
+    broker: Broker, tmp_path: Path
 ) -> None:
     prefix = "calguard/sinktest"
     url = bedside_url()
-    sink = open_sink(f"mqtt://127.0.0.1:{broker.port}/{prefix}", client_id="alarms-under-test")
-    async with LiveBay([VirtualDriver(url)], sinks=[sink]) as bay:
+    sink = signed_sink(
+        f"mqtt://127.0.0.1:{broker.port}/{prefix}", tmp_path, client_id="alarms-under-test"
+    )
+    db, keys = f"sqlite:///{tmp_path / 'log.sqlite3'}", keyring(tmp_path)
+    await add_staff(db)
+    async with LiveBay([VirtualDriver(url)], sinks=[sink], guard=guard(db, keys)) as bay:
         admit(url)
         reading(url, "180 ml/h")  # rate-volume, rate-mass (high), concentration (medium) ...
         await bay.until(
@@ -79,21 +97,25 @@ async def test_a_central_station_sees_active_alarms_at_once_and_acknowledges(
             messages = aiter(station.messages)
             first = await asyncio.wait_for(anext(messages), 10)
             assert str(first.topic) == f"{prefix}/alerts/active/B1" and first.retain
-            active = orjson.loads(first.payload)  # type: ignore[arg-type]
+            active = opened(tmp_path, first)
             assert {a["rule"] for a in active} >= {"rate-volume", "rate-mass"}
             assert all(a["state"] == "active" and a["audience"] == "bedside" for a in active)
             assert {a["category"] for a in active} == {"clinical"}
             # ... and acknowledges one of them
-            command = {"id": "c-1", "action": "ack", "alert": alert, "by": "charge1"}
+            proof = token(keys, "charge1")  # calguard login's
+            command = {"id": "c-1", "action": "ack", "alert": alert, "token": proof}
             await station.publish(f"{prefix}/commands", orjson.dumps(command), qos=1)
-            bad = {"id": "c-2", "action": "ack", "alert": "a-999999", "by": "charge1"}
+            bad = {"id": "c-2", "action": "ack", "alert": "a-999999", "token": proof}
             await station.publish(f"{prefix}/commands", orjson.dumps(bad), qos=1)
             seen: dict[str, Any] = {}
             async with asyncio.timeout(10):
                 while not ("c-1" in seen and "c-2" in seen and "acked" in seen and "state" in seen):
                     message = await anext(messages)
-                    body = orjson.loads(message.payload)  # type: ignore[arg-type]
                     topic = str(message.topic)
+                    if "/alerts/active/" in topic:
+                        body = opened(tmp_path, message)
+                    else:
+                        body = orjson.loads(message.payload)  # type: ignore[arg-type]
                     if topic.endswith("/commands/results"):
                         seen[body["id"]] = body
                     elif topic == f"{prefix}/alerts" and body["state"] == "acknowledged":
@@ -112,15 +134,20 @@ async def test_a_central_station_sees_active_alarms_at_once_and_acknowledges(
     assert [r.status for r in actions] == ["accepted", "rejected"]
 
 
-async def test_on_connect_the_retained_bed_states_are_put_right(broker: Broker) -> None:
-    """A retained state left by an earlier run for a bed that has no alarm now is replaced
-    by ``[]`` when the sink connects; a bed with active alarms gets its state at once."""
+async def test_on_connect_the_retained_bed_states_are_put_right(
+    broker: Broker, tmp_path: Path
+) -> None:
+    """A retained state left by an earlier run (unsigned here) for a bed that has no alarm
+    now is replaced by ``[]``, signed, when the sink connects; a bed with active alarms
+    gets its state at once."""
     prefix = "calguard/reconcile"
     ghost = [{"alert": "a-000042", "rule": "occlusion", "state": "active"}]
     async with aiomqtt.Client("127.0.0.1", broker.port, identifier="earlier-run") as earlier:
         await earlier.publish(f"{prefix}/alerts/active/B9", orjson.dumps(ghost), qos=1, retain=True)
     url = bedside_url()
-    sink = open_sink(f"mqtt://127.0.0.1:{broker.port}/{prefix}", client_id="alarms-reconcile")
+    sink = signed_sink(
+        f"mqtt://127.0.0.1:{broker.port}/{prefix}", tmp_path, client_id="alarms-reconcile"
+    )
     async with LiveBay([VirtualDriver(url)], sinks=[sink]) as bay:
         admit(url)
         reading(url, "180 ml/h")
@@ -130,9 +157,7 @@ async def test_on_connect_the_retained_bed_states_are_put_right(broker: Broker) 
             retained: dict[str, Any] = {}
             async with asyncio.timeout(10):
                 async for message in station.messages:
-                    retained[str(message.topic).rsplit("/", 1)[1]] = orjson.loads(
-                        message.payload  # type: ignore[arg-type]
-                    )
+                    retained[str(message.topic).rsplit("/", 1)[1]] = opened(tmp_path, message)
                     if retained.get("B9") == [] and "B1" in retained:
                         break
     assert retained["B9"] == []
@@ -142,7 +167,9 @@ async def test_on_connect_the_retained_bed_states_are_put_right(broker: Broker) 
 async def test_the_mqtt_sink_buffers_while_the_broker_is_down(tmp_path: Path) -> None:
     broker = Broker(tmp_path / "mosquitto").start()
     prefix = "calguard/outage"
-    sink = open_sink(f"mqtt://127.0.0.1:{broker.port}/{prefix}", client_id="alarms-outage")
+    sink = signed_sink(
+        f"mqtt://127.0.0.1:{broker.port}/{prefix}", tmp_path, client_id="alarms-outage"
+    )
     url = bedside_url()
     try:
         async with LiveBay([VirtualDriver(url)], sinks=[sink]) as bay:
@@ -160,7 +187,7 @@ async def test_the_mqtt_sink_buffers_while_the_broker_is_down(tmp_path: Path) ->
                 await station.subscribe(f"{prefix}/alerts/active/B1", qos=1)
                 await bay.until(lambda: sink.pending == 0, within=30)
                 message = await asyncio.wait_for(anext(aiter(station.messages)), 10)
-                assert any(a["rule"] == "rate-volume" for a in orjson.loads(message.payload))  # type: ignore[arg-type]
+                assert any(a["rule"] == "rate-volume" for a in opened(tmp_path, message))
         assert sink.stats.undelivered == 0 and sink.stats.retries >= 1
     finally:
         broker.stop()

@@ -22,7 +22,7 @@ import asyncio
 import collections
 import contextlib
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 from urllib.parse import urlsplit
@@ -87,6 +87,9 @@ class Sink(abc.ABC):
         self.connected = False
         self.on_undelivered: Undelivered = _log_only
         self.on_command: Callable[[bytes, str], str | None] | None = None
+        #: awaited before ``on_command`` with the same payload (the monitor looks up an
+        #: account it has not read yet, rather than refuse a new person's first command)
+        self.before_command: Callable[[bytes], Awaitable[None]] | None = None
         #: the active alarms of every bed now (set by the monitor), for a sink that keeps a
         #: per-bed state elsewhere (the MQTT sink's retained topics) to put right on connect
         self.bed_states: Callable[[], dict[str, tuple[dict[str, object], ...]]] | None = None

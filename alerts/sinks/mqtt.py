@@ -22,25 +22,32 @@
 A command becomes an ``ack``/``pause``/``reset``/``override`` event stamped by the
 monitor's clock and goes through the pipeline like any input: logged, audited, replayable.
 
+Both retained topics are signed, stamped with the time and the topic they were signed
+for (``calguard.alerts.signed_state``), so that a station can tell the monitor's word from
+a forgery: what it reads from the broker when it connects is what stays there.
+
 On every (re)connect the retained per-bed state is put right: each bed with active alarms
 gets its state now, and a retained state the broker still holds for a bed that has none
-any more (left by an earlier run, or by alarms that ended while the broker was away) is
-replaced by ``[]``.
+any more (left by an earlier run, signed with an older key, forged, or left by alarms that
+ended while the broker was away) is replaced by ``[]`` signed now.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+from pathlib import Path
 from typing import Any, ClassVar
 
 import aiomqtt
 import orjson
+from calguard.alerts.signed_state import default_state_key, load_state_key, seal
 from calguard.alerts.sinks.base import Delivery, Sink, SinkError
 from calguard.config.options import OptionSpec
 from calguard.drivers.clock import SystemClock
 from calguard.drivers.mqtt_link import LINK_OPTIONS, broker_address, password, tls_context
 from calguard.monitor.timeutil import format_ts
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 __all__ = ["MqttSink", "presence_topic"]
 
@@ -62,6 +69,12 @@ class MqttSink(Sink):
         "client_id": OptionSpec(str, "calguard-alarms", "client id of the alarm publisher"),
         **LINK_OPTIONS,
         "commands": OptionSpec(bool, True, "take acknowledge/pause/reset/override commands"),
+        "signing_key": OptionSpec(
+            str,
+            None,
+            "the key that signs the retained states (default <data dir>/keys/"
+            "state-ed25519.key, made at the first start; stations need its .pub)",
+        ),
     }
 
     def __init__(self, url: str, **options: Any) -> None:
@@ -69,6 +82,20 @@ class MqttSink(Sink):
         self.host, self.port, self.prefix, self.tls = broker_address(self.parts, self.config)
         self._client: aiomqtt.Client | None = None
         self._reader: asyncio.Task[None] | None = None
+        self._key: Ed25519PrivateKey | None = None
+
+    def _signing_key(self) -> Ed25519PrivateKey:
+        if self._key is None:
+            given = self.config["signing_key"]
+            path = Path(given) if given else default_state_key()
+            try:
+                self._key = load_state_key(path)
+            except (OSError, ValueError) as exc:
+                raise SinkError(f"the state signing key {path}: {exc}") from exc
+        return self._key
+
+    def _sealed(self, topic: str, data: object) -> bytes:
+        return seal(self._signing_key(), topic, data)
 
     async def _open(self) -> None:
         try:
@@ -76,12 +103,13 @@ class MqttSink(Sink):
         except ValueError as exc:
             raise SinkError(str(exc)) from exc
         since = _wall()
-        lost = orjson.dumps({"online": False, "lost": True, "online_since": since})
+        presence = presence_topic(self.prefix)
+        lost = self._sealed(presence, {"online": False, "lost": True, "online_since": since})
         client = aiomqtt.Client(
             self.host,
             self.port,
             identifier=self.config["client_id"],
-            will=aiomqtt.Will(presence_topic(self.prefix), lost, qos=1, retain=True),
+            will=aiomqtt.Will(presence, lost, qos=1, retain=True),
             username=self.config["username"],
             password=secret,
             protocol=aiomqtt.ProtocolVersion.V5,
@@ -97,8 +125,8 @@ class MqttSink(Sink):
                 await client.subscribe(f"{self.prefix}/alerts/active/+", qos=1)
                 for bed, state in self.bed_states().items():
                     await self._publish_state(client, bed, state)
-            online = orjson.dumps({"online": True, "since": since})
-            await client.publish(presence_topic(self.prefix), online, qos=1, retain=True)
+            online = self._sealed(presence, {"online": True, "since": since})
+            await client.publish(presence, online, qos=1, retain=True)
         except aiomqtt.MqttError as exc:
             with contextlib.suppress(aiomqtt.MqttError, OSError):
                 await client.__aexit__(None, None, None)
@@ -109,9 +137,8 @@ class MqttSink(Sink):
     async def _publish_state(
         self, client: aiomqtt.Client, bed: str, state: tuple[dict[str, object], ...]
     ) -> None:
-        await client.publish(
-            f"{self.prefix}/alerts/active/{bed}", orjson.dumps(list(state)), qos=1, retain=True
-        )
+        topic = f"{self.prefix}/alerts/active/{bed}"
+        await client.publish(topic, self._sealed(topic, list(state)), qos=1, retain=True)
 
     async def _read_commands(self, client: aiomqtt.Client) -> None:
         active = f"{self.prefix}/alerts/active/"
@@ -123,11 +150,11 @@ class MqttSink(Sink):
             )
             topic = str(message.topic)
             if topic.startswith(active):
-                # a retained state from before this connection, for a bed with no alarm now
+                # a retained state from before this connection, for a bed with no alarm now:
+                # signed again now, whoever signed it (an earlier key) or did not (a forgery)
                 bed = topic[len(active) :]
                 states = self.bed_states
-                stale = message.retain and payload != b"[]"
-                if stale and states is not None and bed not in states():
+                if message.retain and states is not None and bed not in states():
                     await self._publish_state(client, bed, ())
                 continue
             try:
@@ -136,6 +163,8 @@ class MqttSink(Sink):
                 command = None
             ident = command.get("id") if isinstance(command, dict) else None
             assert self.on_command is not None
+            if self.before_command is not None:
+                await self.before_command(payload)
             refusal = self.on_command(payload, f"{self.prefix}/commands")
             result: dict[str, object] = {"id": ident, "ok": refusal is None}
             if refusal is not None:
@@ -173,9 +202,8 @@ class MqttSink(Sink):
         client, self._client = self._client, None
         if client is not None:
             with contextlib.suppress(aiomqtt.MqttError, OSError):
-                offline = orjson.dumps({"online": False, "since": _wall()})
-                await client.publish(
-                    presence_topic(self.prefix), offline, qos=1, retain=True, timeout=1
-                )
+                topic = presence_topic(self.prefix)
+                offline = self._sealed(topic, {"online": False, "since": _wall()})
+                await client.publish(topic, offline, qos=1, retain=True, timeout=1)
             with contextlib.suppress(aiomqtt.MqttError, OSError):
                 await client.__aexit__(None, None, None)
