@@ -40,3 +40,27 @@ def test_exclusive_and_inclusive_bounds() -> None:
     timers.schedule("x", 100)
     assert list(timers.pop_due(100, inclusive=False)) == []
     assert list(timers.pop_due(100, inclusive=True)) == [(100, "x")]
+
+
+def test_a_deadline_that_comes_and_goes_every_reading_keeps_one_entry() -> None:
+    """A daily-dose timer near its limit is cancelled and scheduled again with every
+    reading: the queue reuses the cancelled entry instead of growing by one per reading,
+    and still fires exactly once, at the last deadline."""
+    q = TimerQueue()
+    for second in range(10_000):
+        q.schedule("dose", 86_400 + second)
+        q.cancel("dose")
+    q.schedule("dose", 100_000)
+    assert len(q._heap) == 1
+    assert q.next_due() == 100_000
+    assert list(q.pop_due(200_000, inclusive=True)) == [(100_000, "dose")]
+    assert len(q._heap) == 0 and q.next_due() is None
+
+
+def test_a_cancelled_deadline_never_fires_and_its_entry_goes() -> None:
+    q = TimerQueue()
+    q.schedule("a", 10)
+    q.schedule("b", 20)
+    q.cancel("a")
+    assert q.next_due() == 20 and len(q._heap) == 1  # the dead entry dropped on the way
+    assert list(q.pop_due(30, inclusive=False)) == [(20, "b")]
