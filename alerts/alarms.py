@@ -123,13 +123,42 @@ class Alarm:
         return out
 
 
+class _Alarms(dict[str, Alarm]):
+    """The alarms by id, with each bed's indexed: a bed's alarms (its retained state, for
+    every line of an alarm storm) cost what that bed has, not what the ward has."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.beds: dict[str | None, dict[str, Alarm]] = {}
+        self._bed_of: dict[str, str | None] = {}  # the bed each alarm is indexed under
+
+    def __setitem__(self, alert: str, alarm: Alarm) -> None:
+        if alert in self:
+            self._unindex(alert)
+        super().__setitem__(alert, alarm)
+        bed = alarm.last.description.bed
+        self._bed_of[alert] = bed
+        self.beds.setdefault(bed, {})[alert] = alarm
+
+    def __delitem__(self, alert: str) -> None:
+        super().__delitem__(alert)
+        self._unindex(alert)
+
+    def _unindex(self, alert: str) -> None:
+        bed = self._bed_of.pop(alert)
+        of_bed = self.beds[bed]
+        del of_bed[alert]
+        if not of_bed:
+            del self.beds[bed]
+
+
 class AlarmManager:
     """Feed it the engine's transitions (``process``) and people's actions (``act``);
     ``advance`` fires its own deadlines. Every method returns the lines to emit."""
 
     def __init__(self, policy: AlarmPolicy) -> None:
         self.policy = policy
-        self.alarms: dict[str, Alarm] = {}
+        self.alarms = _Alarms()
         self._deadlines: list[tuple[int, int, str, str]] = []  # (t, n, kind, alert)
         self._n = 0
 
@@ -391,6 +420,4 @@ class AlarmManager:
 
     def of_bed(self, bed: str | None) -> list[Alarm]:
         """One bed's alarms, the most urgent first (without sorting the whole ward's)."""
-        return sorted(
-            (a for a in self.alarms.values() if a.last.description.bed == bed), key=_urgency
-        )
+        return sorted(self.alarms.beds.get(bed, {}).values(), key=_urgency)

@@ -339,7 +339,11 @@ def _sinks(items: object, sink_class: Lookup, problem: Problem) -> list[DriverCo
 
 
 #: options every sink takes besides its own
-_SINK_OPTIONS = {"capacity": OptionSpec(int, 1000, "alarm lines kept while it is down", 1)}
+#: alarm lines a sink keeps while its receiver is slow or down: an alarm storm (every
+#: calcium channel of 5,000 silent at once: ~2,500 raised, then as many escalated) fits
+#: with room to spare, at about 2 KB a line (40 MB at most)
+SINK_CAPACITY = 20_000
+_SINK_OPTIONS = {"capacity": OptionSpec(int, SINK_CAPACITY, "alarm lines kept while it is down", 1)}
 
 Entry = tuple[str, str, dict[str, Any], Any, bool]
 

@@ -18,8 +18,9 @@ from calguard.alerts.alarms import AlarmManager
 from calguard.alerts.log import AlertLog
 from calguard.config import builtin_text, parse_library
 from calguard.monitor.engine import Engine
+from calguard.monitor.events import AlarmAction
 from calguard.monitor.timeutil import format_ts
-from calguard.monitor.transitions import AlertTransition
+from calguard.monitor.transitions import AlertTransition, Description
 
 from calguard.recovery import restore_alarms
 from calguard.replay import replay
@@ -389,3 +390,24 @@ def test_a_high_alarm_whose_condition_ended_while_the_monitor_was_down_latches()
     ]
     (left,) = restarted.active()
     assert (left.id, left.state) == (raised[0].alert, "latched")
+
+
+def test_a_bed_s_alarms_come_from_its_own_index_through_raise_clear_and_reset() -> None:
+    """``of_bed`` answers from a per-bed index (an alarm storm asks it for every line): it
+    stays exact as alarms are raised, latch, clear and are reset."""
+    manager = AlarmManager(QUIET.alarms)
+    lines = []
+    for n, bed in enumerate(["B1", "B2", "B1", None]):
+        tr = AlertTransition(
+            n, "raised", f"a-{n:06d}", "rate-volume", "high",
+            Description("", bed=bed, pump=f"P{n}", channel="A"), QUIET.version,
+        )  # fmt: skip
+        lines += manager.process([tr], n)
+    assert [a.id for a in manager.of_bed("B1")] == ["a-000000", "a-000002"]
+    assert [a.id for a in manager.of_bed(None)] == ["a-000003"]
+    cleared = replace(manager.alarms["a-000000"].last, t=10, state="cleared")
+    manager.process([cleared], 10)  # a high clinical alarm latches: still B1's
+    assert [a.id for a in manager.of_bed("B1")] == ["a-000000", "a-000002"]
+    manager.act(AlarmAction("reset", 11, "a-000000", "rn42"))
+    assert [a.id for a in manager.of_bed("B1")] == ["a-000002"]
+    assert manager.of_bed("B9") == [] and set(manager.alarms.beds) == {"B1", "B2", None}

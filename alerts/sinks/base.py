@@ -28,6 +28,7 @@ from typing import Any, ClassVar
 from urllib.parse import urlsplit
 
 from calguard.config.options import OptionSpec
+from calguard.config.site import SINK_CAPACITY
 from calguard.drivers.base import Backoff
 from calguard.monitor.transitions import AlertTransition
 
@@ -72,7 +73,7 @@ class Sink(abc.ABC):
     #: True for a sink that also takes commands in (its ``on_command`` is called with them)
     takes_commands: ClassVar[bool] = False
 
-    def __init__(self, url: str, *, capacity: int = 1000, **options: Any) -> None:
+    def __init__(self, url: str, *, capacity: int = SINK_CAPACITY, **options: Any) -> None:
         self.url = url
         self.parts = urlsplit(url)
         unknown = set(options) - set(self.options)
