@@ -633,6 +633,8 @@ class AlertLog:
         if r.event_type in ALARM_ACTIONS and r.t_us is not None:  # a person acted: audit it
             kind = "action" if r.status == "accepted" else "action-refused"
             actor = _actor(r.raw)
+            if kind == "action-refused" and actor is not None:
+                actor = f"unverified:{actor}"[:200]  # what the refused sender claimed
             self._audit(r.t_us, kind, actor, r.raw if r.reason is None else f"{r.raw}\n{r.reason}")
         if len(self._inputs) >= self.batch_size and self._writer is not None:
             self._writer.wake()

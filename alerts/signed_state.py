@@ -25,6 +25,7 @@ import hashlib
 import os
 import secrets
 from pathlib import Path
+from urllib.parse import quote, unquote
 
 import orjson
 from calguard.alerts.log import default_data_dir
@@ -37,6 +38,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 __all__ = [
     "Untrusted",
+    "bed_of_level",
+    "bed_topic",
     "default_state_key",
     "key_id",
     "load_public_key",
@@ -45,6 +48,18 @@ __all__ = [
     "seal",
     "unseal",
 ]
+
+
+def bed_topic(prefix: str, bed: str) -> str:
+    """A bed's retained-state topic: its name percent-encoded (RFC 3986) into one topic
+    level, so that a name charted as ``B9/x`` or ``B#`` is neither two levels nor a
+    wildcard (paho refuses to publish to one, and a station would never see it)."""
+    return f"{prefix}/alerts/active/{quote(bed, safe='')}"
+
+
+def bed_of_level(level: str) -> str:
+    """The bed a state topic's last level names (``bed_topic`` reversed)."""
+    return unquote(level)
 
 
 class Untrusted(Exception):
@@ -66,9 +81,11 @@ def key_id(key: Ed25519PublicKey) -> str:
     return hashlib.sha256(raw).hexdigest()[:16]
 
 
-def seal(key: Ed25519PrivateKey, topic: str, data: object) -> bytes:
-    """``data`` as the payload of ``topic``: signed, with the topic and the time."""
-    body = orjson.dumps({"topic": topic, "t": format_ts(SystemClock().now_us()), "data": data})
+def seal(key: Ed25519PrivateKey, topic: str, data: object, t: str | None = None) -> bytes:
+    """``data`` as the payload of ``topic``: signed, with the topic and the time (now, or
+    ``t``)."""
+    stamp = t if t is not None else format_ts(SystemClock().now_us())
+    body = orjson.dumps({"topic": topic, "t": stamp, "data": data})
     signature = base64.b64encode(key.sign(body)).decode()
     return orjson.dumps({"body": body.decode(), "key": key_id(key.public_key()), "sig": signature})
 

@@ -99,6 +99,13 @@ def add_alarm_parsers(sub: Any) -> None:
     alerts.add_argument("--json", action="store_true", help="JSON lines instead of a table")
     _broker_args(alerts)
     alerts.add_argument(
+        "--max-age",
+        type=float,
+        default=30.0,
+        metavar="S",
+        help="a presence the monitor signed longer ago than this is not trusted (default 30)",
+    )
+    alerts.add_argument(
         "--monitor-key",
         metavar="FILE",
         help="the monitor's public key: only states it signed are shown (default: this "
@@ -156,7 +163,14 @@ def dispatch(args: argparse.Namespace) -> int:
         if args.command == "alerts":
             access = remote.access(args)
             return asyncio.run(
-                remote.show_alerts(broker, args.bed, args.priority, args.json, access=access)
+                remote.show_alerts(
+                    broker,
+                    args.bed,
+                    args.priority,
+                    args.json,
+                    access=access,
+                    max_age=args.max_age,
+                )
             )
         return asyncio.run(remote.send_action(broker, args, access=remote.access(args)))
     if args.command == "audit":

@@ -9,7 +9,7 @@ alarm is the alarm layer's to say (``AlarmManager.act``, on the action's ``role`
 it knows each alarm's rule and priority, and so a replay of the log decides the same.
 
 A command is answered at once and never waits on the database. The guard keeps the
-accounts in memory: read at start, again every 30 s, and at once (at most every few
+accounts in memory: read at start, again every 2 s, and at once (at most every few
 seconds) when a token names an account it does not know yet. When the database cannot be
 read, the accounts as last read are used and the log says so: an outage of the database
 does not lock the nurses out. The public keys are read again with each refresh, and when a
@@ -35,7 +35,9 @@ from calguard.tokens import Claims, KeyRing, TokenError, UnknownKeyError, verify
 __all__ = ["CommandGuard"]
 
 log = logging.getLogger(__name__)
-REFRESH_S = 30.0
+#: how often the accounts are read again: a disabled account or a new password ends its
+#: tokens within this (the users table is small: a read costs about a millisecond)
+REFRESH_S = 2.0
 _LOOKUP_GAP_S = 2.0  # the accounts are read at most this often (unknown names ask for it)
 _READ_TIMEOUT_S = 10.0
 _SETTLE_S = 5.0  # how long a command of an account not yet read waits for the lookup
@@ -101,7 +103,12 @@ class CommandGuard:
                 f"account {account.name} is now {account.role}, not {claims.role} as the "
                 "token says: log in again"
             )
-        if claims.iat < account.changed_us // 1_000_000:
+        # a token without iat_us counts whole seconds: one of the second the account
+        # changed in may be older than the change, so it goes too
+        issued = claims.iat_us if claims.iat_us is not None else claims.iat * 1_000_000
+        if issued < account.changed_us or (
+            claims.iat_us is None and issued // 1_000_000 == account.changed_us // 1_000_000
+        ):
             raise AccountError(
                 f"account {account.name} was changed at {format_ts(account.changed_us)}, "
                 "after this token was issued: log in again"

@@ -25,13 +25,17 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from calguard.alerts.signed_state import (
     Untrusted,
+    bed_of_level,
+    bed_topic,
     default_state_key,
     load_public_key,
     public_key_file,
     unseal,
 )
 from calguard.alerts.sinks.mqtt import presence_topic
+from calguard.drivers.clock import SystemClock
 from calguard.drivers.mqtt_link import LINK_OPTIONS, broker_address, password, tls_context
+from calguard.monitor.timeutil import parse_ts
 from calguard.tokens import TokenError, default_token_file, holder, read_token
 
 __all__ = ["Access", "access", "send_action", "show_alerts"]
@@ -39,7 +43,10 @@ __all__ = ["Access", "access", "send_action", "show_alerts"]
 log = logging.getLogger("calguard")
 _RANK = {"high": 0, "medium": 1, "low": 2}
 _QUIET_S = 0.3  # after the presence, this long without a message and all are in
-_PRESENCE_S = 5.0  # how long the retained presence may take to arrive
+_PRESENCE_S = 5.0
+#: a presence signed longer ago than this is not taken as a running monitor's (the sink
+#: signs it every 10 s; stations' clocks are expected to be within a few seconds, NTP)
+MAX_PRESENCE_AGE_S = 30.0  # how long the retained presence may take to arrive
 
 
 @dataclass(frozen=True)
@@ -102,6 +109,7 @@ async def show_alerts(
     as_json: bool,
     *,
     access: Access | None = None,
+    max_age: float = MAX_PRESENCE_AGE_S,
 ) -> int:
     access = access or Access()
     try:
@@ -123,7 +131,7 @@ async def show_alerts(
     if monitor is None:
         return 2
     try:
-        presence = unseal(monitor, presence_topic(prefix), presence_raw)[1]
+        signed_at, presence = unseal(monitor, presence_topic(prefix), presence_raw)
     except Untrusted as exc:
         log.error(
             "the monitor's presence under %r is not signed by the monitor (%s): nothing shown",
@@ -131,18 +139,42 @@ async def show_alerts(
             exc,
         )
         return 3
-    offline = _offline(presence, prefix)
+    offline = _offline(presence, prefix) or _stale(presence, signed_at, prefix, max_age)
     if offline is not None:
         # a dead monitor must never look like a quiet ward
         log.error("%s", offline)
         return 3
-    alarms, untrusted = _trusted(monitor, prefix, states, bed)
+    assert isinstance(presence, dict)
+    latest = presence.get("beds")
+    alarms, untrusted = _trusted(
+        monitor,
+        prefix,
+        states,
+        bed,
+        latest if isinstance(latest, dict) else None,
+        _us(signed_at) or 0,
+    )
     _print_rows(alarms, bed, priority, as_json, prefix, quiet=not untrusted)
     for name, why in sorted(untrusted.items()):
         log.error(
             "the retained state of %s is not signed by the monitor (%s): not shown", name, why
         )
     return 3 if untrusted else 0
+
+
+def _replayed(t: str, listed: object, presence_us: int) -> str | None:
+    """Why a genuine signed state is not the bed's current one, or None."""
+    at = _us(t)
+    if at is None:
+        return "its time cannot be read"
+    if isinstance(listed, str):
+        latest = _us(listed)
+        if latest is not None and at < latest:
+            return f"it was signed at {t}, before the bed's latest state ({listed}): a replay"
+        return None
+    if at < presence_us:
+        return f"it was signed at {t} and the monitor's presence does not list it: a replay"
+    return None
 
 
 def _monitor_key(path: Path) -> Ed25519PublicKey | None:
@@ -186,24 +218,60 @@ async def _retained(client: aiomqtt.Client, prefix: str) -> tuple[bytes | None, 
             if str(message.topic) == presence_topic(prefix):
                 presence = payload
             else:
-                states[str(message.topic).rsplit("/", 1)[-1]] = payload
+                states[bed_of_level(str(message.topic).rsplit("/", 1)[-1])] = payload
     return presence, states
 
 
+def _us(ts: str) -> int | None:
+    try:
+        return parse_ts(ts)
+    except ValueError:
+        return None
+
+
+def _stale(presence: object, signed_at: str, prefix: str, max_age: float) -> str | None:
+    """Why a signed presence is too old to vouch for the states (a monitor that stopped
+    signing: gone, cut off, or an old presence replayed), or None."""
+    at = _us(signed_at)
+    heartbeat = isinstance(presence, dict) and "beds" in presence  # a monitor that beats
+    if not heartbeat or at is None:
+        return None
+    age = (SystemClock().now_us() - at) / 1e6
+    if age <= max_age:
+        return None
+    return (
+        f"the monitor's presence under {prefix!r} was last signed at {signed_at}, "
+        f"{age:.0f} s ago (it signs it every few seconds): the monitor may be gone or cut "
+        "off, or this is an old presence replayed; the alarms are not shown as current"
+    )
+
+
 def _trusted(
-    monitor: Ed25519PublicKey, prefix: str, states: dict[str, bytes], bed: str | None
+    monitor: Ed25519PublicKey,
+    prefix: str,
+    states: dict[str, bytes],
+    bed: str | None,
+    latest: dict[str, object] | None,
+    presence_us: int,
 ) -> tuple[dict[str, list[dict[str, object]]], dict[str, str]]:
     """The alarms of each bed (of ``bed`` only, if given) whose state the monitor signed,
-    and why each other bed's state cannot be trusted."""
+    and why each other bed's state cannot be trusted. ``latest``: when the monitor signed
+    each bed's current state, as its presence says (None from a monitor that does not say):
+    an older signed state is a replay; one the presence does not list must be newer than
+    the presence."""
     alarms: dict[str, list[dict[str, object]]] = {}
     untrusted: dict[str, str] = {}
     for name, raw in states.items():
         if bed is not None and name != bed:
             continue
         try:
-            _, data = unseal(monitor, f"{prefix}/alerts/active/{name}", raw)
+            t, data = unseal(monitor, bed_topic(prefix, name), raw)
         except Untrusted as exc:
             untrusted[name] = str(exc)
+            continue
+        why = None if latest is None else _replayed(t, latest.get(name), presence_us)
+        if why is not None:
+            untrusted[name] = why
             continue
         alarms[name] = [a for a in data if isinstance(a, dict)] if isinstance(data, list) else []
     return alarms, untrusted
@@ -311,7 +379,10 @@ async def send_action(
             await client.publish(f"{prefix}/commands", orjson.dumps(command), qos=1)
             async with asyncio.timeout(args.wait):
                 async for message in client.messages:
-                    result = orjson.loads(message.payload)
+                    try:
+                        result = orjson.loads(_raw(message.payload))
+                    except orjson.JSONDecodeError:
+                        continue  # not an answer of the monitor's, nor ours
                     if isinstance(result, dict) and result.get("id") == ident:
                         break
     except TimeoutError:

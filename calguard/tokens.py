@@ -93,6 +93,9 @@ class Claims:
     exp: int
     jti: str
     kid: str
+    #: when it was issued, in microseconds (``iat_us``): an account changed in the same
+    #: second as a login is told from one changed after it; None in a token without it
+    iat_us: int | None = None
 
 
 def default_keys_dir() -> Path:
@@ -258,8 +261,13 @@ def issue(keys: KeyRing, name: str, role: str, *, ttl_s: int, now_s: float) -> s
         "iat": iat,
         "exp": iat + ttl_s,
         "jti": uuid.uuid4().hex,
+        "iat_us": int(now_s * 1_000_000),
     }
     return jwt.encode(claims, key, algorithm=ALGORITHM, headers={"kid": kid})
+
+
+#: far more than a token of ours (about 400 characters); a longer one is not parsed
+MAX_TOKEN_CHARS = 4096
 
 
 def verify(token: object, keys: Mapping[str, Ed25519PublicKey], now_s: float) -> Claims:
@@ -267,9 +275,11 @@ def verify(token: object, keys: Mapping[str, Ed25519PublicKey], now_s: float) ->
     else ``TokenError`` naming the cause."""
     if not isinstance(token, str) or not token:
         raise TokenError("no token: log in first (calguard login), then send the command")
+    if len(token) > MAX_TOKEN_CHARS:
+        raise TokenError(f"not a signed token: {len(token)} characters, a token has far fewer")
     try:
         header = jwt.get_unverified_header(token)
-    except jwt.DecodeError:
+    except jwt.PyJWTError:  # any header PyJWT refuses (a non-text kid, a crit it lacks ...)
         raise TokenError("not a signed token: log in again (calguard login)") from None
     kid, alg = header.get("kid"), header.get("alg")
     if alg != ALGORITHM:
@@ -291,7 +301,7 @@ def verify(token: object, keys: Mapping[str, Ed25519PublicKey], now_s: float) ->
         raise TokenError("signature invalid") from None
     except jwt.MissingRequiredClaimError as exc:
         raise TokenError(f"the token has no {exc.claim!r} claim") from None
-    except jwt.InvalidTokenError as exc:
+    except jwt.PyJWTError as exc:
         raise TokenError(f"not a valid token: {exc}") from None
     return _valid(claims, kid, now_s)
 
@@ -321,7 +331,10 @@ def _valid(claims: dict[str, object], kid: str, now_s: float) -> Claims:
         raise TokenError(f"the token lives longer than {MAX_TTL_S // 3600} h")
     if role not in ROLES:
         raise TokenError(f"the token's role {role!r} is not one of {', '.join(ROLES)}")
-    return Claims(sub, role, iat, exp, jti, kid)
+    iat_us = claims.get("iat_us")
+    if iat_us is not None and not (type(iat_us) is int and iat_us // 1_000_000 == iat):
+        raise TokenError("the token's iat_us does not match its iat")
+    return Claims(sub, role, iat, exp, jti, kid, iat_us)
 
 
 # -- the token file --------------------------------------------------------------------------

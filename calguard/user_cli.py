@@ -180,10 +180,13 @@ async def _user(args: argparse.Namespace) -> int:
         elif args.user_command == "passwd":
             assert password is not None
             await accounts.passwd(name, password)
-            print(f"account {name}: password changed; its earlier tokens no longer hold")
+            print(
+                f"account {name}: password changed; running monitors refuse its earlier "
+                "tokens within 2 s"
+            )
         elif args.user_command == "disable":
             await accounts.disable(name)
-            print(f"account {name} disabled; its tokens no longer hold")
+            print(f"account {name} disabled; running monitors refuse its tokens within 2 s")
         else:
             await accounts.enable(name)
             print(f"account {name} enabled")

@@ -91,7 +91,7 @@ async def test_every_transition_action_and_batch_of_inputs_is_chained_and_verifi
     assert kinds.count("action") == 2 and kinds.count("action-refused") == 1
     assert kinds.count("inputs") >= 1
     refused = next(r for r in rows if r.kind == "action-refused")
-    assert refused.actor == "rn42" and "a-000099" in refused.payload
+    assert refused.actor == "unverified:rn42" and "a-000099" in refused.payload
     assert [r.seq for r in rows] == list(range(1, len(rows) + 1))
     assert {r.key_id for r in rows} == {load_key(default_audit_key(), create=False).id}
     overridden = next(r for r in rows if r.kind == "transition" and '"overridden"' in r.payload)
@@ -231,9 +231,9 @@ def test_an_exported_user_id_never_runs_as_a_formula_and_still_verifies(tmp_path
     by_evil = [r for r in rows if evil in r["actor"]]
     assert len(by_evil) == 3  # the acknowledgement, its transition and the refused one
     key = load_key(default_audit_key(), create=False)
-    for r in by_evil:
-        assert r["actor"] == "'" + evil
-        actor = r["actor"][1:]  # undo the escape
+    for r in by_evil:  # neutralised; a refused sender's claim is marked unverified
+        assert r["actor"] in ("'" + evil, "unverified:" + evil)
+        actor = r["actor"][1:] if r["actor"].startswith("'") else r["actor"]  # undo the escape
         session, seq, t_us = int(r["session"]), int(r["seq"]), parse_ts(r["time"])
         entry = Entry(
             session, t_us, r["kind"], actor, r["payload"], r["subject"] or None, r["digest"] or None

@@ -6,6 +6,7 @@ as the driver does, over TLS with a client certificate too."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import os
 import stat
 import subprocess
@@ -204,3 +205,123 @@ def certificates(directory: Path) -> dict[str, Path]:
                 str(files["ca.key"]), "-CAcreateserial", "-days", "1",
                 "-extfile", str(files["san.ext"]), "-out", str(files[f"{who}.pem"]))  # fmt: skip
     return files
+
+
+async def test_a_bed_named_like_a_topic_or_a_wildcard_neither_hides_nor_stops_anything(
+    broker: Broker, tmp_path: Path
+) -> None:
+    """A charting app may name a bed ``B#`` or ``B9/x``: its retained state goes to one
+    percent-encoded topic level, the sink keeps running, and the station shows its alarms
+    under the bed's own name."""
+    key = tmp_path / "keys" / "state-ed25519.key"
+    url = f"mqtt://127.0.0.1:{broker.port}/{PREFIX}"
+    sink = open_sink(url, client_id="odd-beds", signing_key=str(key))
+    bedside = "virtual://odd-beds"
+    alerts = ("alerts", "--broker", url, "--monitor-key", str(public_key_file(key)), "--json")
+    async with LiveBay([VirtualDriver(bedside)], sinks=[sink]) as bay:
+        too_fast(bedside, bed="B#")
+        for event in admission(now_ts(), bed="B9/x", line="L2", pump="P2"):
+            VirtualDriver.put(bedside, event)
+        VirtualDriver.put(bedside, {"t": now_ts(), "type": "reading", "pump": "P2",
+                                    "rate": "180 ml/h", "drug": CA})  # fmt: skip
+        await bay.until(
+            lambda: (
+                {a["bed"] for a in bay.of("rate-volume")} == {"B#", "B9/x"}
+                and sink.pending == 0
+                and sink.connected
+            )
+        )
+        code, out, err = await calguard(*alerts)
+        assert sink.connected and sink.stats.undelivered == 0
+        one = await calguard(*alerts, "--bed", "B9/x")
+    assert code == 0, err
+    shown = {a["bed"] for a in map(orjson.loads, out.splitlines())}
+    assert shown == {"B#", "B9/x"}
+    assert one[0] == 0 and {orjson.loads(x)["bed"] for x in one[1].splitlines()} == {"B9/x"}
+
+
+async def test_a_command_the_checks_cannot_read_is_refused_and_the_sink_stays(
+    broker: Broker, tmp_path: Path
+) -> None:
+    """A token whose header PyJWT refuses (a key id that is not text), a command of 1 MB:
+    each is refused with its reason, and the alarm sink's command reader keeps going."""
+    url = f"mqtt://127.0.0.1:{broker.port}/{PREFIX}"
+    sink = open_sink(url, client_id="hostile-commands", signing_key=str(tmp_path / "k.key"))
+    bedside = "virtual://hostile-commands"
+
+    def b64(obj: object) -> str:
+        return base64.urlsafe_b64encode(orjson.dumps(obj)).rstrip(b"=").decode()
+
+    bad_kid = f"{b64({'alg': 'EdDSA', 'kid': {'a': 1}})}.{b64({'sub': 'x'})}.c2ln"
+    async with LiveBay([VirtualDriver(bedside)], sinks=[sink]) as bay:
+        too_fast(bedside)
+        await bay.until(lambda: bay.of("rate-volume") and sink.connected)
+        alert_id = bay.of("rate-volume")[0]["alert"]
+        async with aiomqtt.Client(broker.host, broker.port, identifier="hostile") as station:
+            await station.subscribe(f"{PREFIX}/commands/results", qos=1)
+            results = aiter(station.messages)
+            answers = []
+            for n, body in enumerate(
+                (
+                    {"action": "ack", "alert": alert_id, "token": bad_kid},
+                    {"action": "ack", "alert": alert_id, "token": "x" * 1_000_000},
+                )
+            ):
+                await station.publish(
+                    f"{PREFIX}/commands", orjson.dumps({"id": f"h-{n}", **body}), qos=1
+                )
+                async with asyncio.timeout(15):
+                    answer = (await anext(results)).payload
+                assert isinstance(answer, bytes)
+                answers.append(orjson.loads(answer))
+        assert sink.connected and sink.stats.retries == 0  # the reader never fell over
+    assert [a["ok"] for a in answers] == [False, False]
+    assert "not a signed token" in answers[0]["reason"]
+    assert "1000" in answers[1]["reason"] and "at most" in answers[1]["reason"]
+    assert bay.monitor.pipeline.alarms is not None
+    assert bay.monitor.pipeline.alarms.alarms[alert_id].state == "active"
+    assert not any("x" * 100 in r.raw for r in bay.records)  # logged by its digest only
+
+
+async def test_an_old_genuine_state_or_presence_replayed_is_not_taken_for_the_current_one(
+    broker: Broker, tmp_path: Path
+) -> None:
+    """Signed is not enough: the presence is signed again every heartbeat with the time of
+    each bed's latest state, so an earlier genuine state of B1 retained again, or a
+    captured "online" presence retained after the monitor stopped, is named and not shown."""
+    key = tmp_path / "keys" / "state-ed25519.key"
+    url = f"mqtt://127.0.0.1:{broker.port}/{PREFIX}"
+    sink = open_sink(url, client_id="beating", signing_key=str(key), heartbeat=1.0)
+    bedside = "virtual://beating"
+    alerts = ("alerts", "--broker", url, "--monitor-key", str(public_key_file(key)), "--json")
+    b1, presence = f"{PREFIX}/alerts/active/B1", f"{PREFIX}/alerts/status"
+    async with aiomqtt.Client(broker.host, broker.port, identifier="recorder") as recorder:
+        await recorder.subscribe(b1, qos=1)
+        await recorder.subscribe(presence, qos=1)
+        heard: dict[str, list[bytes]] = {b1: [], presence: []}
+
+        async def record() -> None:
+            async for message in recorder.messages:
+                assert isinstance(message.payload, bytes)
+                heard[str(message.topic)].append(message.payload)
+
+        recording = asyncio.create_task(record())
+        try:
+            async with LiveBay([VirtualDriver(bedside)], sinks=[sink]) as bay:
+                too_fast(bedside)
+                await bay.until(lambda: len(heard[b1]) >= 2 and sink.pending == 0)
+                await asyncio.sleep(1.5)  # a heartbeat lists B1's latest state
+                code, _, err = await calguard(*alerts)
+                assert code == 0, err
+                online = heard[presence][-1]
+                await recorder.publish(b1, heard[b1][0], qos=1, retain=True)  # the first one
+                code, _, replayed = await calguard(*alerts)
+            # the monitor stopped (its presence says so); a captured "online" one retained
+            await recorder.publish(presence, online, qos=1, retain=True)
+            await asyncio.sleep(2.5)
+            gone = await calguard(*alerts, "--max-age", "2")
+        finally:
+            recording.cancel()
+    assert code == 3 and "the retained state of B1 is not signed by the monitor" in replayed
+    assert "a replay" in replayed
+    assert gone[0] == 3 and "was last signed at" in gone[2] and "s ago" in gone[2]
