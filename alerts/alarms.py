@@ -156,11 +156,18 @@ class AlarmManager:
     """Feed it the engine's transitions (``process``) and people's actions (``act``);
     ``advance`` fires its own deadlines. Every method returns the lines to emit."""
 
-    def __init__(self, policy: AlarmPolicy) -> None:
+    def __init__(self, policy: AlarmPolicy, library: str | None = None) -> None:
         self.policy = policy
+        #: the library version this layer's own lines carry (None: their alert's line's)
+        self.library = library
         self.alarms = _Alarms()
         self._deadlines: list[tuple[int, int, str, str]] = []  # (t, n, kind, alert)
         self._n = 0
+
+    def use(self, policy: AlarmPolicy, library: str) -> None:
+        """A newly published library's policy from now on (deadlines already set stand),
+        and its version on every line from now on."""
+        self.policy, self.library = policy, library
 
     # -- time ------------------------------------------------------------------------------
 
@@ -349,6 +356,8 @@ class AlarmManager:
         line = replace(
             alarm.last, t=t, state=state, by=None, reason=None, audience=None, until=None
         )
+        if self.library is not None:
+            line = replace(line, library=self.library)
         return [replace(line, **extra)]  # type: ignore[arg-type]
 
     # -- views -------------------------------------------------------------------------------

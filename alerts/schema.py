@@ -40,6 +40,7 @@ __all__ = [
     "alert_transitions",
     "audit_chain",
     "inputs",
+    "library_steps",
     "library_versions",
     "log_identity",
     "log_writers",
@@ -196,6 +197,29 @@ users = Table(
 )
 
 
+# The pharmacist's lifecycle of the drug library (calguard.alerts.library_store): each
+# step - a draft checked, an approval with the warnings it acknowledged, a publication to a
+# unit, a rollback - one row, by an authenticated account, with the audit-chain entry that
+# records it. The library's text is in library_versions (by its content hash); what a unit
+# runs is its newest publish or rollback. Times are wall-clock microseconds.
+library_steps = Table(
+    "library_steps",
+    metadata,
+    Column("id", _Id, primary_key=True, autoincrement=True),
+    Column("t_us", BigInteger, nullable=False),
+    Column("step", String(16), nullable=False),  # draft | approve | publish | rollback
+    Column("version", String(80), nullable=False),  # the content hash (library_versions)
+    Column("unit", Text),  # publish, rollback: the site config's name
+    Column("profile", String(40)),  # publish, rollback: the care-area profile the unit runs
+    Column("actor", String(32), nullable=False),  # the account, from its verified token
+    Column("role", String(32), nullable=False),
+    Column("detail", Text, nullable=False),  # JSON: warnings acknowledged, approvers ...
+    Column("audit_seq", BigInteger),  # the audit-chain entry of this step
+    Index("ix_library_steps_unit", "unit", "id"),
+    Index("ix_library_steps_version", "version"),
+)
+
+
 @dataclass(frozen=True)
 class Migration:
     version: int
@@ -244,6 +268,10 @@ def _v6(conn: Connection, _now_us: int) -> None:
             conn.execute(text(f"ALTER TABLE audit_chain ADD COLUMN {name} {kind}"))
 
 
+def _v7(conn: Connection, _now_us: int) -> None:
+    metadata.create_all(conn, tables=[library_steps], checkfirst=True)
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "inputs, alert transitions, sessions and library versions", _v1),
     Migration(2, "tamper-evident audit chain of alert transitions and user actions", _v2),
@@ -251,6 +279,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(4, "the site of each session, so training and other sites never warm-start one", _v4),
     Migration(5, "people's accounts: role, Argon2id password hash, disabled", _v5),
     Migration(6, "a keyed audit chain covering alert transitions and batches of inputs", _v6),
+    Migration(7, "the drug library's lifecycle: drafts, approvals, publications, rollbacks", _v7),
 )
 
 

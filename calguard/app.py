@@ -16,12 +16,20 @@ in the database or in its local spool. A log task reports the log's state as a `
 event, logged and replayable, that the engine turns into the ``log-unavailable`` alarm:
 raised while rows go to the spool, escalated to high when even the spool cannot be
 written, cleared once the spool is drained. Alarming never waits for the log.
+
+The drug library is followed the same way. A library task (``calguard.library_watch``)
+polls the log for what a pharmacist published to the unit and switches the engine to it
+between two inputs (``switch_library``: logged, replayable, every alert line after it
+carrying the new version); a monitor started on a library no pharmacist approved reports
+so as a ``monitor`` event (the ``library-unapproved`` alarm) until an approved one is
+published. The sinks' presence says which library runs.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 from collections.abc import Callable, Sequence
 
@@ -29,14 +37,15 @@ import orjson
 
 from calguard.alerts.accounts import AccountError
 from calguard.alerts.log import AlertLog, LogStatus
-from calguard.alerts.sinks.base import Delivery, Sink
+from calguard.alerts.sinks.base import MAX_COMMAND_BYTES, Delivery, Sink
 from calguard.drivers.base import Driver, Inbound
 from calguard.guard import CommandGuard
+from calguard.library_watch import LibraryWatch, switch_input
 from calguard.monitor.clock import Clock
 from calguard.monitor.engine import Engine
 from calguard.monitor.events import ALARM_ACTIONS
 from calguard.monitor.library import Library
-from calguard.monitor.rules.system import LOG_KEY
+from calguard.monitor.rules.system import LOG_KEY, UNAPPROVED_KEY
 from calguard.monitor.timeutil import format_ts
 from calguard.monitor.transitions import AlertTransition
 from calguard.pipeline import Pipeline
@@ -87,6 +96,8 @@ class Monitor:
         sinks: Sequence[Sink] = (),
         guard: CommandGuard | None = None,
         file_actions: bool = False,
+        library_watch: LibraryWatch | None = None,
+        approved: bool = True,
     ) -> None:
         self.library = library
         self.drivers = list(drivers)
@@ -99,6 +110,7 @@ class Monitor:
         for sink in self.sinks:
             sink.on_undelivered = self._undelivered
             sink.bed_states = self._bed_states
+            sink.presence = self._running_library
             if sink.takes_commands:
                 sink.on_command = self.command
                 sink.before_command = self.settle_command
@@ -119,6 +131,11 @@ class Monitor:
         active = self.engine.active.get(LOG_KEY)
         #: what the engine was last told of the log: (unavailable, still recorded)
         self._log_reported = (active is not None, active is None or active.priority != "high")
+        #: follows what is published to the unit (None: runs the library it started with)
+        self.library_watch = library_watch
+        self._approved = approved
+        #: what the engine was last told: the library runs unapproved
+        self._unapproved_reported = UNAPPROVED_KEY in self.engine.active
 
     def stop(self) -> None:
         """Ask ``run`` to finish: the drivers stop between two inputs."""
@@ -128,6 +145,7 @@ class Monitor:
         if self._running:
             raise RuntimeError("the monitor is already running")
         self._running = True
+        self._report_unapproved(not self._approved)
         try:
             async with asyncio.TaskGroup() as group:
                 tasks = [
@@ -139,6 +157,9 @@ class Monitor:
                     tasks.append(group.create_task(self._watch_log(self.log), name="log state"))
                 if self.guard is not None:
                     tasks.append(group.create_task(self.guard.run(), name="accounts"))
+                if self.library_watch is not None:
+                    watch = self.library_watch.run(lambda: self.engine.library, self.switch_library)
+                    tasks.append(group.create_task(watch, name="library"))
                 senders = [group.create_task(s.run(), name=f"sink {s.url}") for s in self.sinks]
                 await self._stopping.wait()
                 if self.log is not None:  # what was processed is acknowledged before the
@@ -212,6 +233,54 @@ class Monitor:
             log.critical("NOTHING IS BEING RECORDED: %s; monitoring goes on", status.reason)
         self.emit(self.pipeline.feed_object(event, raw=orjson.dumps(event), source="monitor"))
 
+    def switch_library(self, library: Library) -> bool:
+        """Run ``library`` from now on (a pharmacist published it to this unit): logged as
+        an input of the monitor's own, so a replay switches too; the alarm of an unapproved
+        library ends (only an approved library is published). False, with the reason
+        logged, when the engine cannot take it: the running library stays."""
+        running = self.engine.library
+        now = self.clock.now_us()
+        obj = switch_input(library, running, now)
+        transitions = self.pipeline.switch(library, raw=orjson.dumps(obj), source="library", t=now)
+        self.emit(transitions)
+        refusal = self.pipeline.refusal
+        if refusal is not None:
+            log.error("library %s not taken: %s", library.version, refusal)
+            return False
+        log.warning("now running library %s (was %s)", library.version, running.version)
+        self.library = library
+        self._report_unapproved(False)
+        self._timer_moved.set()  # the deadlines are the new library's
+        for sink in self.sinks:
+            sink.announce()
+        return True
+
+    def _report_unapproved(self, unapproved: bool) -> None:
+        """Whether the library runs without a pharmacist's approval, as an input of the
+        monitor's own (logged: a replay raises and clears the alarm as the live run did)."""
+        if unapproved == self._unapproved_reported:
+            return
+        self._unapproved_reported = unapproved
+        event: dict[str, object] = {
+            "t": format_ts(self.clock.now_us()),
+            "type": "monitor",
+            "condition": "library-unapproved",
+            "active": unapproved,
+            "detail": self.engine.library.version,
+        }
+        if unapproved:
+            log.critical(
+                "the drug library %s was never approved by a pharmacist: monitoring goes on, "
+                "with the library-unapproved alarm, until an approved one is published",
+                self.engine.library.version,
+            )
+        self.emit(self.pipeline.feed_object(event, raw=orjson.dumps(event), source="monitor"))
+
+    def _running_library(self) -> dict[str, object]:
+        """What the sinks' presence says this monitor runs."""
+        library = self.engine.library
+        return {"library": library.version, "profile": library.profile}
+
     def _process(self, item: Inbound) -> None:
         now = self.clock.now_us()
         if item.problem is not None:
@@ -255,7 +324,7 @@ class Monitor:
 
     async def settle_command(self, raw: bytes) -> None:
         """Before ``command``: a valid token of an account not read yet waits for its lookup."""
-        if self.guard is None:
+        if self.guard is None or len(raw) > MAX_COMMAND_BYTES:
             return
         try:
             obj = orjson.loads(raw)
@@ -273,12 +342,20 @@ class Monitor:
         permissions decide on the role, as a replay will. Returns None if applied, else
         the reason. A refused command is logged without its token: a credential is never
         written to the log."""
-        try:
-            obj = orjson.loads(raw)
-        except orjson.JSONDecodeError as exc:
-            obj, why = None, f"not JSON: {exc}"
+        if len(raw) > MAX_COMMAND_BYTES:
+            obj, why = None, f"a command of {len(raw)} bytes: at most {MAX_COMMAND_BYTES} are read"
         else:
-            why = "a JSON object is expected"
+            try:
+                obj = orjson.loads(raw)
+            except orjson.JSONDecodeError as exc:
+                obj, why = None, f"not JSON: {exc}"
+            else:
+                why = "a JSON object is expected"
+        if not isinstance(obj, dict):
+            # what cannot be read as a command is kept by its size and digest: it may be
+            # huge, and it may hold a token that must not reach the log
+            digest = hashlib.sha256(raw).hexdigest()
+            raw = orjson.dumps({"command_bytes": len(raw), "sha256": digest})
         if isinstance(obj, dict):
             event, why = self._action(obj)
             if event is not None:

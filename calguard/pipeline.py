@@ -6,6 +6,10 @@ dropped silently: it goes to the journal (the durable log) as a rejected record 
 reason, is reported on the ``calguard.input`` logger, and - when it names a pump -
 raises ``telemetry-invalid`` for that pump channel. Records are only built when there is
 a journal to keep them.
+
+A switch to a newly published drug library is an input too (``switch``): the live
+monitor's own, logged, and made again from its logged line by a replay
+(``calguard.library_watch``).
 """
 
 from __future__ import annotations
@@ -15,6 +19,8 @@ from dataclasses import replace
 from typing import Protocol
 
 from calguard.alerts.alarms import AlarmManager
+from calguard.alerts.library_store import SWITCH
+from calguard.library_watch import switched_library
 from calguard.monitor.engine import Engine
 from calguard.monitor.errors import EventError, QuantityError
 from calguard.monitor.events import (
@@ -30,6 +36,7 @@ from calguard.monitor.events import (
 from calguard.monitor.events import (
     Clock as ClockEvent,
 )
+from calguard.monitor.library import Library
 from calguard.monitor.records import InputRecord
 from calguard.monitor.timeutil import parse_ts
 from calguard.monitor.transitions import AlertTransition
@@ -61,7 +68,8 @@ class Pipeline:
         self.engine = engine
         self.journal = journal
         #: the alarm layer (acknowledge, pause, escalation ...); None: the engine's lines only
-        self.alarms = AlarmManager(engine.library.alarms) if alarms else None
+        library = engine.library
+        self.alarms = AlarmManager(library.alarms, library.version) if alarms else None
         self.counts: dict[str, int] = {
             "accepted": 0,
             "rejected": 0,
@@ -97,6 +105,8 @@ class Pipeline:
         self.refusal = None
         if isinstance(obj, dict) and obj.get("type") == WIRE and received_us is None:
             return self._replayed_wire(obj, raw, source, line_no)
+        if isinstance(obj, dict) and obj.get("type") == SWITCH and received_us is None:
+            return self._replayed_switch(obj, raw, source, line_no)
         try:
             received = received_time(obj) if received_us is None else received_us
             speed = clock_speed(obj) if received is not None else 1.0
@@ -138,6 +148,49 @@ class Pipeline:
             log.info("%s: %s", _where(source, line_no), note)
         self._journal(raw, source, status, event, line_no, note, received)
         return transitions
+
+    def switch(
+        self,
+        library: Library,
+        *,
+        raw: bytes | str,
+        source: str,
+        t: int,
+        line_no: int | None = None,
+    ) -> list[AlertTransition]:
+        """``library`` runs from ``t`` on: what fell due before ``t`` first, under the
+        running library; then the engine evaluates every subject again under the new one
+        and the alarm layer takes its policy. Logged as an input (``library``); refused,
+        with the reason, when the engine cannot take it (``refusal`` says why)."""
+        self.refusal = None
+        early = self._alarm(self.engine.advance(t))
+        try:
+            transitions = self.engine.swap(library, t)
+        except EventError as exc:
+            return early + self._reject(raw, source, line_no, exc, {"type": SWITCH}, t)
+        if self.alarms is not None:
+            self.alarms.use(library.alarms, library.version)
+        self.counts["accepted"] += 1
+        log.info("%s: %s runs from now on", _where(source, line_no), library.version)
+        if self.journal is not None:
+            record = InputRecord.from_raw(
+                raw, source, "accepted", t_us=t, line_no=line_no, event_type=SWITCH
+            )
+            self.journal.add_input(record)
+        return early + self._alarm(transitions)
+
+    def _replayed_switch(
+        self, obj: dict[str, object], raw: bytes | str, source: str, line_no: int | None
+    ) -> list[AlertTransition]:
+        """A switch of library as the live monitor logged it: made again, at its time."""
+        t = _valid_time(obj)
+        try:
+            if t is None:
+                raise EventError("t", obj.get("t"), "the time of the switch is required")
+            library = switched_library(obj)
+        except EventError as exc:
+            return self._reject(raw, source, line_no, exc, obj)
+        return self.switch(library, raw=raw, source=source, t=t, line_no=line_no)
 
     def _alarm(
         self, transitions: list[AlertTransition], *, inclusive: bool = False

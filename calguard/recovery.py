@@ -27,6 +27,7 @@ from typing import Any, Protocol
 import orjson
 
 from calguard.alerts.alarms import AlarmManager
+from calguard.alerts.library_store import SWITCH
 from calguard.alerts.log import AlertLog
 from calguard.monitor.engine import Engine
 from calguard.monitor.events import ALARM_ACTIONS
@@ -192,6 +193,8 @@ async def warm_start(
     skipped = 0
     for row in rows:
         if row.event_type in ALARM_ACTIONS:  # people's actions: the alarm layer's own lines
+            continue
+        if row.event_type == SWITCH:  # the library this session starts on is the one to run
             continue
         t_us = getattr(row, "t_us", None)
         if t_us is not None and t_us > now_us + _FUTURE_US:

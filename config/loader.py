@@ -6,6 +6,16 @@ pharmacist can act on::
 
     nicu.toml: rules.rate-volume.limit: "2 ml/h" is 0.03333 ml/min, outside the plausible
     range 0.1-10 ml/min for this setting; did you mean "2 ml/min"?
+
+A "did you mean" never proposes another dose for what was understood: it re-spells a
+number written without a unit or with a misspelt one, or offers the usual unit for a value
+that is implausible as written. mEq and % w/v are read (or refused) with their one meaning,
+never swapped for mmol or mg/ml (``calguard.monitor.units``).
+
+Besides problems, a library has warnings: a rule switched off, a technical rule's section
+taken from the built-in library, and every setting looser than the clinical reference's
+default (``calguard.config.departures``). Care-area profiles are checked as the library is
+(``calguard.config.profiles``); ``profile`` picks the one a unit runs.
 """
 
 from __future__ import annotations
@@ -19,8 +29,10 @@ from dataclasses import dataclass, field
 from functools import cache
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
+from calguard.config.departures import alarm_departures, rule_departures
+from calguard.config.profiles import profile_tables
 from calguard.config.schema import (
     CLASSES,
     PRIORITIES,
@@ -34,6 +46,7 @@ from calguard.config.schema import (
 from calguard.monitor import units
 from calguard.monitor.errors import ConfigError, ConfigProblem, QuantityError
 from calguard.monitor.library import (
+    PROFILE_MARK,
     AlarmPolicy,
     ConfiguredQuantity,
     Library,
@@ -57,7 +70,7 @@ __all__ = [
 
 BUILTIN = "built-in"
 _ID = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}\Z")
-_TOP_KEYS = ("library", "matching", "salts", "products", "rules", "alarms")
+_TOP_KEYS = ("library", "matching", "salts", "products", "rules", "alarms", "profiles")
 _PRODUCT_KEYS = ("id", "name", "aliases", "class", "salt", "concentration", "elemental_calcium")
 # a stated elemental calcium content may differ this much from salt x concentration
 # (the label rounds: 9.3 mg/ml is 0.2320 mmol/ml, printed 0.2325)
@@ -75,17 +88,18 @@ class LoadResult:
     warnings: list[ConfigProblem] = field(default_factory=list)
 
 
-def load_library(path: str | Path | None = None) -> Library:
-    """The library at ``path`` (the built-in one when None); ``ConfigError`` if unusable."""
-    result = check_library(path)
+def load_library(path: str | Path | None = None, profile: str | None = None) -> Library:
+    """The library at ``path`` (the built-in one when None), as the care-area ``profile``
+    has it when one is named; ``ConfigError`` if unusable."""
+    result = check_library(path, profile)
     if result.library is None:
         raise ConfigError(result.problems)
     return result.library
 
 
-def check_library(path: str | Path | None = None) -> LoadResult:
+def check_library(path: str | Path | None = None, profile: str | None = None) -> LoadResult:
     if path is None:
-        return parse_library(builtin_text(), BUILTIN)
+        return parse_library(builtin_text(), BUILTIN, profile)
     source = str(path)
     try:
         text = Path(path).read_text("utf-8")
@@ -95,19 +109,28 @@ def check_library(path: str | Path | None = None) -> LoadResult:
         return LoadResult(None, [ConfigProblem(source, "", f"not UTF-8 text ({exc.reason})")])
     except OSError as exc:
         return LoadResult(None, [ConfigProblem(source, "", f"cannot be read ({exc.strerror})")])
-    return parse_library(text, source)
+    return parse_library(text, source, profile)
 
 
-def parse_library(text: str, source: str) -> LoadResult:
+def parse_library(text: str, source: str, profile: str | None = None) -> LoadResult:
     try:
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         return LoadResult(None, [ConfigProblem(source, "", f"not valid TOML: {exc}")])
-    checker = _Checker(source)
-    library = checker.build(doc, text)
+    checker = _Checker(source, reference=None if source == BUILTIN else reference_library())
+    library = checker.build(doc, text, profile)
     if checker.problems:
         return LoadResult(None, checker.problems, checker.warnings)
     return LoadResult(library, [], checker.warnings)
+
+
+@cache
+def reference_library() -> Library:
+    """The built-in library: the clinical reference a unit's library departs from."""
+    library = parse_library(builtin_text(), BUILTIN).library
+    if library is None:  # tests/test_library.py holds the built-in library to loading
+        raise RuntimeError("the built-in library does not load")
+    return library
 
 
 def library_version(doc: dict[str, Any]) -> str:
@@ -141,23 +164,39 @@ def _near(word: str, options: list[str] | tuple[str, ...]) -> str:
     return f'; did you mean "{close[0]}"?' if close else ""
 
 
-class _Checker:
-    """Collects problems while building the library objects."""
+def _misspelt(unit: str, usual: str) -> bool:
+    """``unit`` (one CalGuard cannot read) looks like a slip of the keys for ``usual``."""
+    typed = unit.replace(" ", "").lower()
+    return difflib.SequenceMatcher(None, typed, usual.lower()).ratio() >= 0.8
 
-    def __init__(self, source: str) -> None:
+
+class _Profile(NamedTuple):
+    description: str
+    rules: dict[str, RuleConfig]
+    touched: frozenset[str]
+
+
+class _Checker:
+    """Collects problems while building the library objects. ``prefix`` goes before every
+    key it reports (a profile's settings); ``reference``: the library whose defaults a
+    looser setting is warned against (None for the built-in library itself)."""
+
+    def __init__(self, source: str, *, prefix: str = "", reference: Library | None = None) -> None:
         self.source = source
+        self.prefix = prefix
+        self.reference = reference
         self.problems: list[ConfigProblem] = []
         self.warnings: list[ConfigProblem] = []
 
     def problem(self, key: str, message: str) -> None:
-        self.problems.append(ConfigProblem(self.source, key, message))
+        self.problems.append(ConfigProblem(self.source, self.prefix + key, message))
 
     def warn(self, key: str, message: str) -> None:
-        self.warnings.append(ConfigProblem(self.source, key, message))
+        self.warnings.append(ConfigProblem(self.source, self.prefix + key, message))
 
     # -- top level ------------------------------------------------------------------------
 
-    def build(self, doc: dict[str, Any], text: str) -> Library | None:
+    def build(self, doc: dict[str, Any], text: str, profile: str | None = None) -> Library | None:
         for key in doc:
             if key not in _TOP_KEYS:
                 self.problem(
@@ -179,13 +218,24 @@ class _Checker:
             )
         salts = self.salts(self.table(doc, "salts", required=True))
         products = self.products(doc.get("products"), salts)
-        rules = self.rules(self.table(doc, "rules", required=True))
+        rules_table = self.table(doc, "rules", required=True)
+        rules = self.rules(rules_table)
         alarms = self.alarms(self.table(doc, "alarms", required=True))
+        if alarms is not None and self.reference is not None:
+            alarm_departures(alarms, self.reference, self.warn)
+        profiles = self.profiles(doc.get("profiles"), rules_table)
+        if profile is not None and profile not in (doc.get("profiles") or {}):
+            have = ", ".join(profiles) or "none"
+            self.problem("profiles", f'no profile "{profile}" in this library (it has: {have})')
         if self.problems or alarms is None:
             return None
+        version, overridden = library_version(doc), frozenset[str]()
+        if profile is not None:
+            rules, overridden = profiles[profile].rules, profiles[profile].touched
+            version += PROFILE_MARK + profile
         return Library(
             name=name,
-            version=library_version(doc),
+            version=version,
             source=self.source,
             text=text,
             salts=salts,
@@ -193,7 +243,25 @@ class _Checker:
             rules=rules,
             calcium_keywords=tuple(k.lower() for k in keywords),
             alarms=alarms,
+            profile=profile,
+            profiles={name: p.description for name, p in profiles.items()},
+            overridden=overridden,
         )
+
+    def profiles(self, value: object, rules_table: dict[str, Any]) -> dict[str, _Profile]:
+        """Each care-area profile's rules, checked as the library's are; a problem or a
+        warning the library's own rules gave already is not said again for a profile."""
+        said = {(p.key, p.message) for p in (*self.problems, *self.warnings)}
+        out: dict[str, _Profile] = {}
+        for table in profile_tables(value, rules_table, self.problem):
+            prefix = f"profiles.{table.name}."
+            sub = _Checker(self.source, prefix=prefix, reference=self.reference)
+            configs = sub.rules(table.rules)
+            for found, into in ((sub.problems, self.problems), (sub.warnings, self.warnings)):
+                into += [p for p in found if (p.key.removeprefix(prefix), p.message) not in said]
+            if not sub.problems:
+                out[table.name] = _Profile(table.description, configs, table.touched)
+        return out
 
     # -- alarm policy -----------------------------------------------------------------------
 
@@ -311,13 +379,13 @@ class _Checker:
             number, unit = units.split_quantity(value)
             if not unit:
                 raise QuantityError(value, "a bare number")
-            canonical = number * units.unit_factor(unit, kind)
+            canonical = units.to_canonical(number, unit, kind, percent_wv=True)
         except QuantityError as exc:
             found = f'"{value}"' if isinstance(value, str) else repr(value)
             self.problem(
                 path,
                 f"{found} — {exc.reason}; {kind.describe()} is expected"
-                + self.suggest(value, setting),
+                + self.suggest(value, setting, readable=False),
             )
             return None
         if not setting.low <= canonical <= setting.high:
@@ -328,19 +396,32 @@ class _Checker:
             self.problem(
                 path,
                 f'"{value}" is {shown}, outside the plausible range {low} to {high} '
-                f"for this setting{self.suggest(value, setting)}",
+                f"for this setting{self.suggest(value, setting, readable=True)}",
             )
             return None
         return ConfiguredQuantity(str(value), unit, kind, canonical)
 
     @staticmethod
-    def suggest(value: object, setting: QuantitySetting) -> str:
-        """'did you mean "2 ml/min"?' when the same number in the usual unit is plausible."""
+    def suggest(value: object, setting: QuantitySetting, *, readable: bool) -> str:
+        """'did you mean "2 ml/min"?': the same number in the usual unit, when that is
+        plausible and cannot change what was understood. ``readable``: the value was read
+        (and is implausible as written: a slip between ml/h and ml/min); else it was not
+        (a bare number; a misspelt unit). A unit with a meaning of its own is never swapped
+        for another: not mEq for mmol, nor % for mg/ml (they are converted as written), nor
+        a unit of another dimension."""
         if isinstance(value, bool) or not isinstance(value, int | float | str):
             return ""
         try:
-            number = float(value) if not isinstance(value, str) else units.split_quantity(value)[0]
+            number, written = (
+                (float(value), "") if not isinstance(value, str) else units.split_quantity(value)
+            )
         except QuantityError:
+            return ""
+        if readable and units.own_notation(written):
+            return ""  # 6 mEq/kg is 3 mmol/kg: "6 mmol/kg" would double it
+        # not read: a unit of another meaning, or a word that is no slip of the usual unit
+        slip = not units.is_unit(written) and _misspelt(written, setting.hint)
+        if not readable and written and not slip:
             return ""
         for unit in dict.fromkeys((setting.hint, setting.kind.canonical)):
             if isinstance(value, str) and value.strip().endswith(unit):
@@ -536,6 +617,8 @@ class _Checker:
             if config is not None:
                 configs[rule_id] = config
         self.cross_checks(configs)
+        if self.reference is not None:
+            rule_departures(configs, self.reference, self.warn)
         return configs
 
     def rule(self, spec: RuleSpec, body: dict[str, Any]) -> RuleConfig | None:

@@ -19,7 +19,9 @@ from calguard.monitor.units import Kind
 
 __all__ = [
     "CLASSES",
+    "LOOSER",
     "PRIORITIES",
+    "PROJECT_CHOICE",
     "RULES",
     "ClassListSetting",
     "IntSetting",
@@ -37,25 +39,39 @@ PRIORITIES = ("low", "medium", "high")
 CLASSES = ("calcium", "bicarbonate", "phosphate", "sulfate", "ceftriaxone", "neutral")
 
 
+#: Which way a setting departs from the reference towards less safety: a limit is looser
+#: when it is higher ("above"), a neonate's age limit when it is lower ("below").
+LOOSER = ("above", "below")
+PROJECT_CHOICE = "project choice"
+
+
 @dataclass(frozen=True, slots=True)
 class QuantitySetting:
-    """A limit or a timer: a quantity of ``kind`` within a plausible canonical range."""
+    """A limit or a timer: a quantity of ``kind`` within a plausible canonical range.
+
+    ``looser``: the direction in which a value is less safe than the reference's default
+    (``config check`` warns about it, naming the default and ``source``, or the rule's)."""
 
     kind: Kind
     low: float
     high: float
     hint: str  # the unit people usually write it in, for "did you mean" suggestions
+    looser: str = "above"
+    source: str | None = None  # where the default comes from, when not the rule's source
 
 
 @dataclass(frozen=True, slots=True)
 class IntSetting:
     low: int
     high: int
+    looser: str = "above"
+    source: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class ClassListSetting:
-    """A list of drug classes (incompatibility lists)."""
+    """A list of drug classes (incompatibility lists); a class the reference lists and the
+    library leaves out is a looser setting."""
 
 
 Setting = QuantitySetting | IntSetting | ClassListSetting
@@ -65,8 +81,10 @@ _HOUR = 60 * _MIN
 _DAY = 24 * _HOUR
 
 
-def _dur(low_us: int, high_us: int, hint: str) -> QuantitySetting:
-    return QuantitySetting(units.DURATION, low_us, high_us, hint)
+def _dur(
+    low_us: int, high_us: int, hint: str, *, looser: str = "above", source: str | None = None
+) -> QuantitySetting:
+    return QuantitySetting(units.DURATION, low_us, high_us, hint, looser, source)
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +93,14 @@ class RuleSpec:
     priority: str | None  # None: the rule has two levels named in its settings
     settings: dict[str, Setting] = field(default_factory=dict)
     technical: bool = False  # about CalGuard's inputs rather than the infant (IEC 60601-1-8)
+    #: the source of its defaults (the rule table's source column, its tags)
+    source: str = PROJECT_CHOICE
+
+    def source_of(self, key: str) -> str:
+        """The source of one setting's default."""
+        setting = self.settings.get(key)
+        own = getattr(setting, "source", None)
+        return own if isinstance(own, str) else self.source
 
 
 RULES: dict[str, RuleSpec] = {
@@ -84,11 +110,13 @@ RULES: dict[str, RuleSpec] = {
             "rate-volume",
             "high",
             {"limit": QuantitySetting(units.VOLUME_RATE, 0.1, 10.0, "ml/min")},
+            source="[Case], [USP-Ca]",
         ),
         RuleSpec(
             "rate-mass",
             "high",
             {"limit": QuantitySetting(units.MASS_RATE, 10.0, 500.0, "mg/min")},
+            source="[USP-Ca]",
         ),
         RuleSpec(
             "rate-weight",
@@ -96,27 +124,32 @@ RULES: dict[str, RuleSpec] = {
             {
                 # mg/kg/min canonical: 3-300 mg/kg/h
                 "continuous_medium": QuantitySetting(
-                    units.SALT_PER_WEIGHT_RATE, 0.05, 5.0, "mg/kg/h"
+                    units.SALT_PER_WEIGHT_RATE, 0.05, 5.0, "mg/kg/h", source="[USP-Ca]"
                 ),
                 # mmol/kg/min canonical: 0.012-3 mmol/kg/h
                 "continuous_high": QuantitySetting(
-                    units.SUBSTANCE_PER_WEIGHT_RATE, 0.0002, 0.05, "mmol/kg/h"
+                    units.SUBSTANCE_PER_WEIGHT_RATE, 0.0002, 0.05, "mmol/kg/h", source="[NUO]"
                 ),
                 "bolus_medium": QuantitySetting(
-                    units.SALT_PER_WEIGHT_RATE, 1.0, 100.0, "mg/kg/min"
+                    units.SALT_PER_WEIGHT_RATE, 1.0, 100.0, "mg/kg/min", source="[USP-Ca]"
                 ),
-                "bolus_high": QuantitySetting(units.SALT_PER_WEIGHT_RATE, 1.0, 200.0, "mg/kg/min"),
+                "bolus_high": QuantitySetting(
+                    units.SALT_PER_WEIGHT_RATE, 1.0, 200.0, "mg/kg/min", source=PROJECT_CHOICE
+                ),
             },
+            source="[USP-Ca], [NUO]",
         ),
         RuleSpec(
             "dose-daily",
             "high",
             {
                 "limit": QuantitySetting(units.SUBSTANCE_PER_WEIGHT, 0.5, 20.0, "mmol/kg"),
-                "window": _dur(_HOUR, 3 * _DAY, "h"),
+                # the same limit over a shorter window allows more calcium a day
+                "window": _dur(_HOUR, 3 * _DAY, "h", looser="below"),
             },
+            source="[NUO]",
         ),
-        RuleSpec("salt-not-gluconate", "high"),
+        RuleSpec("salt-not-gluconate", "high", source="[Cl], [Case]"),
         RuleSpec(
             "concentration-peripheral",
             "medium",
@@ -124,41 +157,52 @@ RULES: dict[str, RuleSpec] = {
                 "continuous_limit": QuantitySetting(units.CONCENTRATION, 1.0, 100.0, "mg/ml"),
                 "any_mode_limit": QuantitySetting(units.CONCENTRATION, 1.0, 100.0, "mg/ml"),
             },
+            source="[USP-Ca]",
         ),
-        RuleSpec("line-arterial", "high"),
+        RuleSpec("line-arterial", "high", source="never into an artery"),
         RuleSpec(
             "incompatible-coinfusion",
             None,
             {"high": ClassListSetting(), "medium": ClassListSetting()},
+            source="[Case], [FDA-Cx]",
         ),
         RuleSpec(
             "ceftriaxone-neonate",
             "high",
             {
-                "max_postnatal_age": _dur(7 * _DAY, 365 * _DAY, "day"),
-                "lookback": _dur(_HOUR, 14 * _DAY, "h"),
+                # a lower age limit or a shorter look-back covers fewer infants
+                "max_postnatal_age": _dur(7 * _DAY, 365 * _DAY, "day", looser="below"),
+                "lookback": _dur(_HOUR, 14 * _DAY, "h", looser="below"),
             },
+            source="[FDA-Cx]",
         ),
         RuleSpec(
             "patency-check-missing",
             "medium",
             {
                 "window": _dur(_MIN, 4 * _HOUR, "min"),
-                "pause_grace": _dur(0, 2 * _HOUR, "min"),
+                "pause_grace": _dur(0, 2 * _HOUR, "min", source=PROJECT_CHOICE),
             },
+            source="[Case], [INS]",
         ),
-        RuleSpec("patency-check-failed", "high"),
+        RuleSpec("patency-check-failed", "high", source="[INS]"),
         RuleSpec(
             "site-check-overdue",
             None,
             {
                 "medium_after": _dur(15 * _MIN, 8 * _HOUR, "min"),
-                "high_after": _dur(15 * _MIN, 12 * _HOUR, "min"),
+                "high_after": _dur(15 * _MIN, 12 * _HOUR, "min", source=PROJECT_CHOICE),
             },
+            source="[INS]",
         ),
-        RuleSpec("site-abnormal", "high", {"min_grade": IntSetting(1, 4)}),
-        RuleSpec("cannula-dwell", "medium", {"interval": _dur(6 * _HOUR, 14 * _DAY, "h")}),
-        RuleSpec("occlusion", "medium"),
+        RuleSpec("site-abnormal", "high", {"min_grade": IntSetting(1, 4)}, source="[Pop], [INS]"),
+        RuleSpec(
+            "cannula-dwell",
+            "medium",
+            {"interval": _dur(6 * _HOUR, 14 * _DAY, "h", source=f"{PROJECT_CHOICE}; [Case]")},
+            source="[Case]",
+        ),
+        RuleSpec("occlusion", "medium", source="[ECRI]"),
         RuleSpec(
             "telemetry-stale",
             "medium",
@@ -172,9 +216,12 @@ RULES: dict[str, RuleSpec] = {
             "pressure-trend",
             "low",
             {
-                "rise": QuantitySetting(units.PRESSURE, 5.0, 300.0, "mmHg"),
-                "duration": _dur(_MIN, 4 * _HOUR, "min"),
+                "rise": QuantitySetting(
+                    units.PRESSURE, 5.0, 300.0, "mmHg", source=f"{PROJECT_CHOICE}; [ECRI]"
+                ),
+                "duration": _dur(_MIN, 4 * _HOUR, "min", source=f"{PROJECT_CHOICE}; [ECRI]"),
             },
+            source="[ECRI]",
         ),
         # Technical rules CalGuard adds beside the clinical reference's table:
         RuleSpec(
@@ -182,18 +229,22 @@ RULES: dict[str, RuleSpec] = {
             "medium",
             {
                 "tolerance": _dur(1_000_000, 10 * _MIN, "s"),
-                "backdate": _dur(_MIN, 24 * _HOUR, "h"),
+                "backdate": _dur(_MIN, 24 * _HOUR, "h", source=PROJECT_CHOICE),
             },
             technical=True,
+            source="[Alaris]",
         ),
         RuleSpec(
             "input-unknown",
             "medium",
-            {"quiet": _dur(10_000_000, _HOUR, "s")},
+            # a shorter quiet time ends the alarm of a flooding source sooner
+            {"quiet": _dur(10_000_000, _HOUR, "s", looser="below")},
             technical=True,
         ),
         # the durable log cannot be written; high, whatever is set, when nothing is recorded
         RuleSpec("log-unavailable", "medium", technical=True),
+        # a live monitor runs a library no pharmacist approved in the log (--allow-unapproved)
+        RuleSpec("library-unapproved", "medium", technical=True),
     )
 }
 

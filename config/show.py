@@ -2,7 +2,8 @@
 
 A pharmacist thinks in mg/kg/h, a nurse reads ml/h on the pump: every limit is shown as
 written, in the other usual units, and, for each calcium product, as the pump rate that
-reaches it (``2 ml/min = 120 ml/h = 200 mg/min of Calcium gluconate 10%``).
+reaches it (``2 ml/min = 120 ml/h = 200 mg/min of Calcium gluconate 10%``). A care-area
+profile's effective library (``--profile``) marks the settings the profile sets with ``*``.
 """
 
 from __future__ import annotations
@@ -81,8 +82,21 @@ def _conversions(q: ConfiguredQuantity, lib: Library) -> Iterator[str]:
         yield f"= {units.format_quantity(v, kind, 'kPa')}"
 
 
+def _profile_lines(lib: Library) -> list[str]:
+    if lib.profile is not None:
+        about = lib.profiles.get(lib.profile) or "no description"
+        return [
+            f"  profile {lib.profile}: {about}",
+            "  (* the profile's own setting; every other one is the library's)",
+        ]
+    if lib.profiles:
+        return [f"  profiles: {', '.join(lib.profiles)} (show one with --profile NAME)"]
+    return []
+
+
 def render_library(lib: Library) -> str:
-    out = [f"{lib.name}", f"  version {lib.version}   source {lib.source}", ""]
+    out = [f"{lib.name}", f"  version {lib.version}   source {lib.source}"]
+    out += [*_profile_lines(lib), ""]
     out.append("Products (pump labels match the name or an alias, longest first):")
     for p in lib.products:
         detail = [p.drug_class]
@@ -108,14 +122,19 @@ def render_library(lib: Library) -> str:
         cfg = lib.rule(rule_id)
         state = "enabled" if cfg.enabled else "DISABLED"
         prio = cfg.priority or "two levels"
-        out.append(f"  {rule_id:<26} {prio:<10} {state}")
+
+        def mark(key: str, rule: str = rule_id) -> str:
+            return "*" if f"rules.{rule}.{key}" in lib.overridden else " "
+
+        own = "*" if "*" in mark("priority") + mark("enabled") else " "
+        out.append(f" {own}{rule_id:<26} {prio:<10} {state}")
         for key, q in cfg.quantities.items():
-            out.append(f"      {key:<20} {q.text}")
+            out.append(f"     {mark(key)}{key:<20} {q.text}")
             out.extend(f"      {'':<20} {line}" for line in _conversions(q, lib))
         for key, n in cfg.ints.items():
-            out.append(f"      {key:<20} {n}")
+            out.append(f"     {mark(key)}{key:<20} {n}")
         for key, classes in cfg.class_lists.items():
-            out.append(f"      {key:<20} {', '.join(classes) or '(none)'}")
+            out.append(f"     {mark(key)}{key:<20} {', '.join(classes) or '(none)'}")
     a = lib.alarms
     out += ["", "Alarms:"]
     for priority in ("high", "medium", "low"):

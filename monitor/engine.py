@@ -12,6 +12,13 @@ the output is always in time order.
 Replay and live runs feed the same engine: replay with the events' own times, live with
 a real clock through ``tick()``; the same inputs in the same order give the same alerts.
 
+A pharmacist's newly published library replaces the running one between two inputs
+(``swap``): what the ward is (infants, lines, pumps, doses, timers, active alerts and their
+ids) stays; every subject is evaluated again under the new settings at that instant, so
+an alert whose condition still holds stays active under its id, one that no longer holds
+clears, one that now holds is raised, and every line from then on carries the new
+library's version. The live monitor logs the swap as an input, so a replay makes it too.
+
 Time is not taken from outside on trust. A live monitor hands every input over with its
 own receive time (``received``): that, never a device's clock, moves the engine's time.
 A reading keeps its pump's time for ordering that pump's readings, and a pump whose time
@@ -153,6 +160,63 @@ class Engine:
         """Transitions not yet handed out: those of timers that fired while time moved to an
         event the engine then refused (``handle`` raised ``EventError``)."""
         return self.book.take()
+
+    def advance(self, t: int) -> list[AlertTransition]:
+        """Move time to ``t``, firing the timers due before it (those due at ``t`` wait for
+        the inputs of that instant, as ever)."""
+        self._advance(t)
+        return self.book.take()
+
+    def swap(self, library: Library, t: int) -> list[AlertTransition]:
+        """Run on ``library`` from ``t`` on. Timers due before ``t`` fire first under the
+        running library; then every channel, line and bed is evaluated again under the new
+        one, and its timers (a site check, a silent pump, the dose window) are set again.
+        ``EventError`` (and nothing changes) for a library that would need history this
+        engine has dropped: a longer dose window (a restart's warm start reads it)."""
+        window = library.rule("dose-daily").q("window").us
+        if window > self.ward.dose_window_us:
+            raise EventError(
+                "version",
+                library.version,
+                f"its dose-daily window ({format_duration(window)}) is longer than the "
+                f"running one ({format_duration(self.ward.dose_window_us)}), whose calcium "
+                "is all this monitor holds: restart the monitor to take it (its warm start "
+                "reads the longer window)",
+            )
+        self._advance(t)
+        now = self.now
+        assert now is not None  # _advance sets it
+        self.library = library
+        self.book.library = library.version
+        self.rules.use(library)
+        self.ward.dose_window_us = window
+        for bed in self.ward.beds.values():
+            bed.ledger.window_us = window
+        channels = list(self.ward.channels.values())
+        for ch in channels:
+            self._rematch(ch)
+        self._evaluate(now, channels, list(self.ward.lines.values()), set(self.ward.beds))
+        for ch in channels:
+            self.rules.stale(ch, now)
+            if ch.elevated_since is not None or ch.k_pressure in self.book.active:
+                self.rules.pressure(ch, now)
+        return self.book.take()
+
+    def _rematch(self, ch: ChannelState) -> None:
+        """A channel's drug as the running library reads its label (products, aliases and
+        their concentrations may have changed)."""
+        if ch.label is not None:
+            ch.match = self.library.match(ch.label)
+        match, conc = ch.match, ch.reading_concentration
+        if conc is None and match is not None and match.product is not None:
+            product_conc = match.product.concentration
+            conc = product_conc.value if product_conc is not None else None
+        ch.concentration_mg_ml = conc
+        was = ch.calcium
+        ch.calcium = match is not None and match.is_calcium
+        if ch.calcium != was:  # as a reading of another drug would: watched if calcium runs
+            ch.stale_watch = ch.calcium_delivering
+        ch.signature = (match, ch.rate_ml_min, conc, ch.status, ch.mode, ch.alarm)
 
     def tick(self, t: int) -> list[AlertTransition]:
         """Move time to ``t`` (live clock) and fire every timer due up to and including it."""
@@ -307,6 +371,7 @@ class Engine:
         ):
             conc = match.product.concentration.value
         ch.rate_text = r.rate_text
+        ch.reading_concentration = r.concentration_mg_ml
         signature = (match, r.rate_ml_min, conc, r.status, r.mode, r.alarm)
         if signature != ch.signature:
             ch.signature = signature

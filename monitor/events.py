@@ -179,7 +179,7 @@ class PumpStatus:
 
 
 #: Conditions of the monitor itself that it reports as inputs of its own (``monitor``).
-MONITOR_CONDITIONS = ("log-unavailable",)
+MONITOR_CONDITIONS = ("log-unavailable", "library-unapproved")
 
 
 @dataclass(frozen=True, slots=True)

@@ -19,6 +19,7 @@ from calguard.monitor.transitions import PRIORITY_RANK
 from calguard.monitor.units import CALCIUM_MG_PER_MMOL, Kind
 
 __all__ = [
+    "PROFILE_MARK",
     "AlarmPolicy",
     "ConfiguredQuantity",
     "LabelMatch",
@@ -277,8 +278,18 @@ class AlarmPolicy:
     permissions: Permissions
 
 
+#: what separates a library's content hash from the profile a unit runs of it
+PROFILE_MARK = "#"
+
+
 @dataclass(frozen=True)
 class Library:
+    """A drug library as one unit runs it: the whole document's content hash, and when the
+    unit runs one of its care-area profiles, the profile's name after it
+    (``sha256:9a07e6a01af8928a#picu``): ``version`` is what every alert line carries,
+    ``content_version`` what a pharmacist approves (every profile of the document at once).
+    """
+
     name: str
     version: str
     source: str
@@ -288,6 +299,12 @@ class Library:
     rules: Mapping[str, RuleConfig]
     calcium_keywords: tuple[str, ...]
     alarms: AlarmPolicy
+    #: the care-area profile this library is the effective one of (None: the base)
+    profile: str | None = None
+    #: every profile of the document: name -> description
+    profiles: Mapping[str, str] = field(default_factory=dict)
+    #: the settings the profile sets ("rules.rate-volume.limit", ...)
+    overridden: frozenset[str] = frozenset()
     _aliases: tuple[tuple[str, Product], ...] = field(init=False, repr=False)
     _cache: dict[str, LabelMatch] = field(init=False, repr=False, compare=False)
 
@@ -327,6 +344,11 @@ class Library:
 
     def rule(self, rule_id: str) -> RuleConfig:
         return self.rules[rule_id]
+
+    @property
+    def content_version(self) -> str:
+        """The content hash of the whole document, whatever profile this is of."""
+        return self.version.partition(PROFILE_MARK)[0]
 
     @property
     def calcium_products(self) -> tuple[Product, ...]:

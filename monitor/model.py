@@ -102,6 +102,7 @@ class ChannelState:
     rate_ml_min: float = 0.0
     rate_text: str = "0 ml/h"
     concentration_mg_ml: float | None = None  # the reading's, else the product's
+    reading_concentration: float | None = None  # the latest reading's own, if it had one
     status: str = "stopped"
     mode: str = "continuous"
     alarm: str | None = None

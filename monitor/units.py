@@ -11,6 +11,20 @@ factor to the canonical unit is cached. Whole quantity strings are cached too, b
 pump repeats the same ``"1.2 ml/h"`` every second. A bare number, an unknown unit, a unit
 of the wrong dimension, a negative, NaN or infinite value is a ``QuantityError`` with a
 reason written for the person who sent it; nothing is ever guessed.
+
+Two notations of pharmacy that pint does not know are read here, each with its one
+meaning, and refused with that meaning spelt out where it does not fit:
+
+- **mEq** counts charges. CalGuard's amounts are of elemental calcium, whose ion carries
+  two: 2 mEq = 1 mmol. An amount in mEq is converted so; a mass or a volume in mEq is
+  refused with that explanation (a mass per time is not an amount of ions).
+- **%** is % w/v (g/100 ml: 10% calcium gluconate is 100 mg/ml) where the drug library
+  expects a concentration (``to_canonical(..., percent_wv=True)``, the pharmacist's own
+  notation); anywhere else it is refused with what it would mean ("2% w/v is 20 mg/ml"),
+  a pump's reading included: a device states its concentration in mg/ml.
+
+pint's own warnings (``"15 mins"`` can be read as minutes or milli-inches: pint says so on
+its logger and picks minutes) never reach the person: the dimension check decides.
 """
 
 from __future__ import annotations
@@ -22,9 +36,11 @@ from functools import cache
 from typing import Any
 
 import pint
+import pint.util
 from calguard.monitor.errors import QuantityError
 
 __all__ = [
+    "CALCIUM_CHARGE",
     "CONCENTRATION",
     "DURATION",
     "KINDS",
@@ -45,9 +61,13 @@ __all__ = [
     "format_number",
     "format_quantity",
     "from_canonical",
+    "is_unit",
+    "own_notation",
     "parse_duration_us",
     "parse_quantity",
+    "percent_meaning",
     "split_quantity",
+    "to_canonical",
     "unit_factor",
     "value_cache",
 ]
@@ -55,9 +75,17 @@ __all__ = [
 #: The one registry. pint quantities from different registries cannot be mixed, so every
 #: part of CalGuard that needs pint imports this one.
 ureg: Any = pint.UnitRegistry()
+# what pint says on its one logger (an ambiguous "mins") is not for the person: CalGuard's
+# own checks explain every refusal, and the dimension check decides what an ambiguity meant
+pint.util.logger.setLevel("ERROR")
 
 #: Molar mass of calcium, g/mol (= mg/mmol). A physical constant, not a setting.
 CALCIUM_MG_PER_MMOL = 40.078
+#: The charge of the calcium ion: an equivalent of Ca2+ is half a mole (2 mEq = 1 mmol).
+CALCIUM_CHARGE = 2
+# Equivalents of calcium, as pint knows them once defined; what people write ("mEq",
+# "meq", "Eq") is turned into this name before pint reads it.
+ureg.define(f"calcium_equivalent = mole / {CALCIUM_CHARGE} = Eq_Ca")
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,6 +198,11 @@ _NUMBER_UNIT = re.compile(
 _NOT_FINITE = re.compile(r"\s*[+-]?(?:nan|inf|infinity)\b", re.IGNORECASE)
 # Unit strings are handed to pint's expression parser, so only unit-like text gets there.
 _UNIT_TEXT = re.compile(r"[A-Za-zµμ/*^(). \t0-9_]{1,40}\Z")
+# an equivalent: mEq, meq, µEq, Eq, mEquiv (the prefix as written: M is not milli)
+_EQUIVALENT = re.compile(r"(?<![A-Za-z])(?P<prefix>[mµμu]?)(?i:eq|equiv|equivalents?)(?![A-Za-z])")
+# % w/v; "%" alone means it too. Any other percentage (w/w, v/v) is refused.
+_PERCENT = re.compile(r"%\s*(?:(?P<basis>[A-Za-z]+\s*/\s*[A-Za-z]+))?", re.ASCII)
+_MG_ML_PER_PERCENT = 10.0  # 1% w/v = 1 g/100 ml = 10 mg/ml
 _VALUE_CACHE_MAX = 8192
 
 
@@ -245,10 +278,67 @@ def _check_per_body_weight(unit: str, units: Any, kind: Kind) -> None:
     )
 
 
+def _calcium_equivalents(unit: str, kind: Kind) -> str:
+    """``unit`` with its equivalents named as calcium's (mEq -> mEq_Ca, half a millimole)
+    where ``kind`` is an amount of calcium; refused with that meaning anywhere else."""
+    if not _EQUIVALENT.search(unit):
+        return unit
+    if "[substance]" not in kind.dimensionality:
+        raise QuantityError(
+            unit,
+            f"{unit!r} is in equivalents, an amount of calcium ions (2 mEq = 1 mmol = "
+            f"{CALCIUM_MG_PER_MMOL:.2f} mg of calcium), where no amount is expected",
+            kind.describe(),
+        )
+    return _EQUIVALENT.sub(lambda m: f"{m['prefix']}Eq_Ca", unit)
+
+
+def _percent_factor(unit: str, kind: Kind, *, percent_wv: bool) -> float:
+    """% w/v (g/100 ml) where the library expects a concentration; refused anywhere else."""
+    m = _PERCENT.fullmatch(unit)
+    if m is None or (m["basis"] and m["basis"].replace(" ", "").lower() != "w/v"):
+        raise QuantityError(
+            unit, f"{unit!r}: of percentages only % w/v (g/100 ml) is read", kind.describe()
+        )
+    if kind is not CONCENTRATION or not percent_wv:
+        where = "where a concentration is expected" if percent_wv else "in the drug library"
+        raise QuantityError(
+            unit, f"{unit!r} is a percentage, read as % w/v only {where}", kind.describe()
+        )
+    return _MG_ML_PER_PERCENT
+
+
+def is_unit(unit: str) -> bool:
+    """Whether CalGuard can read ``unit`` at all, whatever it measures."""
+    if unit.startswith("%"):
+        return bool(_PERCENT.fullmatch(unit))
+    if not _UNIT_TEXT.match(unit):
+        return False
+    try:
+        ureg.parse_units(_EQUIVALENT.sub(lambda m: f"{m['prefix']}Eq_Ca", unit))
+    except Exception:  # pint raises many types; any of them means "not a unit"
+        return False
+    return True
+
+
+def own_notation(unit: str) -> bool:
+    """A unit written in equivalents or as a percentage: a notation with one meaning of its
+    own, which a hint must never swap for mmol or mg/ml."""
+    return unit.startswith("%") or bool(_EQUIVALENT.search(unit))
+
+
+def percent_meaning(number: float) -> str:
+    """``"2% w/v is 20 mg/ml"``: what a percentage of a solution means, in CalGuard's unit."""
+    shown = format_number(number, significant=15)
+    return f"{shown}% w/v is {format_number(number * _MG_ML_PER_PERCENT, significant=15)} mg/ml"
+
+
 @cache
 def unit_factor(unit: str, kind: Kind) -> float:
     """Factor that turns a number in ``unit`` into ``kind``'s canonical unit (cached)."""
-    units = _parse_units(unit, kind)
+    if unit.startswith("%"):
+        return _percent_factor(unit, kind, percent_wv=False)
+    units = _parse_units(_calcium_equivalents(unit, kind), kind)
     if units.dimensionality != _dimensionality(kind.dimensionality):
         raise QuantityError(unit, f"{unit!r} is {_describe_dimension(units)}", kind.describe())
     if kind.per_body_weight:
@@ -257,6 +347,21 @@ def unit_factor(unit: str, kind: Kind) -> float:
     if not math.isfinite(factor) or factor <= 0:
         raise QuantityError(unit, "cannot be converted to a usable value")
     return factor
+
+
+def to_canonical(number: float, unit: str, kind: Kind, *, percent_wv: bool = False) -> float:
+    """``number`` in ``unit`` as a float in ``kind``'s canonical unit; ``percent_wv``: a
+    percentage is % w/v where a concentration is expected (the drug library's). A
+    percentage refused says what that very number means (2% w/v is 20 mg/ml)."""
+    try:
+        if unit.startswith("%"):
+            return number * _percent_factor(unit, kind, percent_wv=percent_wv)
+        return number * unit_factor(unit, kind)
+    except QuantityError as exc:
+        if not unit.startswith("%"):
+            raise
+        reason = f"{exc.reason} ({percent_meaning(number)})"
+        raise QuantityError(exc.text, reason, exc.expected) from None
 
 
 _value_cache: dict[Kind, dict[str, float]] = {}
@@ -278,7 +383,7 @@ def parse_quantity(text: object, kind: Kind) -> float:
     number, unit = split_quantity(text)  # refuses anything that is not a string
     if not unit:
         raise QuantityError(text, "a bare number", f"{kind.describe()} with its unit")
-    value = number * unit_factor(unit, kind)
+    value = to_canonical(number, unit, kind)
     if not math.isfinite(value):
         raise QuantityError(text, "not a finite number in canonical units")
     if len(cache_for_kind) >= _VALUE_CACHE_MAX:

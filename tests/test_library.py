@@ -48,6 +48,7 @@ ADDED_RULES = {
     "clock-skew": ("medium", {"tolerance": "5 s", "backdate": "1 h"}),
     "input-unknown": ("medium", {"quiet": "60 s"}),
     "log-unavailable": ("medium", {}),
+    "library-unapproved": ("medium", {}),
 }
 
 

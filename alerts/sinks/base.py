@@ -32,7 +32,11 @@ from calguard.config.site import SINK_CAPACITY
 from calguard.drivers.base import Backoff
 from calguard.monitor.transitions import AlertTransition
 
-__all__ = ["Delivery", "Refused", "Sink", "SinkError", "SinkStats"]
+__all__ = ["MAX_COMMAND_BYTES", "Delivery", "Refused", "Sink", "SinkError", "SinkStats"]
+
+#: the largest command the monitor reads (one with its token is well under 2 KiB); a larger
+#: one is refused and logged by its size and digest, never whole
+MAX_COMMAND_BYTES = 16 * 1024
 
 log = logging.getLogger("calguard.sinks")
 
@@ -94,6 +98,9 @@ class Sink(abc.ABC):
         #: the active alarms of every bed now (set by the monitor), for a sink that keeps a
         #: per-bed state elsewhere (the MQTT sink's retained topics) to put right on connect
         self.bed_states: Callable[[], dict[str, tuple[dict[str, object], ...]]] | None = None
+        #: what the monitor says of itself in a sink's presence (set by the monitor): the
+        #: library version and profile it runs
+        self.presence: Callable[[], dict[str, object]] | None = None
         self._buffer: collections.deque[Delivery] = collections.deque()
         self._wake = asyncio.Event()
         self._idle = asyncio.Event()
@@ -114,6 +121,11 @@ class Sink(abc.ABC):
     @property
     def pending(self) -> int:
         return len(self._buffer)
+
+    def announce(self) -> None:
+        """What the monitor says of itself changed (it switched library): a sink that keeps
+        a presence somewhere says it again (the MQTT sink's retained status)."""
+        return None  # optional: a sink without a presence has nothing to say again
 
     async def run(self) -> None:
         """Deliver for ever (until cancelled): connect, drain the buffer, wait, reconnect."""

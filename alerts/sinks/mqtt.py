@@ -17,7 +17,10 @@
                                      connection or a killed monitor) {"online": false,
                                      "lost": true, "online_since": T}. A station that sees
                                      no presence, or an offline one, must not take the
-                                     absence of alarms for a quiet ward.
+                                     absence of alarms for a quiet ward. Each says which
+                                     drug library the monitor runs: "library" (its version,
+                                     as alert lines carry it) and "profile" (or null); the
+                                     online one is said again when it switches library.
 
 A command becomes an ``ack``/``pause``/``reset``/``override`` event stamped by the
 monitor's clock and goes through the pipeline like any input: logged, audited, replayable.
@@ -36,13 +39,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from pathlib import Path
 from typing import Any, ClassVar
 
 import aiomqtt
 import orjson
-from calguard.alerts.signed_state import default_state_key, load_state_key, seal
-from calguard.alerts.sinks.base import Delivery, Sink, SinkError
+from calguard.alerts.signed_state import (
+    bed_of_level,
+    bed_topic,
+    default_state_key,
+    load_state_key,
+    seal,
+)
+from calguard.alerts.sinks.base import MAX_COMMAND_BYTES, Delivery, Refused, Sink, SinkError
 from calguard.config.options import OptionSpec
 from calguard.drivers.clock import SystemClock
 from calguard.drivers.mqtt_link import LINK_OPTIONS, broker_address, password, tls_context
@@ -50,6 +60,10 @@ from calguard.monitor.timeutil import format_ts
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 __all__ = ["MqttSink", "presence_topic"]
+
+log = logging.getLogger(__name__)
+#: the presence is signed again this often, with the time each bed's state was signed
+HEARTBEAT_S = 10.0
 
 
 def presence_topic(prefix: str) -> str:
@@ -75,6 +89,12 @@ class MqttSink(Sink):
             "the key that signs the retained states (default <data dir>/keys/"
             "state-ed25519.key, made at the first start; stations need its .pub)",
         ),
+        "heartbeat": OptionSpec(
+            float,
+            HEARTBEAT_S,
+            "seconds between signings of the presence (stations refuse one 3x older)",
+            1.0,
+        ),
     }
 
     def __init__(self, url: str, **options: Any) -> None:
@@ -83,6 +103,12 @@ class MqttSink(Sink):
         self._client: aiomqtt.Client | None = None
         self._reader: asyncio.Task[None] | None = None
         self._key: Ed25519PrivateKey | None = None
+        self._since = ""  # when this connection's presence went online
+        self._announce = False  # the presence is to be said again (a library switch)
+        #: when each bed's retained state was last signed: the presence carries it, so that
+        #: a station can tell an old genuine state replayed onto its topic from the latest
+        self._state_t: dict[str, str] = {}
+        self._said_at = 0.0  # when the presence was last signed (the loop's clock)
 
     def _signing_key(self) -> Ed25519PrivateKey:
         if self._key is None:
@@ -94,17 +120,19 @@ class MqttSink(Sink):
                 raise SinkError(f"the state signing key {path}: {exc}") from exc
         return self._key
 
-    def _sealed(self, topic: str, data: object) -> bytes:
-        return seal(self._signing_key(), topic, data)
+    def _sealed(self, topic: str, data: object, t: str | None = None) -> bytes:
+        return seal(self._signing_key(), topic, data, t)
 
     async def _open(self) -> None:
         try:
             secret, tls = password(self.config), tls_context(self.config, self.tls)
         except ValueError as exc:
             raise SinkError(str(exc)) from exc
-        since = _wall()
+        since = self._since = _wall()
         presence = presence_topic(self.prefix)
-        lost = self._sealed(presence, {"online": False, "lost": True, "online_since": since})
+        lost = self._sealed(
+            presence, {"online": False, "lost": True, "online_since": since, **self._running()}
+        )
         client = aiomqtt.Client(
             self.host,
             self.port,
@@ -125,8 +153,7 @@ class MqttSink(Sink):
                 await client.subscribe(f"{self.prefix}/alerts/active/+", qos=1)
                 for bed, state in self.bed_states().items():
                     await self._publish_state(client, bed, state)
-            online = self._sealed(presence, {"online": True, "since": since})
-            await client.publish(presence, online, qos=1, retain=True)
+            await self._online(client)
         except aiomqtt.MqttError as exc:
             with contextlib.suppress(aiomqtt.MqttError, OSError):
                 await client.__aexit__(None, None, None)
@@ -134,11 +161,37 @@ class MqttSink(Sink):
         self._client = client
         self._reader = asyncio.create_task(self._read_commands(client), name=f"{self.url} commands")
 
+    def _running(self) -> dict[str, object]:
+        return self.presence() if self.presence is not None else {}
+
+    async def _online(self, client: aiomqtt.Client) -> None:
+        self._announce = False
+        topic = presence_topic(self.prefix)
+        online = self._sealed(
+            topic,
+            {"online": True, "since": self._since, "beds": self._state_t, **self._running()},
+        )
+        await client.publish(topic, online, qos=1, retain=True)
+        self._said_at = asyncio.get_running_loop().time()
+
+    def announce(self) -> None:
+        self._announce = True
+        self._wake.set()
+
+    async def _drain(self) -> None:
+        if self._announce and self._client is not None:
+            try:
+                await self._online(self._client)
+            except aiomqtt.MqttError as exc:
+                raise SinkError(f"publish failed: {exc}") from exc
+        await super()._drain()
+
     async def _publish_state(
         self, client: aiomqtt.Client, bed: str, state: tuple[dict[str, object], ...]
     ) -> None:
-        topic = f"{self.prefix}/alerts/active/{bed}"
-        await client.publish(topic, self._sealed(topic, list(state)), qos=1, retain=True)
+        topic, t = bed_topic(self.prefix, bed), _wall()
+        await client.publish(topic, self._sealed(topic, list(state), t), qos=1, retain=True)
+        self._state_t[bed] = t  # the presence's heartbeat names it: older copies are replays
 
     async def _read_commands(self, client: aiomqtt.Client) -> None:
         active = f"{self.prefix}/alerts/active/"
@@ -152,33 +205,49 @@ class MqttSink(Sink):
             if topic.startswith(active):
                 # a retained state from before this connection, for a bed with no alarm now:
                 # signed again now, whoever signed it (an earlier key) or did not (a forgery)
-                bed = topic[len(active) :]
+                bed = bed_of_level(topic[len(active) :])
                 states = self.bed_states
                 if message.retain and states is not None and bed not in states():
                     await self._publish_state(client, bed, ())
                 continue
-            try:
-                command = orjson.loads(payload)
-            except orjson.JSONDecodeError:
-                command = None
-            ident = command.get("id") if isinstance(command, dict) else None
-            assert self.on_command is not None
-            if self.before_command is not None:
-                await self.before_command(payload)
-            refusal = self.on_command(payload, f"{self.prefix}/commands")
+            ident, refusal = await self._command(payload)
             result: dict[str, object] = {"id": ident, "ok": refusal is None}
             if refusal is not None:
                 result["reason"] = refusal
             await client.publish(f"{self.prefix}/commands/results", orjson.dumps(result), qos=1)
 
+    async def _command(self, payload: bytes) -> tuple[object, str | None]:
+        """One command's id and verdict. Nothing a station sends can stop the reader: a
+        command that makes the monitor's checks fail is refused with that failure (logged),
+        never raised."""
+        assert self.on_command is not None
+        try:
+            command = orjson.loads(payload) if len(payload) <= MAX_COMMAND_BYTES else None
+        except orjson.JSONDecodeError:
+            command = None
+        ident = command.get("id") if isinstance(command, dict) else None
+        try:
+            if self.before_command is not None:
+                await self.before_command(payload)
+            return ident, self.on_command(payload, f"{self.prefix}/commands")
+        except Exception as exc:  # a command must never take the alarm sink down
+            log.exception("%s: a command could not be checked", self.url)
+            return ident, f"the command could not be checked ({type(exc).__name__})"
+
     async def _wait(self) -> None:
-        """Wait for work, or notice that the command reader lost the broker."""
+        """Wait for work, or notice that the command reader lost the broker; the presence
+        is signed again every ``heartbeat`` seconds (a station takes an old one for a
+        monitor that is gone)."""
         wake = asyncio.ensure_future(self._wake.wait())
+        loop = asyncio.get_running_loop()
         try:
             watch = {wake} | ({self._reader} if self._reader is not None else set())
-            await asyncio.wait(watch, return_when=asyncio.FIRST_COMPLETED)
+            due = self._said_at + self.config["heartbeat"] - loop.time()
+            await asyncio.wait(watch, timeout=max(due, 0.0), return_when=asyncio.FIRST_COMPLETED)
         finally:
             wake.cancel()
+        if loop.time() >= self._said_at + self.config["heartbeat"]:
+            self._announce = True
         reader = self._reader
         if reader is not None and reader.done():
             exc = reader.exception() if not reader.cancelled() else None
@@ -192,6 +261,8 @@ class MqttSink(Sink):
             await self._publish_state(client, item.bed_key, item.bed_state)
         except aiomqtt.MqttError as exc:
             raise SinkError(f"publish failed: {exc}") from exc
+        except (ValueError, TypeError) as exc:  # this line cannot be published: give it up
+            raise Refused(f"cannot be published: {exc}") from exc
 
     async def _close(self) -> None:
         reader, self._reader = self._reader, None
@@ -203,7 +274,9 @@ class MqttSink(Sink):
         if client is not None:
             with contextlib.suppress(aiomqtt.MqttError, OSError):
                 topic = presence_topic(self.prefix)
-                offline = self._sealed(topic, {"online": False, "since": _wall()})
+                offline = self._sealed(
+                    topic, {"online": False, "since": _wall(), **self._running()}
+                )
                 await client.publish(topic, offline, qos=1, retain=True, timeout=1)
             with contextlib.suppress(aiomqtt.MqttError, OSError):
                 await client.__aexit__(None, None, None)

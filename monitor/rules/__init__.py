@@ -58,6 +58,12 @@ class Rules:
             "input-unknown": lambda key, now: self.inputs.quiet(key[1], now),  # type: ignore[index]
         }
 
+    def use(self, library: Library) -> None:
+        """The settings of another library from now on; the caller evaluates again."""
+        self.ctx.use(library)
+        self.stale_timeout = self.ctx.stale_timeout
+        self.min_grade = self.ctx.min_grade
+
     def channel(self, ch: ChannelState, now: int) -> None:
         self.channels.evaluate(ch, now)
 

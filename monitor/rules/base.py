@@ -30,6 +30,11 @@ class RuleContext:
 
     def __init__(self, library: Library, ward: Ward, book: AlertBook, timers: TimerQueue) -> None:
         self.ward, self.book, self.timers = ward, book, timers
+        self.use(library)
+
+    def use(self, library: Library) -> None:
+        """Read the settings of ``library``: at the start, and when a published library
+        replaces the one running (``Engine.swap``)."""
         self.enabled = {rid: cfg.enabled for rid, cfg in library.rules.items()}
         self.priority = {rid: cfg.priority or "medium" for rid, cfg in library.rules.items()}
         r = library.rule

@@ -15,6 +15,7 @@ __all__ = [
     "dose_daily",
     "incompatible",
     "input_unknown",
+    "library_unapproved",
     "line_arterial",
     "log_unavailable",
     "medication_unknown",
@@ -194,6 +195,15 @@ def log_unavailable(recorded: bool, detail: str | None) -> str:
         f"NOTHING IS BEING RECORDED: neither the log database nor the monitor's local spool "
         f"can be written{why}. Monitoring and alarms go on, but a restart now would forget "
         "this unit's documentation and calcium doses. Call IT / clinical engineering now"
+    )
+
+
+def library_unapproved(detail: str | None) -> str:
+    which = f" ({detail})" if detail else ""
+    return (
+        f"This monitor runs a drug library no pharmacist has approved{which}: its limits "
+        "have not been signed off. Monitoring and alarms go on; ask the pharmacy to approve "
+        "and publish the unit's library (calguard library approve, then publish)"
     )
 
 

@@ -5,6 +5,10 @@ state as an input of its own (a ``monitor`` event, logged and replayable), and t
 turns it into one unit-wide technical alarm: the configured priority (medium) while the
 local spool keeps every input, escalated to high when the spool cannot be written either
 and nothing is being recorded. It clears once the database has everything again.
+
+``library-unapproved``: the monitor runs a drug library no pharmacist approved in the log
+(started with ``--allow-unapproved``); reported the same way, one unit-wide alarm until an
+approved library is published to the unit and the monitor runs it.
 """
 
 from __future__ import annotations
@@ -18,6 +22,8 @@ __all__ = ["SystemRules"]
 
 #: the alert key of the unit-wide log alarm (one per monitor process)
 LOG_KEY = ("log-unavailable", "unit")
+#: the alert key of the unit-wide alarm of a library no pharmacist approved
+UNAPPROVED_KEY = ("library-unapproved", "unit")
 
 
 class SystemRules:
@@ -33,4 +39,12 @@ class SystemRules:
                 now,
                 lambda: Description(say.log_unavailable(ev.recorded, ev.detail)),
                 priority=None if ev.recorded else "high",
+            )
+        elif ev.condition == "library-unapproved":
+            self.ctx.put(
+                "library-unapproved",
+                UNAPPROVED_KEY,
+                ev.active,
+                now,
+                lambda: Description(say.library_unapproved(ev.detail)),
             )
