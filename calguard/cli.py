@@ -1,10 +1,12 @@
 """The ``calguard`` command line.
 
-    calguard replay FILE.jsonl [--library LIBRARY.toml] [--db URL | --no-db]
-    calguard run --site SITE.toml [--view]
+    calguard replay FILE.jsonl [--library LIBRARY.toml [--profile NAME]] [--db URL | --no-db]
+    calguard run --site SITE.toml [--view] [--no-web | --web-port PORT]
+    calguard demo [--scenario NAME] [--speed X] [--no-web | --web-port PORT] [--stay]
     calguard config check FILE
-    calguard config show [FILE]
+    calguard config show [FILE] [--profile NAME]
     calguard config init            # print the built-in library, to copy and edit
+    calguard library draft|diff|approve|publish|rollback|history|status   (library_cli)
 
 Alert lines go to standard output; diagnostics (rejected inputs, summaries) to standard
 error. Exit status: 0 done, 1 the library or an input file is unusable, 2 bad usage,
@@ -26,12 +28,13 @@ from typing import BinaryIO
 
 import orjson
 
-from calguard import __version__, alarm_cli, broker_config, user_cli
+from calguard import __version__, alarm_cli, broker_config, library_cli, user_cli
 from calguard.alerts.log import AlertLog, default_db_url, training_db_url
 from calguard.alerts.sessions import MODES, SessionFilter, list_sessions
 from calguard.cliargs import retire_config
 from calguard.config.loader import builtin_text, check_library
 from calguard.config.show import render_library
+from calguard.config.site import WebConfig, time_zone
 from calguard.logs import FORMATS, setup_logging
 from calguard.monitor.errors import ConfigError, LogError
 from calguard.monitor.timeutil import format_ts
@@ -63,6 +66,7 @@ def _parser() -> argparse.ArgumentParser:
     rp.add_argument(
         "--library", metavar="LIBRARY.toml", help="drug library (default: the built-in one)"
     )
+    rp.add_argument("--profile", metavar="NAME", help="the library's care-area profile to run")
     retire_config(rp)
     db = rp.add_mutually_exclusive_group()
     db.add_argument("--db", metavar="URL", help=f"log database URL (default: {default_db_url()})")
@@ -79,6 +83,7 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("file")
     show = csub.add_parser("show", help="print the effective limits, converted")
     show.add_argument("file", nargs="?")
+    show.add_argument("--profile", metavar="NAME", help="as this care-area profile has them")
     csub.add_parser("init", help="print the built-in library to start your own from")
 
     run = sub.add_parser("run", help="monitor live pumps as the site config says")
@@ -88,6 +93,13 @@ def _parser() -> argparse.ArgumentParser:
         "--view", action="store_true", help="show the live terminal view instead of alert lines"
     )
     run.add_argument("--db", metavar="URL", help="log database (overrides the site config)")
+    run.add_argument(
+        "--allow-unapproved",
+        action="store_true",
+        help="start on a library no pharmacist approved (the library-unapproved alarm stays "
+        "raised until an approved one is published)",
+    )
+    _web_args(run, "default: as the site config's [web] says, which serves it")
 
     demo = sub.add_parser(
         "demo", help="simulated pumps and a scenario, no broker or hardware needed"
@@ -110,6 +122,22 @@ def _parser() -> argparse.ArgumentParser:
         "--db", metavar="URL", help="log database (default: the training file, never the ward's)"
     )
     demo.add_argument("--no-db", action="store_true", help="do not write the durable log")
+    _web_args(demo, "default: served, with a demo account in the training log")
+    demo.add_argument(
+        "--tz", metavar="ZONE", default="UTC", help="the station's local time (default UTC)"
+    )
+    stay = demo.add_mutually_exclusive_group()
+    stay.add_argument(
+        "--stay",
+        dest="stay",
+        action="store_true",
+        default=None,
+        help="keep the monitor and its station up after the scenario, until Ctrl-C "
+        "(default when standard output is a terminal and the station is served)",
+    )
+    stay.add_argument(
+        "--no-stay", dest="stay", action="store_false", help="stop when the scenario ends"
+    )
 
     exp = sub.add_parser("export", help="a logged session's inputs as JSON Lines, to replay")
     exp.add_argument("--db", metavar="URL", help="log database (default: the local SQLite file)")
@@ -152,9 +180,39 @@ def _parser() -> argparse.ArgumentParser:
     )
     alarm_cli.add_parsers(sub)
     user_cli.add_parsers(sub)
+    library_cli.add_parsers(sub)
     broker_config.add_parser(sub)
     _everywhere(parser)
     return parser
+
+
+def _web_args(p: argparse.ArgumentParser, default: str) -> None:
+    """The central station in the browser: on or off, and on which loopback port."""
+    web = p.add_mutually_exclusive_group()
+    web.add_argument(
+        "--web",
+        dest="web",
+        action="store_true",
+        default=None,
+        help=f"serve the central station in the browser ({default})",
+    )
+    web.add_argument("--no-web", dest="web", action="store_false", help="no central station")
+    p.add_argument(
+        "--web-port",
+        type=_port,
+        metavar="PORT",
+        help="the station's port on 127.0.0.1 (default 8470; 0: any free port)",
+    )
+
+
+def _port(text: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{text}: a port from 0 to 65535")
+    return port
 
 
 def _session_filters(p: argparse.ArgumentParser, mode_default: str | None = None) -> None:
@@ -220,6 +278,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         return alarm_cli.dispatch(args)
     if args.command in user_cli.COMMANDS:
         return user_cli.dispatch(args)
+    if args.command == library_cli.COMMAND:
+        return library_cli.dispatch(args)
     if args.command == "run":
         return _run(args)
     if args.command == "demo":
@@ -357,9 +417,15 @@ def _run(args: argparse.Namespace) -> int:
         return _problems(exc)
     if args.db is not None:
         site = dataclasses.replace(site, db=args.db)
+    web = site.web
+    if args.web is not None:
+        web = dataclasses.replace(web, enabled=args.web)
+    if args.web_port is not None:
+        web = dataclasses.replace(web, port=args.web_port)
+    site = dataclasses.replace(site, web=web)
     settle_heap()
     try:
-        return asyncio.run(run_site(site, view=args.view))
+        return asyncio.run(run_site(site, view=args.view, allow_unapproved=args.allow_unapproved))
     except LogError as exc:
         log.error("%s", exc)
         return 3
@@ -377,9 +443,29 @@ def _demo(args: argparse.Namespace) -> int:
     view = sys.stdout.isatty() if args.view is None else args.view
     # the demo never writes the ward's log: its own file, unless --db says otherwise
     db = None if args.no_db else (args.db or training_db_url())
+    web = None
+    if args.web is not False:
+        try:
+            time_zone(args.tz)
+        except ValueError as exc:
+            log.error("--tz: %s", exc)
+            return 2
+        web = WebConfig(port=8470 if args.web_port is None else args.web_port, timezone=args.tz)
+    stay = web is not None and sys.stdout.isatty() if args.stay is None else args.stay
     settle_heap()
     try:
-        return asyncio.run(run_demo(load_library(), scenario, speed=args.speed, view=view, db=db))
+        return asyncio.run(
+            run_demo(
+                load_library(),
+                scenario,
+                speed=args.speed,
+                view=view,
+                db=db,
+                web=web,
+                accounts=db is not None and args.db is None,  # its own training log only
+                stay=stay,
+            )
+        )
     except LogError as exc:
         log.error("%s", exc)
         return 3
@@ -389,7 +475,7 @@ def _config(args: argparse.Namespace) -> int:
     if args.config_command == "init":
         sys.stdout.write(builtin_text())
         return 0
-    result = check_library(args.file)
+    result = check_library(args.file, getattr(args, "profile", None))
     for warning in result.warnings:
         print(f"warning: {warning}", file=sys.stderr)
     if result.library is None:
@@ -400,6 +486,11 @@ def _config(args: argparse.Namespace) -> int:
     if args.config_command == "check":
         lib = result.library
         print(f"{args.file}: OK — {lib.name}, version {lib.version}, {len(lib.products)} products")
+        if result.warnings:
+            print(
+                f"{len(result.warnings)} warning(s): approving this library needs each one "
+                "acknowledged (calguard library approve VERSION --acknowledge KEY)"
+            )
         return 0
     sys.stdout.write(render_library(result.library))
     return 0
@@ -408,7 +499,7 @@ def _config(args: argparse.Namespace) -> int:
 def _replay(args: argparse.Namespace) -> int:
     from calguard.replay import replay  # the engine is only imported when it is used
 
-    result = check_library(args.library)
+    result = check_library(args.library, args.profile)
     for warning in result.warnings:
         log.warning("warning: %s", warning)
     if result.library is None:

@@ -1,7 +1,9 @@
 """``calguard run`` and ``calguard demo``: the live monitor wired to its parts.
 
 Both run one ``asyncio.TaskGroup``: the monitor (drivers and engine), the alert output
-(JSON lines, or the terminal view), and for the demo the simulated pumps and the scenario.
+(JSON lines, or the terminal view), the central station in the browser (``calguard.web``:
+its server is a task of the same loop, reading the engine and the alarm layer as they
+are), and for the demo the simulated pumps and the scenario.
 SIGINT and SIGTERM stop the drivers, let the engine finish what arrived, and flush the
 durable log before the process exits.
 """
@@ -24,12 +26,14 @@ from calguard.alerts.anchor_mqtt import AnchorPublisher
 from calguard.alerts.log import AlertLog
 from calguard.alerts.sinks import Sink, open_sink
 from calguard.app import Monitor
-from calguard.config.site import Site
+from calguard.config.site import Site, WebConfig
 from calguard.drivers.base import Driver
 from calguard.drivers.clock import ScaledClock, SystemClock
 from calguard.drivers.registry import open_driver
 from calguard.drivers.serial import SerialDriver
 from calguard.drivers.virtual import VirtualDriver
+from calguard.guard import CommandGuard
+from calguard.library_watch import LibraryWatch, unapproved
 from calguard.monitor.clock import Clock
 from calguard.monitor.engine import Engine
 from calguard.monitor.library import Library
@@ -42,6 +46,8 @@ from calguard.simulators.runner import BedsideQueue, play
 from calguard.simulators.scenario import Scenario
 from calguard.simulators.serial_ward import SerialWard
 from calguard.view import TerminalView
+from calguard.web import Station
+from calguard.web.demo import demo_accounts
 
 __all__ = ["run_demo", "run_site"]
 
@@ -101,6 +107,11 @@ async def _monitor(
     sinks: Sequence[Sink] = (),
     site: str | None = None,
     on_anchor: Callable[[Anchor], None] | None = None,
+    web: WebConfig | None = None,
+    timezone: str = "UTC",
+    web_note: str = "",
+    library_watch: LibraryWatch | None = None,
+    approved: bool = True,
 ) -> Counter[str]:
     counts: Counter[str] = Counter()
     early = asyncio.Event()
@@ -141,7 +152,16 @@ async def _monitor(
             outputs=outputs,
             engine=engine,
             sinks=sinks,
+            # the station's actions are commands too: checked against this log's accounts
+            guard=CommandGuard.of_log(alert_log) if web and alert_log is not None else None,
             file_actions=mode != "live",  # live, people act only with a signed token
+            library_watch=library_watch,
+            approved=approved,
+        )
+        station = (
+            Station(monitor, web, title=title, mode=mode, timezone=timezone, site=site)
+            if web is not None
+            else None
         )
         _on_signals(monitor.stop)
         if early.is_set():
@@ -149,6 +169,8 @@ async def _monitor(
         alarms = monitor.pipeline.alarms
         if alarms is not None and restored_lines is not None:
             missed = restore_alarms(alarms, restored_lines, engine, missed, restart)
+            if station is not None:
+                station.remember(restored_lines)
         monitor.emit(missed)
         terminal = (
             TerminalView(
@@ -162,23 +184,56 @@ async def _monitor(
             if view
             else None
         )
+        if station is not None:
+            station.on_listening = _announce(terminal, web_note)
         async with asyncio.TaskGroup() as group:
             running = group.create_task(monitor.run(), name="monitor")
             screen = None
             if terminal is not None:
                 screen = group.create_task(terminal.run(), name="view")
+            if station is not None:
+                group.create_task(station.run(), name="central station")
+            scenario = None
             if body is not None:
-                async for _ in body(monitor):
-                    pass
+                scenario = group.create_task(_drain(body(monitor)), name="scenario")
             await running
+            if scenario is not None:
+                scenario.cancel()  # a signal stopped the monitor before the scenario ended
             if screen is not None:
                 screen.cancel()
+            if station is not None:
+                station.stop()  # its pages hear that the monitor stopped
         if terminal is not None:
             terminal.draw()  # the last state, as the monitor stopped
     return counts
 
 
-async def run_site(site: Site, *, view: bool, out: TextIO = sys.stdout) -> int:
+async def _drain(body: AsyncIterator[None]) -> None:
+    async for _ in body:
+        pass
+
+
+def _announce(terminal: TerminalView | None, note: str) -> Callable[[str], None]:
+    """What is said once the station listens: its address (and the demo's accounts), in
+    the terminal view's title too, which is redrawn over everything else."""
+
+    def say(url: str) -> None:
+        if note:
+            log.warning("%s", note)
+        if terminal is not None:
+            terminal.title += f" - station {url}" + (f" ({note})" if note else "")
+
+    return say
+
+
+async def run_site(
+    site: Site, *, view: bool, out: TextIO = sys.stdout, allow_unapproved: bool = False
+) -> int:
+    """``allow_unapproved``: start on a library no pharmacist approved (else refused)."""
+    refusal = await unapproved(site)
+    if refusal is not None and not allow_unapproved:
+        log.error("%s", refusal)
+        return 1
     clock: Clock = (
         SystemClock() if site.speed == 1 else ScaledClock(site.speed, site.clock_anchor_us)
     )
@@ -202,6 +257,12 @@ async def run_site(site: Site, *, view: bool, out: TextIO = sys.stdout) -> int:
             mode="live" if site.speed == 1 else "training",
             site=site.name,
             on_anchor=anchors.offer if anchors is not None else None,
+            web=site.web if site.web.enabled else None,
+            timezone=site.timezone,
+            library_watch=None
+            if site.db is None
+            else LibraryWatch(site.db, site.name, site.profile),
+            approved=refusal is None,
         )
     return 0
 
@@ -214,7 +275,13 @@ async def run_demo(
     view: bool,
     db: str | None,
     out: TextIO = sys.stdout,
+    web: WebConfig | None = None,
+    accounts: bool = False,
+    stay: bool = False,
 ) -> int:
+    """``accounts``: make the demo's accounts in ``db`` (its own training log only);
+    ``stay``: keep the monitor and its station up after the scenario, until Ctrl-C."""
+    note = await _demo_logins(db, accounts) if web is not None else ""
     clock = ScaledClock(speed, anchor_us=SystemClock().now_us())
     bedside = "virtual://demo-bedside"
     VirtualDriver.forget(bedside)
@@ -241,7 +308,10 @@ async def run_demo(
         async def scenario_then_stop(monitor: Monitor) -> AsyncIterator[None]:
             await play(scenario, ward, clock)
             await asyncio.sleep(0.5)  # the last poll
-            monitor.stop()
+            if stay:
+                log.warning("the scenario has ended; the monitor stays up until Ctrl-C")
+            else:
+                monitor.stop()
             yield None
 
         counts = await _monitor(
@@ -255,6 +325,8 @@ async def run_demo(
             view=view,
             out=out,
             body=scenario_then_stop,
+            web=web,
+            web_note=note,
         )
     raised = {k.split(" ", 1)[1]: v for k, v in counts.items() if k.startswith("raised")}
     log.info(
@@ -262,3 +334,13 @@ async def run_demo(
         ", ".join(f"{rule} x{n}" for rule, n in sorted(raised.items())) or "no alerts",
     )
     return 0
+
+
+async def _demo_logins(db: str | None, accounts: bool) -> str:
+    """What a new user needs to act at the demo's station: its accounts and passwords."""
+    if db is None:
+        return "no log (--no-db): the station shows the ward, and nobody can log in to act"
+    if not accounts:
+        return "log in with an account of that log (calguard user add NAME --role ROLE --db URL)"
+    made = await demo_accounts(db)
+    return "log in as " + " or ".join(f"{name} ({role}), password {pw}" for name, role, pw in made)

@@ -3,6 +3,8 @@
     [site]
     name = "NICU North"
     library = "nicu-library.toml"   # relative to this file; default: the built-in library
+    profile = "nicu"                # the library's care-area profile this unit runs
+    four_eyes = true                # publishing a library to this unit takes two pharmacists
     timezone = "Europe/London"      # IANA name: local time in reports (default UTC)
     db = "postgresql://calguard@127.0.0.1/calguard"   # default: the local SQLite file; "none"
     speed = 1.0                     # training only: the clock runs this many times faster
@@ -34,6 +36,12 @@
     account = "chart-b1"
     events = ["patency_check", "site_check"]   # default: every bedside documentation type
 
+    [web]                           # the central station in the browser (on by default)
+    host = "127.0.0.1"              # a loopback address only: no TLS, not for the network
+    port = 8470                     # 0: any free port (the monitor logs which)
+    timezone = "Europe/London"      # the station's local time (default: the site's)
+    session = "8 h"                 # how long a login in the browser holds (at most 12 h)
+
 Each driver and sink declares the options it takes (``options``, a map of ``OptionSpec``),
 a driver also the parameters of its URL (``url_params``; none when it declares none) and
 any check across them (``config_problems(url, options)``, (key, message) pairs). They are
@@ -54,6 +62,7 @@ Account and pump names end up in topics and in Mosquitto's files: letters, digit
 from __future__ import annotations
 
 import difflib
+import ipaddress
 import re
 import tomllib
 from collections.abc import Callable, Iterator, Mapping
@@ -68,7 +77,8 @@ from zoneinfo import ZoneInfo, available_timezones
 from calguard.config.loader import builtin_text, check_library
 from calguard.config.options import OptionSpec, check_options, parse_query
 from calguard.config.pumps import check_pumps
-from calguard.monitor.errors import ConfigError, ConfigProblem, DriverError
+from calguard.monitor import units
+from calguard.monitor.errors import ConfigError, ConfigProblem, DriverError, QuantityError
 from calguard.monitor.events import DOCUMENTATION
 from calguard.monitor.library import Library
 from calguard.monitor.timeutil import parse_ts
@@ -80,6 +90,7 @@ __all__ = [
     "DriverConfig",
     "Lookup",
     "Site",
+    "WebConfig",
     "load_site",
     "time_zone",
 ]
@@ -89,8 +100,17 @@ __all__ = [
 Lookup = Callable[[str], Any]
 Problem = Callable[[str, str], None]
 
-_SECTIONS = ("site", "drivers", "sinks", "broker")
-_SITE_KEYS = ("name", "library", "timezone", "db", "speed", "clock_anchor")
+_SECTIONS = ("site", "drivers", "sinks", "broker", "web")
+_SITE_KEYS = (
+    "name",
+    "library",
+    "profile",
+    "four_eyes",
+    "timezone",
+    "db",
+    "speed",
+    "clock_anchor",
+)
 
 
 @dataclass(frozen=True)
@@ -127,6 +147,19 @@ class BrokerAccounts:
 
 
 @dataclass(frozen=True)
+class WebConfig:
+    """The central station in the browser (``[web]``), served by the monitor itself on a
+    loopback address only: plain HTTP and a login page are not for the hospital network
+    (a reverse proxy with TLS is the way there)."""
+
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = 8470  # 0: any free port
+    timezone: str | None = None  # IANA name; None: the site's
+    session_s: int = 8 * 3600  # how long a login in the browser holds
+
+
+@dataclass(frozen=True)
 class Site:
     name: str
     library: Library
@@ -138,6 +171,9 @@ class Site:
     timezone: str = "UTC"  # IANA name: the local time of reports and the station
     source: str = ""
     broker: BrokerAccounts = BrokerAccounts()
+    web: WebConfig = WebConfig()
+    profile: str | None = None  # the library's care-area profile this unit runs
+    four_eyes: bool = False  # a library is published to this unit by a second pharmacist
 
 
 def load_site(
@@ -169,7 +205,13 @@ def load_site(
         library_path = None
     if library_path is not None:
         library_path = str((Path(path).parent / library_path).resolve())
-    result = check_library(library_path)
+    profile, four_eyes = site.get("profile"), site.get("four_eyes", False)
+    if profile is not None and not isinstance(profile, str):
+        problem("site.profile", f"{profile!r} — the name of a profile of the library is expected")
+        profile = None
+    if not isinstance(four_eyes, bool):
+        problem("site.four_eyes", f"{four_eyes!r} — true or false is expected")
+    result = check_library(library_path, profile)
     problems += result.problems
     speed = site.get("speed", 1.0)
     if isinstance(speed, bool) or not isinstance(speed, int | float) or not 0 < speed <= 10_000:
@@ -185,6 +227,7 @@ def load_site(
         doc.get("drivers", []), drivers, result.library, broker.charting, problem
     )
     sink_configs = _sinks(doc.get("sinks", []), sinks, problem)
+    web = _web(doc.get("web", {}), problem)
     if problems:
         raise ConfigError(problems)
     assert result.library is not None
@@ -199,6 +242,9 @@ def load_site(
         timezone=timezone,
         source=source,
         broker=broker,
+        web=web,
+        profile=profile,
+        four_eyes=four_eyes is True,
     )
 
 
@@ -240,7 +286,9 @@ def _sections(doc: dict[str, Any], source: str, name: str, problem: Problem) -> 
                 'its own, named here by [site] library = "FILE.toml"',
             )
         elif key not in _SECTIONS:
-            problem(key, "unknown section; expected [site], [[drivers]], [[sinks]] and [broker]")
+            problem(
+                key, "unknown section; expected [site], [[drivers]], [[sinks]], [broker] and [web]"
+            )
 
 
 def _anchor(value: object, problem: Problem) -> int | None:
@@ -282,6 +330,72 @@ def _timezone(value: object, problem: Problem) -> str:
         problem("site.timezone", str(exc))
         return "UTC"
     return value
+
+
+_WEB_KEYS = {
+    "enabled": OptionSpec(bool, True, "whether the monitor serves the central station"),
+    "host": OptionSpec(str, "127.0.0.1", "the loopback address the station listens on"),
+    "port": OptionSpec(int, 8470, "the station's TCP port; 0: any free one", 0, 65535),
+    "timezone": OptionSpec(str, None, 'the local time shown, e.g. "Europe/London"'),
+    "session": OptionSpec(str, "8 h", 'how long a login in the browser holds, e.g. "8 h"'),
+}
+_SESSION_S = (60, 12 * 3600)  # a browser login holds 1 min to 12 h (a token's longest life)
+
+
+def _web(table: object, problem: Problem) -> WebConfig:
+    """The ``[web]`` table: every problem reported as ``web.<key>``."""
+    if not isinstance(table, dict):
+        problem("web", "a table ([web]) is expected")
+        return WebConfig()
+    wrong = dict(check_options(table, _WEB_KEYS, "in the [web] table", "key"))
+    for key, message in wrong.items():
+        problem(f"web.{key}", message)
+    good = {k: v for k, v in table.items() if k not in wrong}
+    host = good.get("host", WebConfig.host)
+    if not _loopback(host):
+        problem(
+            "web.host",
+            f"{host!r} — a loopback address is expected (127.0.0.1, ::1 or localhost): the "
+            "station speaks plain HTTP; serve it further through a proxy with TLS",
+        )
+    timezone = good.get("timezone")
+    if timezone is not None:
+        try:
+            time_zone(timezone)
+        except ValueError as exc:
+            problem("web.timezone", str(exc))
+    return WebConfig(
+        enabled=good.get("enabled", True),
+        host=host,
+        port=good.get("port", WebConfig.port),
+        timezone=timezone,
+        session_s=_session(good.get("session"), problem),
+    )
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _session(text: str | None, problem: Problem) -> int:
+    if text is None:
+        return WebConfig.session_s
+    try:
+        number, unit = units.split_quantity(text)
+        seconds = round(number * units.unit_factor(unit, units.DURATION) / 1e6)
+    except QuantityError as exc:
+        problem("web.session", f"{text!r}: {exc.explain()}")
+        return WebConfig.session_s
+    low, high = _SESSION_S
+    if not low <= seconds <= high:
+        problem("web.session", f"{text!r} — from 1 min to {high // 3600} h is expected")
+        return WebConfig.session_s
+    return seconds
 
 
 def _db(db: object) -> str | None:
