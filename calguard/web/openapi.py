@@ -23,7 +23,16 @@ from calguard.web.api import JSON
 if TYPE_CHECKING:
     from calguard.web.server import Station
 
-__all__ = ["API_PATHS", "API_SCHEMAS", "BED_PATHS", "REPORT_PATHS", "document", "routes"]
+__all__ = [
+    "API_PATHS",
+    "API_SCHEMAS",
+    "BED_PATHS",
+    "LIBRARY_PATHS",
+    "LIBRARY_SCHEMAS",
+    "REPORT_PATHS",
+    "document",
+    "routes",
+]
 
 _PRIORITIES = ["high", "medium", "low"]
 
@@ -325,6 +334,188 @@ REPORT_PATHS: dict[str, Any] = {
             "responses": {
                 "200": {"description": "CSV", "content": {"text/csv": {}}},
                 **_REPORT_ERRORS,
+            },
+        }
+    },
+}
+
+
+_PROBLEMS: dict[str, Any] = {
+    "type": "array",
+    "items": {
+        "type": "object",
+        "required": ["key", "message"],
+        "properties": {
+            "key": {**_TEXT, "examples": ["rules.rate-volume.limit"]},
+            "message": {**_TEXT, "description": "in words, naming the default and its source"},
+        },
+    },
+}
+LIBRARY_SCHEMAS: dict[str, Any] = {
+    "Draft": {
+        "type": "object",
+        "required": ["text"],
+        "additionalProperties": False,
+        "properties": {
+            "text": {**_TEXT, "minLength": 1, "description": "the library's TOML"},
+            "source": {
+                **_TEXT,
+                "maxLength": 200,
+                "description": "the file's name, as the draft records it",
+                "examples": ["nicu-library.toml"],
+            },
+        },
+    },
+    "LibraryStep": {
+        "type": "object",
+        "description": "A step of the library's lifecycle and its entry of the audit chain "
+        "(payload: the step, the content hash, the SHA-256 of the library's text).",
+        "required": ["t", "step", "version", "by", "role", "detail"],
+        "properties": {
+            "t": {**_TEXT, "format": "date-time"},
+            "step": {"enum": ["draft", "approve", "publish", "rollback"]},
+            "version": _TEXT,
+            "unit": _MAYBE_TEXT,
+            "profile": _MAYBE_TEXT,
+            "by": _TEXT,
+            "role": _TEXT,
+            "detail": _OBJECT,
+            "audit": {"type": ["object", "null"]},
+        },
+    },
+    "LibraryVersion": {
+        "type": "object",
+        "description": "A version as `calguard config check` sees it now, its diff against "
+        "the library this monitor runs, and its steps.",
+        "required": ["version", "problems", "warnings"],
+        "properties": {
+            "version": _TEXT,
+            "name": _MAYBE_TEXT,
+            "problems": _PROBLEMS,
+            "warnings": _PROBLEMS,
+            "diff": {"type": ["object", "null"]},
+            "approved_by": {"type": "array", "items": _TEXT},
+            "steps": {"type": "array", "items": _ref("LibraryStep")},
+        },
+    },
+}
+_VERSION = {
+    "name": "version",
+    "in": "path",
+    "required": True,
+    "description": "a content hash, or its first digits (sha256: and at least 6)",
+    "schema": {**_TEXT, "examples": ["sha256:9a07e6"]},
+}
+_PHARMACIST_ERRORS = {
+    "400": _error("a field the step does not take"),
+    "401": _error("not logged in, or the token no longer holds"),
+    "403": _error("not a pharmacist, or the CSRF token is missing or stale"),
+    "404": _error("no such version in the log"),
+    "409": _error("refused by the lifecycle: its reason"),
+    "413": _error("too large"),
+    "415": _error("not JSON"),
+    "503": _error("the log cannot be used now"),
+}
+LIBRARY_PATHS: dict[str, Any] = {
+    "/api/library": {
+        "get": {
+            "summary": "the library this monitor runs, and what is published to its unit",
+            "responses": {
+                "200": _json(_OBJECT, "running, published, switch_pending"),
+                "503": _error("no log, or it cannot be read now"),
+            },
+        }
+    },
+    "/api/library/history": {
+        "get": {
+            "summary": "the lifecycle's latest steps, newest first, with their audit entries",
+            "responses": {
+                "200": _json(
+                    {
+                        "type": "object",
+                        "required": ["steps"],
+                        "properties": {"steps": {"type": "array", "items": _ref("LibraryStep")}},
+                    },
+                    "the steps",
+                ),
+                "503": _error("no log, or it cannot be read now"),
+            },
+        }
+    },
+    "/api/library/drafts": {
+        "post": {
+            "summary": "check a library (its TOML text) and keep it as a draft",
+            "security": _SECURED,
+            "requestBody": {
+                "required": True,
+                "content": {"application/json": {"schema": _ref("Draft")}},
+            },
+            "responses": {
+                "201": _json(_ref("LibraryVersion"), "drafted: its check, diff and steps"),
+                "400": _error("no text, or a source that is not a file name"),
+                "401": _error("not logged in, or the token no longer holds"),
+                "403": _error("the CSRF token is missing or stale"),
+                "413": _error("too large"),
+                "415": _error("not JSON"),
+                "422": _json(_ref("LibraryVersion"), "problems: nothing was recorded"),
+                "503": _error("the log cannot be used now"),
+            },
+        }
+    },
+    "/api/library/versions/{version}": {
+        "get": {
+            "summary": "a version as checked now, its diff against what runs, its steps",
+            "parameters": [_VERSION],
+            "responses": {
+                "200": _json(_ref("LibraryVersion"), "the version"),
+                "404": _error("no such version in the log"),
+                "503": _error("the log cannot be read now"),
+            },
+        }
+    },
+    "/api/library/versions/{version}/approve": {
+        "post": {
+            "summary": "approve a draft (a pharmacist), each warning acknowledged by its key",
+            "security": _SECURED,
+            "parameters": [_VERSION],
+            "requestBody": {
+                "content": {
+                    "application/json": {
+                        "schema": {
+                            "type": "object",
+                            "additionalProperties": False,
+                            "properties": {
+                                "acknowledged": {"type": "array", "items": _TEXT},
+                            },
+                        }
+                    }
+                }
+            },
+            "responses": {
+                "200": _json(_ref("LibraryStep"), "approved"),
+                **_PHARMACIST_ERRORS,
+            },
+        }
+    },
+    "/api/library/versions/{version}/publish": {
+        "post": {
+            "summary": "publish an approved version to this monitor's unit (a pharmacist; a "
+            "second one if its site config asks for four eyes)",
+            "security": _SECURED,
+            "parameters": [_VERSION],
+            "responses": {
+                "200": _json(
+                    {
+                        "type": "object",
+                        "required": ["steps"],
+                        "properties": {
+                            "steps": {"type": "array", "items": _ref("LibraryStep")},
+                            "switch_within_s": {"type": "number"},
+                        },
+                    },
+                    "published: the unit's monitor switches at its next look at the log",
+                ),
+                **_PHARMACIST_ERRORS,
             },
         }
     },

@@ -1,6 +1,7 @@
 """The sections the station is made of: the unit overview with its API, the bed detail, the
-report. A page added later is one more ``Section`` (its routes, its link, its API schema)
-handed to ``Station(sections=[*SECTIONS, ...])``; it shares the login and the state."""
+report, the pharmacy's page for the drug library's lifecycle. A page added later is one more
+``Section`` (its routes, its link, its API schema) handed to
+``Station(sections=[*SECTIONS, ...])``; it shares the login and the state."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from typing import TYPE_CHECKING
 
 from starlette.routing import BaseRoute
 
-from calguard.web import api, bed, openapi, pages, report
+from calguard.web import api, bed, openapi, pages, pharmacy, report
 from calguard.web.server import Section
 
 if TYPE_CHECKING:
@@ -31,4 +32,11 @@ SECTIONS = (
     ),
     Section("bed", bed.routes, paths=openapi.BED_PATHS),
     Section("report", report.routes, nav=("/report", "Report"), paths=openapi.REPORT_PATHS),
+    Section(
+        "pharmacy",
+        pharmacy.routes,
+        nav=("/pharmacy", "Pharmacy"),
+        paths=openapi.LIBRARY_PATHS,
+        schemas=openapi.LIBRARY_SCHEMAS,
+    ),
 )
