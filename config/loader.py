@@ -403,12 +403,10 @@ class _Checker:
 
     @staticmethod
     def suggest(value: object, setting: QuantitySetting, *, readable: bool) -> str:
-        """'did you mean "2 ml/min"?': the same number in the usual unit, when that is
-        plausible and cannot change what was understood. ``readable``: the value was read
-        (and is implausible as written: a slip between ml/h and ml/min); else it was not
-        (a bare number; a misspelt unit). A unit with a meaning of its own is never swapped
-        for another: not mEq for mmol, nor % for mg/ml (they are converted as written), nor
-        a unit of another dimension."""
+        """'did you mean "2 ml/min"?': the same number in the usual unit, only when nothing
+        was understood (a bare number; a misspelt unit), so that the hint cannot change a
+        dose. ``readable``: the value was read and is implausible as written (a slip between
+        ml/h and ml/min?): then the hint names the usual unit, never a value."""
         if isinstance(value, bool) or not isinstance(value, int | float | str):
             return ""
         try:
@@ -418,7 +416,12 @@ class _Checker:
         except QuantityError:
             return ""
         if readable and units.own_notation(written):
-            return ""  # 6 mEq/kg is 3 mmol/kg: "6 mmol/kg" would double it
+            return ""  # 6 mEq/kg is 3 mmol/kg: even a unit named could read as "6 mmol/kg"
+        if readable:
+            # it was understood, and is implausible as written: proposing the same number in
+            # another unit would propose another dose (2 ml/h is not 2 ml/min, 6 mEq/kg not
+            # 6 mmol/kg): say which unit such settings are written in, never a value
+            return f"; check the unit: this setting is usually written in {setting.hint}"
         # not read: a unit of another meaning, or a word that is no slip of the usual unit
         slip = not units.is_unit(written) and _misspelt(written, setting.hint)
         if not readable and written and not slip:

@@ -134,7 +134,8 @@ def test_other_percentages_are_refused() -> None:
 @pytest.mark.parametrize(
     ("new", "hint"),
     [
-        ('limit = "2 ml/h"', 'did you mean "2 ml/min"?'),  # implausible as written: a slip
+        # understood, implausible as written: the usual unit is named, never another dose
+        ('limit = "2 ml/h"', "check the unit: this setting is usually written in ml/min"),
         ('limit = "2 ml/mn"', 'did you mean "2 ml/min"?'),  # a misspelt unit
         ("limit = 2", 'did you mean "2 ml/min"?'),  # no unit at all
     ],

@@ -89,7 +89,7 @@ def test_a_pharmacist_signs_off_a_looser_limit_and_the_units_monitor_switches_to
     problem = page.find(f'#draft-problems li[data-key="{KEY}"]').text
     assert problem == (
         f'{KEY} "2 ml/h" is 0.0333 ml/min, outside the plausible range 0.1 ml/min to 10 ml/min '
-        'for this setting; did you mean "2 ml/min"?'
+        "for this setting; check the unit: this setting is usually written in ml/min"
     )
     assert page.find("#version").get_attribute("hidden") is not None
 
