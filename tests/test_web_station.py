@@ -20,6 +20,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from selenium.webdriver.common.by import By
@@ -187,18 +188,25 @@ def test_24_beds_fit_one_screen_worst_alarm_first_then_as_people_count(
         )
     station.feed(*events)
     page.open()
+    expected = ["B7", "B20"] + [f"B{n}" for n in range(1, 25) if n not in alarmed]
+
+    def layout() -> list[list[Any]]:
+        """Each tile's bed, bottom and right edge, read in one script: the page redraws
+        tiles as updates arrive, so elements found earlier may be gone a moment later."""
+        return page.script(  # type: ignore[no-any-return]
+            "return [...document.querySelectorAll('.tile[data-bed]')].map(t => {"
+            " const r = t.getBoundingClientRect();"
+            " return [t.dataset.bed, t.dataset.worst, r.bottom, r.right]; })"
+        )
+
     tiles = page.until(
-        lambda: (found := page.found(".tile[data-bed]")) and len(found) == 24 and found,
-        what="24 beds",
+        lambda: (found := layout()) and [t[0] for t in found] == expected and found,
+        what=f"24 beds in the order {expected}",
     )
-    page.until(lambda: page.find('.tile[data-bed="B20"]').get_attribute("data-worst") == "high")
-    tiles = page.found(".tile[data-bed]")
-    order = [t.get_attribute("data-bed") for t in tiles]
-    assert order == ["B7", "B20"] + [f"B{n}" for n in range(1, 25) if n not in alarmed]
+    assert [t[1] for t in tiles[:2]] == ["high", "high"]
     assert page.script("return document.documentElement.scrollHeight") <= SCREEN[1]
-    for tile in tiles:
-        box = tile.rect
-        assert box["y"] + box["height"] <= SCREEN[1] and box["x"] + box["width"] <= SCREEN[0]
+    for _, _, bottom, right in tiles:
+        assert bottom <= SCREEN[1] and right <= SCREEN[0]
     assert page.screenshot("overview.png").stat().st_size > 10_000
     assert page.errors() == []
 

@@ -27,6 +27,7 @@ import pytest
 from calguard.drivers.clock import SystemClock
 from calguard.monitor.timeutil import format_ts
 from selenium import webdriver
+from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
@@ -205,7 +206,13 @@ class Page:
 
     def until(self, condition: Callable[[], Any], within: float = 15.0, what: str = "") -> Any:
         """Wait for ``condition`` (polled every 50 ms); fail saying what was awaited."""
-        wait = WebDriverWait(self.driver, within, poll_frequency=0.05)
+        # the page redraws what updates touch: an element found a moment ago may be gone
+        wait = WebDriverWait(
+            self.driver,
+            within,
+            poll_frequency=0.05,
+            ignored_exceptions=(NoSuchElementException, StaleElementReferenceException),
+        )
         return wait.until(lambda _: condition(), message=what or "condition not met")
 
     def find(self, css: str) -> WebElement:
