@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import getpass
+import hashlib
 import logging
 import re
 import time
@@ -26,17 +28,23 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+import orjson
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
+from calguard.alerts.anchor import Anchor, append_anchor
+from calguard.alerts.chain import AuditKey, AuditKeyError, Entry, Head, load_key
+from calguard.alerts.library_store import NO_SESSION, append_entry
 from calguard.alerts.log import (
     _PG_MIGRATION_LOCK,  # the one lock that serialises migrations of a log database
+    default_anchor_file,
+    default_audit_key,
     default_db_url,
     normalise_db_url,
     redact_url,
     short_error,
 )
 from calguard.alerts.private import create_private_file, private_dir
-from calguard.alerts.schema import migrate, users
+from calguard.alerts.schema import log_identity, migrate, users
 from calguard.monitor.errors import CalGuardError, LogError
 from calguard.monitor.events import ROLES
 from sqlalchemy import insert, select, text, update
@@ -51,6 +59,7 @@ __all__ = [
     "AccountError",
     "Accounts",
     "AuthenticationError",
+    "account_digest",
     "check_name",
     "check_password",
 ]
@@ -120,8 +129,14 @@ class Accounts:
         *,
         hasher: PasswordHasher | None = None,
         migrate: bool = True,
+        audit_key: Path | None = None,
+        anchor_file: Path | None = None,
     ) -> None:
         self.url = normalise_db_url(url or default_db_url())
+        #: every change of an account is an entry of the keyed audit chain, with the digest
+        #: of its row: a role or a state written straight into the table fails audit verify
+        self.audit_key = audit_key or default_audit_key()
+        self.anchor_file = anchor_file or default_anchor_file()
         self.hasher = hasher or PasswordHasher()  # Argon2id, RFC 9106 low-memory profile
         self._migrate = migrate
         self._engine: AsyncEngine | None = None
@@ -221,14 +236,17 @@ class Accounts:
             "changed_us": now,
         }
         try:
+            key = self._key()
             async with self.engine.begin() as conn:
                 await conn.execute(insert(users), [row])
+                head, identity = await self._audited(conn, key, "add", name)
         except IntegrityError:
             raise AccountError(f"account {name!r} exists already") from None
         except (SQLAlchemyError, OSError) as exc:
             raise LogError(
                 f"cannot add {name!r} in {self.display_url}: {short_error(exc)}"
             ) from exc
+        self._anchor(key, identity, head)
         return Account(name, role, False, now, now)
 
     async def disable(self, name: str) -> Account:
@@ -245,16 +263,61 @@ class Accounts:
 
     async def _change(self, name: str, **values: object) -> Account:
         statement = update(users).where(users.c.name == name)
+        what = (
+            "passwd"
+            if "password_hash" in values
+            else "disable"
+            if values.get("disabled")
+            else "enable"
+        )
+        key = self._key()
         try:
             async with self.engine.begin() as conn:
                 done = await conn.execute(statement.values(**values, changed_us=_wall_us()))
+                if done.rowcount != 1:
+                    raise AccountError(f"no account {name!r} in {self.display_url}")
+                head, identity = await self._audited(conn, key, what, name)
         except (SQLAlchemyError, OSError) as exc:
             raise LogError(
                 f"cannot change {name!r} in {self.display_url}: {short_error(exc)}"
             ) from exc
-        if done.rowcount != 1:
-            raise AccountError(f"no account {name!r} in {self.display_url}")
+        self._anchor(key, identity, head)
         return await self.get(name)
+
+    # -- the audit ----------------------------------------------------------------------------
+
+    def _key(self) -> AuditKey:
+        try:
+            return load_key(self.audit_key, create=True)
+        except (OSError, AuditKeyError) as exc:
+            raise LogError(f"cannot use the audit key: {exc}") from exc
+
+    async def _audited(
+        self, conn: Any, key: AuditKey, what: str, name: str, by: str | None = None
+    ) -> tuple[Head, str]:
+        """The account's row as it now stands, as an audit entry (in the same transaction):
+        ``account-<what>`` by the operating-system user who ran the command (or ``by``)."""
+        row = (await conn.execute(select(users).where(users.c.name == name))).one()
+        said = {"account": name, "role": row.role, "disabled": bool(row.disabled)}
+        said["changed_us"] = row.changed_us
+        entry = Entry(
+            NO_SESSION,
+            _wall_us(),
+            f"account-{what}",
+            by or f"local:{getpass.getuser()}",
+            orjson.dumps(said).decode(),
+            None,
+            account_digest(row),
+        )
+        head = await append_entry(conn, entry, key)
+        identity = (await conn.execute(select(log_identity.c.id))).scalar_one()
+        return head, str(identity)
+
+    def _anchor(self, key: AuditKey, identity: str, head: Head) -> None:
+        try:
+            append_anchor(self.anchor_file, Anchor.make(key, identity, head, _wall_us()))
+        except OSError as exc:  # the change stands; the next anchor covers it
+            log.error("cannot write the audit anchor to %s: %s", self.anchor_file, exc)
 
     # -- logging in ---------------------------------------------------------------------------
 
@@ -283,13 +346,16 @@ class Accounts:
         """The same password under the hasher's parameters now (not a change of state)."""
         digest = await asyncio.to_thread(self.hasher.hash, password)
         try:
+            key = self._key()
             async with self.engine.begin() as conn:
                 await conn.execute(
                     update(users).where(users.c.name == name).values(password_hash=digest)
                 )
-        except (SQLAlchemyError, OSError) as exc:  # the login stands; the next one retries
+                head, identity = await self._audited(conn, key, "rehash", name, by=name)
+        except (SQLAlchemyError, OSError, LogError) as exc:  # the login stands; next one retries
             log.warning("account %s: could not store the rehashed password: %s", name, exc)
         else:
+            self._anchor(key, identity, head)
             log.info("account %s: password rehashed with the current Argon2id parameters", name)
 
     def _verify(self, digest: str, password: str) -> bool:
@@ -317,6 +383,15 @@ def _decoy(hasher: PasswordHasher) -> str:
         f"$argon2id$v=19$m={hasher.memory_cost},t={hasher.time_cost},"
         f"p={hasher.parallelism}${salt}${digest}"
     )
+
+
+def account_digest(row: Any) -> str:
+    """SHA-256 of an account's row as stored (its password's hash included): what its
+    latest audit entry holds, so that ``calguard audit verify`` finds a row edited outside
+    ``calguard user``."""
+    fields = (row.name, row.role, row.password_hash, bool(row.disabled), row.created_us)
+    text = "\n".join(str(f) for f in (*fields, row.changed_us))
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 def _wall_us() -> int:

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+from calguard.alerts.accounts import account_digest
 from calguard.alerts.anchor import Anchor, scan_anchors
 from calguard.alerts.chain import (
     GENESIS,
@@ -55,7 +56,7 @@ from calguard.alerts.log import (
     default_audit_key,
     normalise_db_url,
 )
-from calguard.alerts.schema import alert_transitions, audit_chain, inputs, log_identity
+from calguard.alerts.schema import alert_transitions, audit_chain, inputs, log_identity, users
 from sqlalchemy import Row, inspect, literal, select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.pool import NullPool
@@ -71,7 +72,7 @@ __all__ = [
     "verify_chain",
 ]
 
-CHECKS = ("links", "HMACs", "alert_transitions", "inputs", "anchor")
+CHECKS = ("links", "HMACs", "alert_transitions", "inputs", "accounts", "anchor")
 _SHOWN = 3  # problems named per check; the rest are counted
 _HELD_ROWS = 100_000  # rows held while waiting for their entry (a log being written)
 
@@ -157,9 +158,48 @@ async def verify_chain(
         newest = _newest_anchor(report, given, keys if keys is not None else default_keys())
         walk = _Walk(report, keys if keys is not None else default_keys(), newest, keyed_columns)
         await walk.run(engine)
+        await _accounts(engine, report.checks["accounts"], keyed_columns)
     finally:
         await engine.dispose()
     return report
+
+
+async def _accounts(engine: AsyncEngine, check: Check, keyed_columns: bool) -> None:
+    """Every account's row against its latest audit entry (``account-*``, whose HMAC the walk
+    checked): a role, a state or a password hash written straight into the table, an account
+    added or deleted outside ``calguard user``, fails."""
+    async with engine.connect() as conn:
+        if not keyed_columns or not await conn.run_sync(
+            lambda sync: inspect(sync).has_table("users")
+        ):
+            check.summary = "no accounts yet (a log from before schema version 6)"
+            return
+        rows = (await conn.execute(select(users))).all()
+        c = audit_chain.c
+        entries = (
+            await conn.execute(
+                select(c.seq, c.payload, c.digest)
+                .where(c.kind.like("account-%"), c.key_id.is_not(None))
+                .order_by(c.seq)
+            )
+        ).all()
+    latest: dict[str, tuple[int, str | None]] = {}
+    for entry in entries:
+        name = _json(entry.payload).get("account")
+        if isinstance(name, str):
+            latest[name] = (int(entry.seq), entry.digest)
+    for row in rows:
+        found = latest.pop(row.name, None)
+        if found is None:
+            check.fail(f"account {row.name} has no audit entry: added outside calguard user")
+        elif found[1] != account_digest(row):
+            check.fail(
+                f"account {row.name} differs from its audited state (entry {found[0]}): "
+                "its role, state or password changed outside calguard user"
+            )
+    for name, (seq, _) in sorted(latest.items()):
+        check.fail(f"account {name} was deleted outside calguard user (its last entry {seq})")
+    check.summary = f"{len(rows)} account(s) match their latest audit entries"
 
 
 async def chain_rows(url: str) -> list[Row[Any]]:

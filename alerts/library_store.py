@@ -313,7 +313,7 @@ class LibraryStore:
                 )
                 step_id = int(found.scalar_one())
                 entry = await _entry(conn, step_id, row, detail)
-                head = await _append(conn, entry, key)
+                head = await append_entry(conn, entry, key)
                 await conn.execute(
                     update(library_steps)
                     .where(library_steps.c.id == step_id)
@@ -373,7 +373,7 @@ async def _entry(
     )
 
 
-async def _append(conn: AsyncConnection, entry: Entry, key: AuditKey) -> Head:
+async def append_entry(conn: AsyncConnection, entry: Entry, key: AuditKey) -> Head:
     """Append ``entry`` to the chain after its head (one writer at a time)."""
     if conn.dialect.name == "postgresql":
         await conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _PG_AUDIT_LOCK})
