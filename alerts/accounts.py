@@ -31,9 +31,8 @@ from typing import Any
 import orjson
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
-from calguard.alerts.anchor import Anchor, append_anchor
-from calguard.alerts.chain import AuditKey, AuditKeyError, Entry, Head, load_key
-from calguard.alerts.library_store import NO_SESSION, append_entry
+from calguard.alerts.chain import AuditKey, Entry, Head
+from calguard.alerts.library_store import NO_SESSION, anchor_head, append_entry, audit_key
 from calguard.alerts.log import (
     _PG_MIGRATION_LOCK,  # the one lock that serialises migrations of a log database
     default_anchor_file,
@@ -236,7 +235,7 @@ class Accounts:
             "changed_us": now,
         }
         try:
-            key = self._key()
+            key = audit_key(self.audit_key)
             async with self.engine.begin() as conn:
                 await conn.execute(insert(users), [row])
                 head, identity = await self._audited(conn, key, "add", name)
@@ -246,7 +245,7 @@ class Accounts:
             raise LogError(
                 f"cannot add {name!r} in {self.display_url}: {short_error(exc)}"
             ) from exc
-        self._anchor(key, identity, head)
+        anchor_head(self.anchor_file, key, identity, head)
         return Account(name, role, False, now, now)
 
     async def disable(self, name: str) -> Account:
@@ -270,7 +269,7 @@ class Accounts:
             if values.get("disabled")
             else "enable"
         )
-        key = self._key()
+        key = audit_key(self.audit_key)
         try:
             async with self.engine.begin() as conn:
                 done = await conn.execute(statement.values(**values, changed_us=_wall_us()))
@@ -281,16 +280,10 @@ class Accounts:
             raise LogError(
                 f"cannot change {name!r} in {self.display_url}: {short_error(exc)}"
             ) from exc
-        self._anchor(key, identity, head)
+        anchor_head(self.anchor_file, key, identity, head)
         return await self.get(name)
 
     # -- the audit ----------------------------------------------------------------------------
-
-    def _key(self) -> AuditKey:
-        try:
-            return load_key(self.audit_key, create=True)
-        except (OSError, AuditKeyError) as exc:
-            raise LogError(f"cannot use the audit key: {exc}") from exc
 
     async def _audited(
         self, conn: Any, key: AuditKey, what: str, name: str, by: str | None = None
@@ -312,12 +305,6 @@ class Accounts:
         head = await append_entry(conn, entry, key)
         identity = (await conn.execute(select(log_identity.c.id))).scalar_one()
         return head, str(identity)
-
-    def _anchor(self, key: AuditKey, identity: str, head: Head) -> None:
-        try:
-            append_anchor(self.anchor_file, Anchor.make(key, identity, head, _wall_us()))
-        except OSError as exc:  # the change stands; the next anchor covers it
-            log.error("cannot write the audit anchor to %s: %s", self.anchor_file, exc)
 
     # -- logging in ---------------------------------------------------------------------------
 
@@ -346,7 +333,7 @@ class Accounts:
         """The same password under the hasher's parameters now (not a change of state)."""
         digest = await asyncio.to_thread(self.hasher.hash, password)
         try:
-            key = self._key()
+            key = audit_key(self.audit_key)
             async with self.engine.begin() as conn:
                 await conn.execute(
                     update(users).where(users.c.name == name).values(password_hash=digest)
@@ -355,7 +342,7 @@ class Accounts:
         except (SQLAlchemyError, OSError, LogError) as exc:  # the login stands; next one retries
             log.warning("account %s: could not store the rehashed password: %s", name, exc)
         else:
-            self._anchor(key, identity, head)
+            anchor_head(self.anchor_file, key, identity, head)
             log.info("account %s: password rehashed with the current Argon2id parameters", name)
 
     def _verify(self, digest: str, password: str) -> bool:

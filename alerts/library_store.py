@@ -290,7 +290,7 @@ class LibraryStore:
         text is kept by its content hash. ``LogError`` if the database cannot take it."""
         if step not in STEPS:
             raise ValueError(f"a step is one of {', '.join(STEPS)}")
-        key = self._key()
+        key = audit_key(self.audit_key)
         now, detail = _wall_us(), detail or {}
         row = {
             "t_us": now,
@@ -324,21 +324,8 @@ class LibraryStore:
             raise LogError(
                 f"cannot record the {step} in {self.display_url}: {short_error(exc)}"
             ) from exc
-        self._anchor(key, str(identity), head)
+        anchor_head(self.anchor_file, key, str(identity), head)
         return Step(step_id, now, step, version, unit, profile, actor, role, detail, head.seq)
-
-    def _key(self) -> AuditKey:
-        try:
-            return load_key(self.audit_key, create=True)
-        except (OSError, AuditKeyError) as exc:
-            raise LogError(f"cannot use the audit key: {exc}") from exc
-
-    def _anchor(self, key: AuditKey, identity: str, head: Head) -> None:
-        """The chain's new head, anchored outside the database as the log writer does."""
-        try:
-            append_anchor(self.anchor_file, Anchor.make(key, identity, head, _wall_us()))
-        except OSError as exc:  # the step stands; the next anchor covers it
-            log.error("cannot write the audit anchor to %s: %s", self.anchor_file, exc)
 
 
 async def _keep_text(conn: AsyncConnection, library: Library, now: int) -> None:
@@ -371,6 +358,22 @@ async def _entry(
     return Entry(
         NO_SESSION, row["t_us"], f"library-{row['step']}", row["actor"], payload, subject, sha256
     )
+
+
+def audit_key(path: Path) -> AuditKey:
+    """The chain's key, for an entry appended outside the log writer (made at first use)."""
+    try:
+        return load_key(path, create=True)
+    except (OSError, AuditKeyError) as exc:
+        raise LogError(f"cannot use the audit key: {exc}") from exc
+
+
+def anchor_head(anchor_file: Path, key: AuditKey, identity: str, head: Head) -> None:
+    """The chain's new head, anchored outside the database as the log writer does."""
+    try:
+        append_anchor(anchor_file, Anchor.make(key, identity, head, _wall_us()))
+    except OSError as exc:  # what was appended stands; the next anchor covers it
+        log.error("cannot write the audit anchor to %s: %s", anchor_file, exc)
 
 
 async def append_entry(conn: AsyncConnection, entry: Entry, key: AuditKey) -> Head:
