@@ -139,7 +139,7 @@ async def show_alerts(
             exc,
         )
         return 3
-    offline = _offline(presence, prefix) or _stale(presence, signed_at, prefix, max_age)
+    offline = _offline(presence, prefix) or _stale(signed_at, prefix, max_age)
     if offline is not None:
         # a dead monitor must never look like a quiet ward
         log.error("%s", offline)
@@ -229,13 +229,12 @@ def _us(ts: str) -> int | None:
         return None
 
 
-def _stale(presence: object, signed_at: str, prefix: str, max_age: float) -> str | None:
+def _stale(signed_at: str, prefix: str, max_age: float) -> str | None:
     """Why a signed presence is too old to vouch for the states (a monitor that stopped
     signing: gone, cut off, or an old presence replayed), or None."""
     at = _us(signed_at)
-    heartbeat = isinstance(presence, dict) and "beds" in presence  # a monitor that beats
-    if not heartbeat or at is None:
-        return None
+    if at is None:
+        return f"the monitor's presence under {prefix!r} carries no readable time: not trusted"
     age = (SystemClock().now_us() - at) / 1e6
     if age <= max_age:
         return None

@@ -305,12 +305,21 @@ async def test_an_old_genuine_state_or_presence_replayed_is_not_taken_for_the_cu
                 assert isinstance(message.payload, bytes)
                 heard[str(message.topic)].append(message.payload)
 
+        def listed() -> bool:
+            """The newest presence heard names the newest state of B1 heard."""
+            if not heard[presence] or not heard[b1]:
+                return False
+            public = load_public_key(public_key_file(key))  # made by the sink at its start
+            _, said = unseal(public, presence, heard[presence][-1])
+            latest, _ = unseal(public, b1, heard[b1][-1])
+            return isinstance(said, dict) and said.get("beds", {}).get("B1") == latest
+
         recording = asyncio.create_task(record())
         try:
             async with LiveBay([VirtualDriver(bedside)], sinks=[sink]) as bay:
                 too_fast(bedside)
                 await bay.until(lambda: len(heard[b1]) >= 2 and sink.pending == 0)
-                await asyncio.sleep(1.5)  # a heartbeat lists B1's latest state
+                await bay.until(listed, within=30)  # a heartbeat lists B1's latest state
                 code, _, err = await calguard(*alerts)
                 assert code == 0, err
                 online = heard[presence][-1]
