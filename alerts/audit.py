@@ -10,6 +10,8 @@ Five checks, each named in the report, each with what it found:
 - **alert_transitions** and **inputs**: each row of those tables against the entry that
   covers it (``calguard.alerts.chain``): a row edited (a priority lowered), deleted, or
   added afterwards; rows written before the chain was keyed are counted as legacy;
+  readings kept in blocks are decoded into their rows; an ``inputs`` entry older than a
+  prune's boundary (``calguard.alerts.retention``) may have lost all its rows to it;
 - **anchor**: the chain against the newest anchor of this log (``calguard.alerts.anchor``:
   the anchor file, and the broker's retained copy when asked): a chain that ends before
   the anchored entry was cut (all of it deleted, when it has no entry left), one whose
@@ -42,21 +44,22 @@ from calguard.alerts.chain import (
     AuditKeyError,
     Entry,
     Head,
-    RowsDigest,
     Subject,
     entry_mac,
     inputs_rows,
     legacy_hash,
     load_key,
+    rows_digest,
 )
+from calguard.alerts.inputs_read import stream_inputs
 from calguard.alerts.log import (
-    INPUT_COLUMNS,
     TRANSITION_COLUMNS,
     default_anchor_file,
     default_audit_key,
     normalise_db_url,
 )
-from calguard.alerts.schema import alert_transitions, audit_chain, inputs, log_identity, users
+from calguard.alerts.retention import PRUNED, pruned_before
+from calguard.alerts.schema import alert_transitions, audit_chain, log_identity, users
 from sqlalchemy import Row, inspect, literal, select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.pool import NullPool
@@ -289,17 +292,17 @@ class _Walk:
         self.keyed_from: int | None = None
         self.transitions = _Rows(report.checks["alert_transitions"], _describe_transition)
         self.inputs = _Rows(report.checks["inputs"], _describe_inputs)
+        self.pruned_before = 0  # inputs entries older than this may have lost their rows
 
     async def run(self, engine: AsyncEngine) -> None:
         async with contextlib.AsyncExitStack() as stack:
             head = await self._head(engine)
+            self.pruned_before = await _pruned_before(engine)
             # the tables are read after the head: every row committed before it has its entry
             self.transitions.rows = await stack.enter_async_context(
                 _stream(engine, _table_query(alert_transitions, TRANSITION_COLUMNS))
             )
-            self.inputs.rows = await stack.enter_async_context(
-                _stream(engine, _table_query(inputs, INPUT_COLUMNS))
-            )
+            self.inputs.rows = await stack.enter_async_context(stream_inputs(engine))
             async with _stream(engine, _chain_query(self.keyed_columns, 0, head)) as chain:
                 async for row in chain:
                     await self.entry(row, newer=False)
@@ -340,7 +343,9 @@ class _Walk:
             )
         elif row.kind == INPUTS:
             count = inputs_rows(row.payload) or 0
-            await self.inputs.expect(_Range(row.seq, subject, count, row.digest, "", newer))
+            rng = _Range(row.seq, subject, count, row.digest, "", newer)
+            rng.pruned = row.t_us < self.pruned_before
+            await self.inputs.expect(rng)
 
     def _link(self, row: Row[Any]) -> None:
         if row.seq != self.expected:  # seq is the key: higher, never lower
@@ -441,7 +446,10 @@ class _Range:
     line: str  # a transition entry's alert line (for naming the alert)
     newer: bool  # committed after the tables were read: its rows may not be there
     fed: int = 0
-    digest_of_rows: RowsDigest = field(default_factory=RowsDigest)
+    pruned: bool = False  # older than a prune's boundary: its rows may all be gone
+    # held until all are in: a batch's readings (blocks) and its other inputs are read
+    # from two tables, and the digest is of them all in seq order
+    rows: list[tuple[Any, ...]] = field(default_factory=list)
 
 
 class _Rows:
@@ -451,11 +459,11 @@ class _Rows:
 
     def __init__(self, check: Check, describe: Any) -> None:
         self.check, self.describe = check, describe
-        self.rows: AsyncIterator[Row[Any]] | None = None
+        self.rows: AsyncIterator[Any] | None = None  # Row, or LoggedInput (inputs)
         self.legacy_before: int | None = None  # rows up to this id predate the keyed chain
         self.awaiting: dict[int, list[_Range]] = {}  # by session
         self.held: list[Row[Any]] = []
-        self.legacy = self.matched = self.ranges = 0
+        self.legacy = self.matched = self.ranges = self.pruned = 0
         self.too_many = 0
 
     async def expect(self, rng: _Range) -> None:
@@ -474,10 +482,10 @@ class _Rows:
         while (row := await self._pull()) is not None:
             self._place(row)
 
-    async def _pull(self) -> Row[Any] | None:
+    async def _pull(self) -> Any:
         assert self.rows is not None
         async for row in self.rows:
-            if self.legacy_before is not None and row.id <= self.legacy_before:
+            if _before_keyed(row, self.legacy_before):
                 self.legacy += 1
                 continue
             return row
@@ -486,7 +494,7 @@ class _Rows:
     def _place(self, row: Row[Any]) -> None:
         for rng in self.awaiting.get(row.session_id, ()):
             if rng.subject.first <= row.seq <= rng.subject.last:
-                rng.digest_of_rows.add(tuple(row)[1:])  # all but the id
+                rng.rows.append(tuple(row)[1:])  # all but the id
                 rng.fed += 1
                 if rng.fed == rng.count:
                     self._close(rng)
@@ -498,9 +506,8 @@ class _Rows:
 
     def _close(self, rng: _Range) -> None:
         self.awaiting[rng.subject.session].remove(rng)
-        if rng.digest is not None and hmac.compare_digest(
-            rng.digest_of_rows.hexdigest(), rng.digest
-        ):
+        rng.rows.sort(key=lambda r: r[1])  # (session, seq, ...): by seq
+        if rng.digest is not None and hmac.compare_digest(rows_digest(rng.rows), rng.digest):
             self.matched += rng.count
         else:
             self.check.fail(self.describe(rng, None))
@@ -508,7 +515,9 @@ class _Rows:
     def finish(self) -> None:
         for ranges in self.awaiting.values():
             for rng in ranges:
-                if not rng.newer:  # a newer one's rows came after the tables were read
+                if rng.pruned and rng.fed == 0:  # all its rows went with a prune
+                    self.pruned += rng.count
+                elif not rng.newer:  # a newer one's rows came after the tables were read
                     self.check.fail(self.describe(rng, None))
         if self.legacy_before is None:  # no keyed entry: every row is from before
             self.legacy += len(self.held) + self.too_many
@@ -517,9 +526,28 @@ class _Rows:
             self.check.fail(self.describe(None, row))
         if self.too_many:
             self.check.fail(f"{self.too_many} more rows are in no audit entry")
-        self.check.summary = f"{self.matched} row(s) match their {self.ranges} audit entries" + (
-            f"; {self.legacy} legacy rows from before the chain was keyed" if self.legacy else ""
+        self.check.summary = (
+            f"{self.matched} row(s) match their {self.ranges} audit entries"
+            + (
+                f"; {self.legacy} legacy rows from before the chain was keyed"
+                if self.legacy
+                else ""
+            )
+            + (f"; {self.pruned} row(s) pruned (inputs-pruned entries)" if self.pruned else "")
         )
+
+
+async def _pruned_before(engine: AsyncEngine) -> int:
+    """The latest boundary of the chain's prunes (their MACs are checked on the walk)."""
+    query = select(audit_chain.c.payload).where(audit_chain.c.kind == PRUNED)
+    async with engine.connect() as conn:
+        payloads = (await conn.execute(query)).scalars().all()
+    return max((pruned_before(p) or 0 for p in payloads), default=0)
+
+
+def _before_keyed(row: Any, before: int | None) -> bool:
+    # a reading in a block (no id) is never legacy: blocks came after the keyed chain
+    return before is not None and row.id is not None and row.id <= before
 
 
 def _describe_transition(rng: _Range | None, row: Row[Any] | None) -> str:
@@ -540,8 +568,9 @@ def _describe_transition(rng: _Range | None, row: Row[Any] | None) -> str:
 
 def _describe_inputs(rng: _Range | None, row: Row[Any] | None) -> str:
     if row is not None:
+        which = f"input row {row.id}" if row.id is not None else "a reading in a block"
         return (
-            f"input row {row.id} (session {row.session_id}, seq {row.seq}) is in no audit "
+            f"{which} (session {row.session_id}, seq {row.seq}) is in no audit "
             "entry (added afterwards, or its entry deleted)"
         )
     assert rng is not None

@@ -12,7 +12,8 @@ needs the key too. Entries are numbered without gaps; the log writer appends the
 (``link``) in the transaction that commits the rows they cover: a transition entry names
 its ``alert_transitions`` row (session and seq) and holds the SHA-256 of that row as
 stored; an ``inputs`` entry names a batch's ``inputs`` rows (session, first and last seq)
-and holds the SHA-256 of them all. Verifying (``calguard.alerts.audit``) recomputes both
+and holds the SHA-256 of them all (a reading kept in a block, ``calguard.alerts.blocks``,
+counts as the row it decodes to). Verifying (``calguard.alerts.audit``) recomputes both
 from the tables, so that editing a table the chain does not hold is found as well.
 
 Entries written before the chain was keyed (schema versions 2 to 5) stay verifiable as

@@ -6,7 +6,8 @@ transition, written in batches and flushed on exit - and never a reason to stop 
 writer has fallen far behind (back-pressure instead of unbounded memory). The writer
 (``calguard.alerts.log_writer``) flushes when a batch is full, when ``flush_interval`` has
 passed, and on exit. SQLite is the embedded default (WAL, synchronous=FULL: a committed
-batch survives a power cut); PostgreSQL is used by URL.
+batch survives a power cut); PostgreSQL is used by URL. Readings are kept compactly
+(``calguard.alerts.blocks``; PostgreSQL partitions them by day) and read back as rows.
 
 When the database is down, full or read-only, batches go to a bounded local spool on disk
 (``calguard.alerts.spool``, under the data directory) and are drained into the database,
@@ -26,13 +27,14 @@ import os
 import re
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
 import orjson
 from calguard.alerts.anchor import DEFAULT_INTERVAL_S, Anchor, Anchorer
+from calguard.alerts.blocks import INPUT_COLUMNS, InputStore, LoggedInput
 from calguard.alerts.chain import (
     TRANSITION,
     AuditKey,
@@ -42,11 +44,13 @@ from calguard.alerts.chain import (
     row_digest,
     transition_subject,
 )
+from calguard.alerts.inputs_read import read_inputs
 from calguard.alerts.log_writer import UNRECORDED, Batch, LogStatus, LogWriter, Marks
 from calguard.alerts.private import FILE_MODE, create_private_file, private_dir
 from calguard.alerts.schema import (
     alert_transitions,
     audit_chain,
+    input_blocks,
     inputs,
     library_versions,
     log_identity,
@@ -59,13 +63,14 @@ from calguard.monitor.errors import LogError
 from calguard.monitor.events import ALARM_ACTIONS
 from calguard.monitor.library import Library
 from calguard.monitor.records import InputRecord
-from calguard.monitor.transitions import AlertTransition
+from calguard.monitor.transitions import AlertBook, AlertTransition
 from sqlalchemy import event, func, insert, select, text
-from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.pool import NullPool
 
 __all__ = [
+    "INPUT_COLUMNS",
     "AlertLog",
     "LogStatus",
     "default_anchor_file",
@@ -99,23 +104,6 @@ _ACK_BATCH = 1000
 
 # Rows are kept as tuples in these column orders and inserted with statements compiled
 # once per dialect: SQLAlchemy's per-row parameter handling cost more than SQLite itself.
-INPUT_COLUMNS = (
-    "session_id",
-    "seq",
-    "t_us",
-    "source",
-    "line_no",
-    "status",
-    "reason",
-    "event_type",
-    "pump",
-    "channel",
-    "bed",
-    "line",
-    "raw",
-    "raw_bytes",
-    "raw_sha256",
-)
 TRANSITION_COLUMNS = (
     "session_id",
     "seq",
@@ -260,7 +248,7 @@ class AlertLog:
         self._inputs: list[tuple[Any, ...]] = []
         self._transitions: list[tuple[Any, ...]] = []
         self._audit_rows: list[Entry] = []
-        self._insert_inputs = self._insert_transitions = self._insert_audit = ""
+        self._insert_transitions = self._insert_audit = ""
         self._seq = 0
         self._added: list[int] = [0, 0, 0]  # rows added: inputs, transitions, audit links
         self._taken: Marks = (0, 0, 0)
@@ -323,6 +311,9 @@ class AlertLog:
                     await conn.execute(
                         text("SELECT pg_advisory_xact_lock(:k)"), {"k": _PG_MIGRATION_LOCK}
                     )
+                else:  # the write lock first: the driver runs DDL outside any transaction,
+                    # so two processes would each find a table missing and both create it
+                    await conn.exec_driver_sql("BEGIN IMMEDIATE")
                 applied = await conn.run_sync(migrate, _wall_us())
                 identity = (await conn.execute(select(log_identity.c.id))).scalar_one()
                 await conn.execute(
@@ -336,7 +327,6 @@ class AlertLog:
             ) from exc
         if applied:
             log.info("log %s: schema migrated to version %s", self.display_url, applied[-1])
-        self._insert_inputs = _positional_insert(engine, inputs, INPUT_COLUMNS)
         self._insert_transitions = _positional_insert(engine, alert_transitions, TRANSITION_COLUMNS)
         self._insert_audit = _positional_insert(engine, audit_chain, AUDIT_COLUMNS)
         writer = await self._writer_for(engine, writer_id, identity, key)
@@ -374,7 +364,8 @@ class AlertLog:
             )
         return LogWriter(
             engine,
-            (self._insert_inputs, self._insert_transitions, self._insert_audit),
+            InputStore(engine),
+            (self._insert_transitions, self._insert_audit),
             writer_id,
             spool,
             self._take,
@@ -451,6 +442,17 @@ class AlertLog:
         if soon or marks[0] - self._taken[0] >= min(self.batch_size, _ACK_BATCH):
             self._writer.wake()
 
+    def fence_with(self, check: Callable[[AsyncConnection], Awaitable[None]]) -> None:
+        """Run ``check`` first in every commit's transaction: it raises once this monitor
+        may no longer write (``calguard.lease``: another monitor took the unit)."""
+        assert self._writer is not None, "use AlertLog as an async context manager"
+        self._writer.fence = check
+
+    @property
+    def fence(self) -> Callable[[AsyncConnection], Awaitable[None]] | None:
+        """The check of ``fence_with``: a write beside the writer's (a snapshot) runs it too."""
+        return self._writer.fence if self._writer is not None else None
+
     # -- sessions -------------------------------------------------------------------------
 
     async def start_session(
@@ -466,6 +468,17 @@ class AlertLog:
         replay; ``site``: the site config's name. Only a site's own live sessions are ever
         warm-started from."""
         assert self._engine is not None, "use AlertLog as an async context manager"
+        try:
+            return await self._start_session(mode, source, library, first_alert_id, site)
+        except IntegrityError:
+            # another monitor starting on the same log recorded the same library version
+            # between our look and our insert: it is there now, so the retry only reads it
+            return await self._start_session(mode, source, library, first_alert_id, site)
+
+    async def _start_session(
+        self, mode: str, source: str, library: Library, first_alert_id: int, site: str | None
+    ) -> int:
+        assert self._engine is not None
         now = _wall_us()
         try:
             async with self._engine.begin() as conn:
@@ -499,23 +512,33 @@ class AlertLog:
                     ],
                 )
                 self.session_id = int(result.scalar_one())
+        except IntegrityError:
+            raise
         except SQLAlchemyError as exc:
             raise LogError(f"cannot start a session in {self.display_url}: {_short(exc)}") from exc
         return self.session_id
 
     async def next_alert_id(self) -> int:
-        """The number after the highest alert id in the log, so ids stay unique across runs."""
+        """The number after the highest alert id in the log, so ids stay unique across runs:
+        among the ids of this task's prefix (``AlertBook.id_prefix``: ``a-``, or ``a-<unit>-``
+        for a unit of a hospital, whose monitors share the log and each count their own)."""
         assert self._engine is not None, "use AlertLog as an async context manager"
+        prefix = AlertBook.id_prefix()  # a unit's name: [a-z0-9-], nothing LIKE reads specially
+        ids = alert_transitions.c.alert_id  # a-000123; longer is higher past a-999999
+        query = (
+            select(ids)
+            # a-nicu-000001, not a-nicu-a-000001 (unit nicu-a) nor a-000001 for a-nicu-
+            .where(ids.like(f"{prefix}%"), ids.not_like(f"{prefix}%-%"))
+            .order_by(func.length(ids).desc(), ids.desc())
+            .limit(1)
+        )
         try:
             async with self._engine.connect() as conn:
-                ids = alert_transitions.c.alert_id  # a-000123; longer is higher past a-999999
-                result = await conn.execute(
-                    select(ids).order_by(func.length(ids).desc(), ids.desc()).limit(1)
-                )
-                highest = result.scalar()
+                highest = (await conn.execute(query)).scalar()
         except SQLAlchemyError as exc:
             raise LogError(f"cannot read {self.display_url}: {_short(exc)}") from exc
-        return int(highest[2:]) + 1 if highest and highest[2:].isdigit() else 1
+        number = highest[len(prefix) :] if highest else ""
+        return int(number) + 1 if number.isdigit() else 1
 
     def _own_live(self, site: str | None, before_session: int | None = None) -> Any:
         """The live sessions of this site: never training, demo or replay, never another
@@ -534,28 +557,39 @@ class AlertLog:
         *,
         site: str | None = None,
         before_session: int | None = None,
-    ) -> list[Any]:
+    ) -> list[LoggedInput]:
         """Inputs of earlier live sessions to rebuild the engine's state from: documentation
-        (and everything but readings) since the first time, readings since the second."""
+        (and everything but readings) since the first time, readings since the second; in
+        order of arrival (``session_id``, ``seq``) across the log's two forms of inputs."""
         assert self._engine is not None, "use AlertLog as an async context manager"
         live = self._own_live(site, before_session)
         recent = (inputs.c.t_us >= readings_since_us) | (
             (inputs.c.event_type != "reading") & (inputs.c.t_us >= documentation_since_us)
         )
-        query = (
-            select(inputs.c.raw, inputs.c.event_type, inputs.c.source, inputs.c.t_us)
-            .where(
-                inputs.c.session_id.in_(live),
-                inputs.c.event_type.not_in(("wire", "warm_start")),
-                recent,
-            )
-            .order_by(inputs.c.id)
+        single = (
+            inputs.c.session_id.in_(live),
+            inputs.c.event_type.not_in(("wire", "warm_start")),
+            recent,
         )
+        blocks = (
+            input_blocks.c.session_id.in_(live),
+            input_blocks.c.t_max >= readings_since_us,
+        )
+
+        def keep(row: LoggedInput) -> bool:
+            return row.t_us is not None and row.t_us >= readings_since_us
+
         try:
             async with self._engine.connect() as conn:
-                return list((await conn.execute(query)).all())
+                return await read_inputs(conn, single, blocks, keep)
         except SQLAlchemyError as exc:
             raise LogError(f"cannot read {self.display_url}: {_short(exc)}") from exc
+
+    @property
+    def input_seq(self) -> int:
+        """The seq of the latest input (or transition) this session added: a snapshot
+        taken now includes the inputs up to it."""
+        return self._seq
 
     async def open_alerts(
         self, *, site: str | None = None, before_session: int | None = None
@@ -782,7 +816,7 @@ def _positional_insert(engine: AsyncEngine, table: Any, columns: tuple[str, ...]
 
 async def session_rows(
     url: str | None, session: int | None = None
-) -> tuple[int, list[Any], list[str]]:
+) -> tuple[int, list[LoggedInput], list[str]]:
     """A session's inputs (in arrival order) and alert lines; the newest session if None."""
     engine = create_async_engine(normalise_db_url(url or default_db_url()))
     try:
@@ -791,23 +825,9 @@ async def session_rows(
                 session = (await conn.execute(select(func.max(sessions.c.id)))).scalar()
                 if session is None:
                     raise LogError("the log has no session yet")
-            rows = (
-                await conn.execute(
-                    select(
-                        inputs.c.seq,
-                        inputs.c.status,
-                        inputs.c.event_type,
-                        inputs.c.raw,
-                        inputs.c.reason,
-                        inputs.c.t_us,
-                        inputs.c.pump,
-                        inputs.c.channel,
-                        inputs.c.source,
-                    )
-                    .where(inputs.c.session_id == session)
-                    .order_by(inputs.c.seq)
-                )
-            ).all()
+            rows = await read_inputs(
+                conn, (inputs.c.session_id == session,), (input_blocks.c.session_id == session,)
+            )
             alerts = (
                 (
                     await conn.execute(
@@ -823,7 +843,7 @@ async def session_rows(
         raise LogError(f"cannot read {_redact(url or default_db_url())}: {_short(exc)}") from exc
     finally:
         await engine.dispose()
-    return session, list(rows), list(alerts)
+    return session, rows, list(alerts)
 
 
 def _private_sqlite(path: str) -> None:

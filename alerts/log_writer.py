@@ -18,6 +18,10 @@ must keep taking inputs to keep alarming: the status then says ``unrecorded`` an
 monitor says so loudly. The status (``ok``, ``spooling``, ``unrecorded``) is what the
 monitor turns into the ``log-unavailable`` technical alarm.
 
+A batch's inputs are written in two forms (``calguard.alerts.blocks``): its accepted
+readings as one compressed block per session, every other input as a row - with one
+executemany each, so that a reading costs the database a few bytes and the writer little.
+
 The audit chain (``calguard.alerts.chain``) is extended here, in the transaction that
 commits a batch: its entries, then one ``inputs`` entry with the digest of the batch's
 input rows, numbered after the chain's head as the database holds it then. Commits that
@@ -34,12 +38,13 @@ import contextlib
 import logging
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 from calguard.alerts.anchor import Anchorer
+from calguard.alerts.blocks import InputStore, Prepared
 from calguard.alerts.chain import (
     KEYED_START,
     TRANSITION,
@@ -174,7 +179,8 @@ class LogWriter:
     def __init__(
         self,
         engine: AsyncEngine,
-        inserts: tuple[str, str, str],
+        store: InputStore,
+        inserts: tuple[str, str],
         writer: str,
         spool: Spool,
         take: Callable[[], list[Batch]],
@@ -187,6 +193,7 @@ class LogWriter:
         anchorer: Anchorer,
     ) -> None:
         self.engine, self.inserts, self.writer, self.spool = engine, inserts, writer, spool
+        self.store = store
         self.key, self.anchorer = key, anchorer
         self._other_key_said: str | None = None
         self.take, self.on_dropped = take, on_dropped
@@ -206,6 +213,8 @@ class LogWriter:
         self._progress, self._changed = _Signal(), _Signal()
         self._tasks: list[asyncio.Task[None]] = []
         self.failure: BaseException | None = None
+        #: run first in every commit's transaction (calguard.lease fences a paused monitor)
+        self.fence: Callable[[AsyncConnection], Awaitable[None]] | None = None
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -427,10 +436,29 @@ class LogWriter:
         """One batch, one transaction, with its number recorded for its writer and its
         entries appended to the audit chain; with ``check``, a batch already recorded is
         skipped (it was committed, then spooled)."""
-        ins_in, ins_tr, ins_au = self.inserts
-        entries = [*batch.audit, *inputs_entries(batch.inputs, _wall_us())]
+        # the batch's inputs entry and its rows carry the same time: retention prunes by it
+        now = _wall_us()
+        entries = [*batch.audit, *inputs_entries(batch.inputs, now)]
+        async with self._deadline():
+            made = await self.store.prepare(self.engine, batch.inputs, now)
+            head = await self._transaction(writer, batch, entries, made, check=check)
+        if head is not None:
+            await self.anchorer.moved(head)
+
+    async def _transaction(
+        self,
+        writer: str,
+        batch: Batch,
+        entries: list[Entry],
+        made: Prepared,
+        *,
+        check: bool,
+    ) -> Head | None:
+        ins_tr, ins_au = self.inserts
         head: Head | None = None
-        async with self._deadline(), self.engine.begin() as conn:
+        async with self.engine.begin() as conn:
+            if self.fence is not None:  # calguard.lease: raises once another took the unit
+                await self.fence(conn)
             if check:
                 last = (
                     await conn.execute(
@@ -439,7 +467,7 @@ class LogWriter:
                 ).scalar()
                 if last is not None and last >= batch.number:
                     log.info("spooled batch %s of %s was already in the log", batch.number, writer)
-                    return
+                    return None
                 if last is None:  # a log restored from before this writer: record it now
                     row = {"writer": writer, "started_us": _wall_us(), "last_batch": 0}
                     await conn.execute(insert(log_writers), [row])
@@ -455,7 +483,7 @@ class LogWriter:
                 if head.key_id is None:
                     entries.insert(0, await _keyed_start(conn, head, entries[0]))
             if batch.inputs:
-                await conn.exec_driver_sql(ins_in, batch.inputs)
+                await self.store.insert(conn, made)
             if batch.transitions:
                 await conn.exec_driver_sql(ins_tr, batch.transitions)
             if head is not None:
@@ -466,8 +494,7 @@ class LogWriter:
                 await conn.execute(
                     update(sessions).where(sessions.c.id == session).values(ended_us=ended)
                 )
-        if head is not None:
-            await self.anchorer.moved(head)
+        return head
 
     async def _head(self, conn: AsyncConnection) -> Head:
         """The chain's newest entry, once no other commit can extend the chain."""

@@ -23,12 +23,13 @@ from zoneinfo import ZoneInfo
 
 import orjson
 from calguard.alerts.alarms import category
-from calguard.alerts.schema import alert_transitions, inputs
+from calguard.alerts.blocks import SUMMARY_BUCKET_US, bed_buckets
+from calguard.alerts.schema import alert_transitions, input_blocks, inputs
 from calguard.alerts.sessions import SessionFilter
 from calguard.config.site import time_zone
 from calguard.monitor.timeutil import format_ts, parse_ts, to_datetime
 from sqlalchemy import select
-from sqlalchemy.ext.asyncio import create_async_engine
+from sqlalchemy.ext.asyncio import AsyncConnection, create_async_engine
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -51,7 +52,7 @@ MAX_CHART_DAYS = 14  # two weeks of panels keep the PNG readable (1350 x 1260 px
 # Every zone offset and clock change in use since 1972 falls on a quarter hour, so a
 # quarter hour of data never straddles a local midnight: the database returns one row per
 # bed and quarter hour instead of every input.
-_BUCKET_US = 15 * 60 * 1_000_000
+_BUCKET_US = SUMMARY_BUCKET_US  # 15 minutes: a block keeps its beds per bucket
 _PRIORITIES = ("high", "medium", "low")
 # colour for the eye, hatching and text for everyone (and for grey-scale print-outs)
 _LOOK = {"high": ("#c62828", "xx"), "medium": ("#f9a825", "//"), "low": ("#1e88e5", "..")}
@@ -267,10 +268,27 @@ async def load_report(
             if since is not None:
                 beds = beds.where(inputs.c.t_us >= since)
             bed_rows = [(bed, b * _BUCKET_US) for bed, b in (await conn.execute(beds)).all()]
+            bed_rows += await _beds_of_blocks(conn, which, since)
     finally:
         await engine.dispose()
     lines.sort(key=lambda line: line["t"])  # sessions may interleave; RFC 3339 UTC sorts
     return build_report(lines, bed_rows, since, tz)
+
+
+async def _beds_of_blocks(conn: AsyncConnection, which: Any, since: int | None) -> list[Any]:
+    """The beds of the readings kept in blocks, per bucket, from each block's summary
+    (its rows are not decoded)."""
+    b = input_blocks.c
+    query = select(b.beds).where(b.session_id.in_(which))
+    if since is not None:  # a block may start before ``since``: its buckets are checked
+        query = query.where(b.t_max >= since)
+    first = None if since is None else since // _BUCKET_US
+    return [
+        (bed, bucket * _BUCKET_US)
+        for (beds,) in (await conn.execute(query)).all()
+        for bed, bucket in bed_buckets(beds)
+        if first is None or bucket >= first
+    ]
 
 
 def _local_text(us: int, tz: ZoneInfo) -> str:

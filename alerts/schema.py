@@ -22,9 +22,12 @@ from sqlalchemy import (
     Boolean,
     Column,
     Connection,
+    DateTime,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
+    SmallInteger,
     String,
     Table,
     Text,
@@ -39,15 +42,20 @@ __all__ = [
     "MIGRATIONS",
     "alert_transitions",
     "audit_chain",
+    "input_blocks",
+    "input_sources",
     "inputs",
     "library_steps",
     "library_versions",
+    "log_exports",
     "log_identity",
     "log_writers",
     "metadata",
     "migrate",
+    "monitor_leases",
     "schema_version",
     "sessions",
+    "snapshots",
     "users",
 ]
 
@@ -105,6 +113,9 @@ inputs = Table(
     Column("raw", Text, nullable=False),
     Column("raw_bytes", Integer, nullable=False),
     Column("raw_sha256", String(64)),  # set when ``raw`` is not the exact input bytes
+    # version 8: when the row was committed (wall clock; None before version 8): what
+    # retention prunes by. Not part of the row the audit chain digests.
+    Column("logged_us", BigInteger),
     # Inputs are the bulk of the log (one row per reading): indexed only for the questions
     # people ask of them - when, and which pump. Rows are appended in id order.
     Index("ix_inputs_t", "t_us"),
@@ -135,6 +146,52 @@ alert_transitions = Table(
     Index("ix_transitions_session_seq", "session_id", "seq"),
     Index("ix_transitions_alert", "alert_id"),
     Index("ix_transitions_t", "t_us"),
+)
+
+# Version 8: the bulk of the inputs - accepted readings - kept compactly, one row per batch
+# and session (calguard.alerts.blocks): a zlib payload of the rows' columns, the source as
+# a small integer. On PostgreSQL the table is partitioned by day of ``logged_us``
+# (calguard.alerts.partitions), so that retention drops whole days.
+input_sources = Table(
+    "input_sources",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("source", Text, nullable=False, unique=True),
+)
+
+input_blocks = Table(
+    "input_blocks",
+    metadata,
+    Column("id", _Id, primary_key=True, autoincrement=True),
+    Column("logged_us", BigInteger, nullable=False),  # the commit's wall clock
+    Column("session_id", BigInteger, nullable=False),
+    Column("first_seq", BigInteger, nullable=False),
+    Column("last_seq", BigInteger, nullable=False),
+    Column("rows", Integer, nullable=False),
+    Column("t_min", BigInteger, nullable=False),  # the readings' own times
+    Column("t_max", BigInteger, nullable=False),
+    Column("format", SmallInteger, nullable=False),
+    Column("beds", LargeBinary, nullable=False),  # zlib JSON [[bed, 15-min bucket], ...]
+    Column("payload", LargeBinary, nullable=False),  # zlib JSON of the rows' columns
+    Index("ix_input_blocks_session", "session_id", "last_seq"),
+    Index("ix_input_blocks_t", "t_max"),
+)
+
+# Version 8: what ``calguard export`` wrote (the SHA-256 of the exported text, the seqs it
+# covers) and when a copy of it was verified (``calguard log verify-export FILE``):
+# retention drops no input that is not in a verified export.
+log_exports = Table(
+    "log_exports",
+    metadata,
+    Column("id", _Id, primary_key=True, autoincrement=True),
+    Column("exported_us", BigInteger, nullable=False),
+    Column("session_id", BigInteger, nullable=False),
+    Column("first_seq", BigInteger),  # None: the session had no input yet
+    Column("last_seq", BigInteger),
+    Column("inputs", Integer, nullable=False),
+    Column("sha256", String(64), nullable=False),
+    Column("verified_us", BigInteger),
+    Column("verified_path", Text),
 )
 
 
@@ -220,6 +277,39 @@ library_steps = Table(
 )
 
 
+# Which monitor runs a unit now (calguard.lease): the holder renews its row every few
+# seconds; a standby takes a row whose time ran out, one epoch higher, and every commit of
+# a monitor checks that its epoch is still the row's (a paused monitor that wakes is fenced).
+# Times are the database's own clock (``now()``), the one clock every monitor shares.
+monitor_leases = Table(
+    "monitor_leases",
+    metadata,
+    Column("unit", String(64), primary_key=True),
+    Column("holder", String(120), nullable=False),  # host, process and a random part
+    Column("epoch", BigInteger, nullable=False),
+    Column("expires_at", DateTime(timezone=True), nullable=False),
+)
+
+
+# The engine's and the alarm layer's state now and then (calguard.monitor.snapshot), so that
+# a restart replays only the inputs after the latest one (calguard.alerts.snapshots). ``seq``
+# is the last input of the session the snapshot includes; ``t_us`` the engine's time then.
+snapshots = Table(
+    "snapshots",
+    metadata,
+    Column("id", _Id, primary_key=True, autoincrement=True),
+    Column("session_id", BigInteger, nullable=False),
+    Column("seq", BigInteger, nullable=False),
+    Column("t_us", BigInteger, nullable=False),
+    Column("site", Text),
+    Column("format_version", Integer, nullable=False),
+    Column("library_version", String(80), nullable=False),
+    Column("created_us", BigInteger, nullable=False),  # wall clock
+    Column("payload", LargeBinary, nullable=False),  # zlib-compressed JSON
+    Index("ix_snapshots_session", "session_id", "seq"),
+)
+
+
 @dataclass(frozen=True)
 class Migration:
     version: int
@@ -272,6 +362,40 @@ def _v7(conn: Connection, _now_us: int) -> None:
     metadata.create_all(conn, tables=[library_steps], checkfirst=True)
 
 
+def _v8(conn: Connection, _now_us: int) -> None:
+    if "logged_us" not in {c["name"] for c in inspect(conn).get_columns("inputs")}:
+        conn.execute(text("ALTER TABLE inputs ADD COLUMN logged_us BIGINT"))
+    metadata.create_all(conn, tables=[input_sources, log_exports], checkfirst=True)
+    if conn.dialect.name != "postgresql":
+        metadata.create_all(conn, tables=[input_blocks], checkfirst=True)
+    elif not inspect(conn).has_table("input_blocks"):
+        for statement in _PG_PARTITIONED_BLOCKS:
+            conn.execute(text(statement))
+
+
+# PostgreSQL: a partitioned table's key must hold the partition key; a default partition
+# takes any row no day's partition does (a batch never fails for want of a partition).
+_PG_PARTITIONED_BLOCKS = (
+    """CREATE TABLE input_blocks (
+        id BIGSERIAL, logged_us BIGINT NOT NULL, session_id BIGINT NOT NULL,
+        first_seq BIGINT NOT NULL, last_seq BIGINT NOT NULL, rows INTEGER NOT NULL,
+        t_min BIGINT NOT NULL, t_max BIGINT NOT NULL, format SMALLINT NOT NULL,
+        beds BYTEA NOT NULL, payload BYTEA NOT NULL, PRIMARY KEY (id, logged_us)
+    ) PARTITION BY RANGE (logged_us)""",
+    "CREATE TABLE input_blocks_default PARTITION OF input_blocks DEFAULT",
+    "CREATE INDEX ix_input_blocks_session ON input_blocks (session_id, last_seq)",
+    "CREATE INDEX ix_input_blocks_t ON input_blocks (t_max)",
+)
+
+
+def _v10(conn: Connection, _now_us: int) -> None:
+    metadata.create_all(conn, tables=[monitor_leases], checkfirst=True)
+
+
+def _v9(conn: Connection, _now_us: int) -> None:
+    metadata.create_all(conn, tables=[snapshots], checkfirst=True)
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "inputs, alert transitions, sessions and library versions", _v1),
     Migration(2, "tamper-evident audit chain of alert transitions and user actions", _v2),
@@ -280,6 +404,9 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(5, "people's accounts: role, Argon2id password hash, disabled", _v5),
     Migration(6, "a keyed audit chain covering alert transitions and batches of inputs", _v6),
     Migration(7, "the drug library's lifecycle: drafts, approvals, publications, rollbacks", _v7),
+    Migration(8, "readings in compact blocks (PostgreSQL: by day); exports; retention", _v8),
+    Migration(9, "snapshots of the engine and alarm state: a restart replays what follows", _v9),
+    Migration(10, "leases: which monitor runs each unit, and its fencing epoch", _v10),
 )
 
 

@@ -7,9 +7,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from calguard.alerts.log import default_db_url, normalise_db_url, redact_url, short_error
-from calguard.alerts.schema import alert_transitions, inputs, sessions
+from calguard.alerts.schema import alert_transitions, input_blocks, inputs, sessions
 from calguard.monitor.errors import LogError
-from sqlalchemy import func, select
+from sqlalchemy import BigInteger, cast, func, select, union_all
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import create_async_engine
 
@@ -59,9 +59,16 @@ class SessionInfo:
 async def list_sessions(url: str | None, which: SessionFilter | None = None) -> list[SessionInfo]:
     """The sessions the filter picks (default: all), oldest first, with their counts."""
     which = which or SessionFilter(mode=None)
+    # inputs are rows, and readings in blocks (schema version 8: calguard.alerts.blocks)
+    both = union_all(
+        select(inputs.c.session_id, func.count().label("n")).group_by(inputs.c.session_id),
+        select(input_blocks.c.session_id, func.sum(input_blocks.c.rows).label("n")).group_by(
+            input_blocks.c.session_id
+        ),
+    ).subquery()
     counted_inputs = (
-        select(inputs.c.session_id, func.count().label("n"))
-        .group_by(inputs.c.session_id)
+        select(both.c.session_id, cast(func.sum(both.c.n), BigInteger).label("n"))
+        .group_by(both.c.session_id)
         .subquery()
     )
     counted_alerts = (

@@ -28,13 +28,13 @@ from typing import BinaryIO
 
 import orjson
 
-from calguard import __version__, alarm_cli, broker_config, library_cli, user_cli
+from calguard import __version__, alarm_cli, broker_config, library_cli, log_cli, user_cli
 from calguard.alerts.log import AlertLog, default_db_url, training_db_url
 from calguard.alerts.sessions import MODES, SessionFilter, list_sessions
 from calguard.cliargs import retire_config
 from calguard.config.loader import builtin_text, check_library
 from calguard.config.show import render_library
-from calguard.config.site import WebConfig, time_zone
+from calguard.config.site import Site, WebConfig, time_zone
 from calguard.logs import FORMATS, setup_logging
 from calguard.monitor.errors import ConfigError, LogError
 from calguard.monitor.timeutil import format_ts
@@ -76,6 +76,11 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="the engine's alert lines only: no acknowledgement, pause, escalation ...",
     )
+    rp.add_argument(
+        "--unit",
+        metavar="NAME",
+        help="alert ids as this unit of a hospital config gives them (a-NAME-000123)",
+    )
 
     cp = sub.add_parser("config", help="check, show or start a drug library")
     csub = cp.add_subparsers(dest="config_command", required=True)
@@ -88,6 +93,12 @@ def _parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="monitor live pumps as the site config says")
     run.add_argument("--site", required=True, metavar="SITE.toml", help="the site config")
+    run.add_argument(
+        "--units",
+        metavar="A,B",
+        help="of a hospital config, the units this monitor runs (default: all); a second "
+        "monitor on the same units waits as their standby (PostgreSQL)",
+    )
     retire_config(run)
     run.add_argument(
         "--view", action="store_true", help="show the live terminal view instead of alert lines"
@@ -181,6 +192,7 @@ def _parser() -> argparse.ArgumentParser:
     alarm_cli.add_parsers(sub)
     user_cli.add_parsers(sub)
     library_cli.add_parsers(sub)
+    log_cli.add_parser(sub)
     broker_config.add_parser(sub)
     _everywhere(parser)
     return parser
@@ -280,6 +292,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         return user_cli.dispatch(args)
     if args.command == library_cli.COMMAND:
         return library_cli.dispatch(args)
+    if args.command == log_cli.COMMAND:
+        return log_cli.dispatch(args)
     if args.command == "run":
         return _run(args)
     if args.command == "demo":
@@ -332,6 +346,7 @@ def _export(args: argparse.Namespace) -> int:
         sys.stdout.writelines(line + "\n" for line in alerts)
         return 0
     skipped = skipped_actions = 0
+    out = log_cli.Recorded(sys.stdout)  # its SHA-256 is recorded: retention needs it
     for row in rows:
         if row.event_type == WARM_START and row.status == "accepted":
             # the live warm start that began the session, and what it read from the log
@@ -340,14 +355,14 @@ def _export(args: argparse.Namespace) -> int:
             except LogError as exc:
                 log.error("%s", exc)
                 return 3
-            sys.stdout.writelines(line + "\n" for line in context)
+            out.writelines(line + "\n" for line in context)
         elif row.status == "rejected" and row.event_type in ALARM_ACTIONS:
             # refused live and changed nothing (a command without valid proof, an action a
             # device sent): the log and the audit chain keep it; a replay, which takes file
             # actions, must not apply it
             skipped_actions += 1
         elif row.event_type != WIRE:
-            sys.stdout.write(row.raw + "\n")
+            out.write(row.raw + "\n")
         elif row.pump is not None and row.t_us is not None:
             # bytes a driver could not use, naming a pump: they raised telemetry-invalid (or
             # input-unknown) live, so the replay must see them; as what they were to the
@@ -360,9 +375,10 @@ def _export(args: argparse.Namespace) -> int:
                 "reason": row.reason or "",
                 "source": row.source,
             }
-            sys.stdout.write(orjson.dumps(problem).decode() + "\n")
+            out.write(orjson.dumps(problem).decode() + "\n")
         else:
             skipped += 1  # naming no pump: logged, and nothing for a replay to do
+    log_cli.record_export(args.db, session, rows, out)
     log.info(
         "session %s: %d inputs exported; left out: %d wire problems naming no pump, %d "
         "refused actions",
@@ -408,13 +424,29 @@ def _problems(exc: ConfigError) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from calguard.live import run_site
-    from calguard.site import load_site
+    from calguard.units import load_units, run_units, select_units
 
     try:
-        site = load_site(args.site)
+        units = select_units(load_units(args.site), args.units)
     except ConfigError as exc:
         return _problems(exc)
+    except ValueError as exc:
+        log.error("%s", exc)
+        return 1
+    if args.view and len(units) > 1:
+        log.error("the terminal view shows one unit: choose it with --units NAME")
+        return 1
+    units = tuple(dataclasses.replace(u, site=_run_site(args, u.site)) for u in units)
+    settle_heap()
+    try:
+        return asyncio.run(run_units(units, view=args.view, allow_unapproved=args.allow_unapproved))
+    except LogError as exc:
+        log.error("%s", exc)
+        return 3
+
+
+def _run_site(args: argparse.Namespace, site: Site) -> Site:
+    """The site as the command line overrides it (its log, its station)."""
     if args.db is not None:
         site = dataclasses.replace(site, db=args.db)
     web = site.web
@@ -422,13 +454,7 @@ def _run(args: argparse.Namespace) -> int:
         web = dataclasses.replace(web, enabled=args.web)
     if args.web_port is not None:
         web = dataclasses.replace(web, port=args.web_port)
-    site = dataclasses.replace(site, web=web)
-    settle_heap()
-    try:
-        return asyncio.run(run_site(site, view=args.view, allow_unapproved=args.allow_unapproved))
-    except LogError as exc:
-        log.error("%s", exc)
-        return 3
+    return dataclasses.replace(site, web=web)
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -508,6 +534,10 @@ def _replay(args: argparse.Namespace) -> int:
         return 1
     library = result.library
     settle_heap()
+    if args.unit is not None:  # copied into the run below: its engine's books take it
+        from calguard.units import ALERT_PREFIX
+
+        ALERT_PREFIX.set(f"a-{args.unit}-")
     if args.file == "-":
         stream: BinaryIO = sys.stdin.buffer
         source = "stdin"

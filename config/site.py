@@ -88,6 +88,7 @@ __all__ = [
     "BrokerAccounts",
     "Charting",
     "DriverConfig",
+    "LogPolicy",
     "Lookup",
     "Site",
     "WebConfig",
@@ -100,7 +101,7 @@ __all__ = [
 Lookup = Callable[[str], Any]
 Problem = Callable[[str, str], None]
 
-_SECTIONS = ("site", "drivers", "sinks", "broker", "web")
+_SECTIONS = ("site", "drivers", "sinks", "broker", "web", "log")
 _SITE_KEYS = (
     "name",
     "library",
@@ -160,6 +161,15 @@ class WebConfig:
 
 
 @dataclass(frozen=True)
+class LogPolicy:
+    """Retention of the durable log (``[log]``): inputs are kept ``keep_inputs_days`` days
+    (``calguard log prune`` drops older ones, once exported and verified); alerts, actions
+    and the audit chain are kept forever."""
+
+    keep_inputs_days: int = 30
+
+
+@dataclass(frozen=True)
 class Site:
     name: str
     library: Library
@@ -174,6 +184,7 @@ class Site:
     web: WebConfig = WebConfig()
     profile: str | None = None  # the library's care-area profile this unit runs
     four_eyes: bool = False  # a library is published to this unit by a second pharmacist
+    log: LogPolicy = LogPolicy()  # retention ([log])
 
 
 def load_site(
@@ -182,15 +193,17 @@ def load_site(
     drivers: Lookup,
     sinks: Lookup,
     db_default: str | None = "default",
+    doc: dict[str, Any] | None = None,
 ) -> Site:
-    """Read and check a site config; ``ConfigError`` listing every problem."""
+    """Read and check a site config; ``ConfigError`` listing every problem. ``doc``: the
+    file's document already read (a unit of a hospital config: ``calguard.units``)."""
     source = str(path)
     problems: list[ConfigProblem] = []
 
     def problem(key: str, message: str) -> None:
         problems.append(ConfigProblem(source, key, message))
 
-    doc = _read(path, source)
+    doc = _read(path, source) if doc is None else doc
     _sections(doc, source, Path(path).name, problem)
     site = doc.get("site", {})
     if not isinstance(site, dict):
@@ -228,6 +241,7 @@ def load_site(
     )
     sink_configs = _sinks(doc.get("sinks", []), sinks, problem)
     web = _web(doc.get("web", {}), problem)
+    log_policy = _log_policy(doc.get("log", {}), problem)
     if problems:
         raise ConfigError(problems)
     assert result.library is not None
@@ -245,6 +259,7 @@ def load_site(
         web=web,
         profile=profile,
         four_eyes=four_eyes is True,
+        log=log_policy,
     )
 
 
@@ -371,6 +386,19 @@ def _web(table: object, problem: Problem) -> WebConfig:
         timezone=timezone,
         session_s=_session(good.get("session"), problem),
     )
+
+
+def _log_policy(table: object, problem: Problem) -> LogPolicy:
+    if not isinstance(table, dict):
+        problem("log", "a table is expected")
+        return LogPolicy()
+    for key in table.keys() - {"keep_inputs_days"}:
+        problem(f"log.{key}", "unknown key; expected keep_inputs_days")
+    days = table.get("keep_inputs_days", LogPolicy.keep_inputs_days)
+    if isinstance(days, bool) or not isinstance(days, int) or days < 1:
+        problem("log.keep_inputs_days", f"{days!r} — a number of days (1 or more) is expected")
+        return LogPolicy()
+    return LogPolicy(keep_inputs_days=days)
 
 
 def _loopback(host: str) -> bool:

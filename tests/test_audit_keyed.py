@@ -24,9 +24,18 @@ from typing import Any
 import orjson
 import pytest
 from calguard.alerts.anchor_mqtt import AnchorPublisher, anchor_topic, fetch_anchor
+from calguard.alerts.blocks import decode, encode
 from calguard.alerts.chain import AuditKey, Entry, entry_mac, legacy_hash
 from calguard.alerts.log import AlertLog, default_anchor_file, normalise_db_url
-from calguard.alerts.schema import alert_transitions, audit_chain, inputs, log_identity, metadata
+from calguard.alerts.schema import (
+    alert_transitions,
+    audit_chain,
+    input_blocks,
+    input_sources,
+    inputs,
+    log_identity,
+    metadata,
+)
 from calguard.alerts.spool import Spool
 from calguard.config import load_library
 from calguard.monitor.records import InputRecord
@@ -224,8 +233,30 @@ def test_an_edited_input_row_is_found(db_url: str, calguard: Calguard) -> None:
         execute(
             db_url,
             update(inputs)
-            .where(inputs.c.event_type == "reading")
-            .values(raw=func.replace(inputs.c.raw, "180 ml/h", "18 ml/h")),
+            .where(inputs.c.event_type == "connect")
+            .values(raw=func.replace(inputs.c.raw, '"L1"', '"L2"')),
+        )
+    )
+    code, out = calguard("audit", "verify", "--db", db_url)
+    assert code == 1
+    assert list(verdict(out)) == ["inputs"]
+    assert verdict(out)["inputs"].endswith("differ from their audited digest (a row edited)")
+
+
+def test_an_edited_reading_in_a_block_is_found(db_url: str, calguard: Calguard) -> None:
+    """A reading kept compactly, decoded, edited (a rate lowered) and encoded again."""
+    asyncio.run(shift(db_url))
+    (block,) = asyncio.run(execute(db_url, select(input_blocks).limit(1)))
+    names = {r.id: r.source for r in asyncio.run(execute(db_url, select(input_sources)))}
+    rows = decode(block.session_id, block.payload, names)
+    edited = [(*r[:12], r[12].replace("180 ml/h", "18 ml/h"), *r[13:]) for r in rows]
+    assert edited != rows
+    ids = {v: k for k, v in names.items()}
+    payload = encode(block.logged_us, block.session_id, edited, ids)[-1]
+    asyncio.run(
+        execute(
+            db_url,
+            update(input_blocks).where(input_blocks.c.id == block.id).values(payload=payload),
         )
     )
     code, out = calguard("audit", "verify", "--db", db_url)
@@ -236,8 +267,9 @@ def test_an_edited_input_row_is_found(db_url: str, calguard: Calguard) -> None:
 
 def test_a_deleted_input_row_is_found(db_url: str, calguard: Calguard) -> None:
     asyncio.run(shift(db_url))
-    count = len(asyncio.run(execute(db_url, select(inputs.c.id))))
-    asyncio.run(execute(db_url, delete(inputs).where(inputs.c.event_type == "reading")))
+    count = sum(r.rows for r in asyncio.run(execute(db_url, select(input_blocks.c.rows))))
+    count += len(asyncio.run(execute(db_url, select(inputs.c.id))))
+    asyncio.run(execute(db_url, delete(inputs).where(inputs.c.event_type == "connect")))
     code, out = calguard("audit", "verify", "--db", db_url)
     assert code == 1
     assert list(verdict(out)) == ["inputs"]
@@ -473,6 +505,7 @@ def test_the_broker_s_anchor_finds_a_cut_the_anchor_file_was_rewound_to_hide(
             url,
             delete(audit_chain).where(audit_chain.c.seq >= cut),
             delete(inputs).where(inputs.c.session_id == second),
+            delete(input_blocks).where(input_blocks.c.session_id == second),
             delete(alert_transitions).where(alert_transitions.c.session_id == second),
         )
     )

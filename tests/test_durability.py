@@ -26,6 +26,11 @@ from typing import Any
 
 import asyncpg
 import pytest
+from calguard.alerts.inputs_read import read_inputs
+from calguard.alerts.log import normalise_db_url
+from calguard.alerts.schema import inputs
+from sqlalchemy.ext.asyncio import create_async_engine
+from sqlalchemy.pool import NullPool
 
 from calguard import broker_config
 from tests.brokers import Broker
@@ -54,15 +59,20 @@ SHIPPED = ROOT / "deploy" / "mosquitto"
 
 
 def pg_readings(url: str) -> list[tuple[str, str]]:
+    return logged_readings(url)
+
+
+def logged_readings(url: str) -> list[tuple[str, str]]:
+    """Every reading in the log (kept in blocks, or one row each), in order of arrival."""
+
     async def fetch() -> list[tuple[str, str]]:
-        conn = await asyncpg.connect(url, timeout=10)
+        engine = create_async_engine(normalise_db_url(url), poolclass=NullPool)
         try:
-            rows = await conn.fetch(
-                "SELECT raw, status FROM inputs WHERE event_type = 'reading' ORDER BY id"
-            )
-            return [(r["raw"], r["status"]) for r in rows]
+            async with engine.connect() as conn:
+                rows = await read_inputs(conn, (inputs.c.event_type == "reading",), ())
         finally:
-            await conn.close()
+            await engine.dispose()
+        return [(r.raw, r.status) for r in rows]
 
     return asyncio.run(fetch())
 
@@ -90,8 +100,7 @@ def sqlite_query(path: Path, sql: str, *args: Any) -> list[tuple[Any, ...]]:
 
 
 def sqlite_readings(path: Path) -> list[tuple[str, str]]:
-    sql = "SELECT raw, status FROM inputs WHERE event_type = 'reading' ORDER BY id"
-    return [(r[0], r[1]) for r in sqlite_query(path, sql)]
+    return logged_readings(f"sqlite:///{path}")
 
 
 def accepted(rows: list[tuple[str, str]]) -> int:

@@ -8,11 +8,12 @@ import json
 from pathlib import Path
 
 import pytest
+from calguard.alerts.blocks import LoggedInput
+from calguard.alerts.inputs_read import read_inputs
 from calguard.alerts.log import AlertLog, normalise_db_url
 from calguard.alerts.schema import (
     MIGRATIONS,
     alert_transitions,
-    inputs,
     library_versions,
     metadata,
     sessions,
@@ -43,6 +44,18 @@ async def query(url: str, statement):  # type: ignore[no-untyped-def]
         await engine.dispose()
 
 
+async def logged_inputs(url: str) -> list[LoggedInput]:
+    """Every input, whichever form holds it (a reading in a block, or a row)."""
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    engine = create_async_engine(normalise_db_url(url))
+    try:
+        async with engine.connect() as conn:
+            return await read_inputs(conn, (), ())
+    finally:
+        await engine.dispose()
+
+
 async def replay_into(url: str, data: bytes) -> tuple[list[str], int | None]:
     out = io.StringIO()
     async with AlertLog(url) as log:
@@ -54,12 +67,7 @@ async def replay_into(url: str, data: bytes) -> tuple[list[str], int | None]:
 
 async def test_every_input_and_transition_is_logged(db_url: str) -> None:
     lines, session = await replay_into(db_url, EXAMPLE + BAD_LINES)
-    rows = await query(
-        db_url,
-        select(
-            inputs.c.line_no, inputs.c.status, inputs.c.reason, inputs.c.pump, inputs.c.event_type
-        ).order_by(inputs.c.seq),
-    )
+    rows = await logged_inputs(db_url)
     assert [r.line_no for r in rows] == list(range(1, 11))
     statuses = [r.status for r in rows]
     assert statuses == ["accepted"] * 7 + ["rejected", "rejected", "duplicate"]
@@ -97,6 +105,23 @@ async def test_a_second_run_appends_and_the_schema_is_migrated_once(db_url: str)
     assert transitions[0] == 2 * 20  # 7 raised and 13 alarm-layer escalations, twice
 
 
+async def test_monitors_starting_together_on_a_new_log_all_start(db_url: str) -> None:
+    """Several monitors opening one new log at once (a hospital's units after a power
+    cut): one migrates, each records the library version or finds it, each gets a session."""
+    import asyncio
+
+    library = load_library()
+
+    async def start() -> int:
+        async with AlertLog(db_url) as log:
+            return await log.start_session("live", "together", library)
+
+    ids = await asyncio.gather(*(start() for _ in range(4)))
+    assert len(set(ids)) == 4
+    (versions,) = await query(db_url, select(func.count()).select_from(library_versions))
+    assert versions[0] == 1
+
+
 async def test_the_migrated_schema_is_the_declared_schema(db_url: str) -> None:
     await replay_into(db_url, b"")
     from sqlalchemy.ext.asyncio import create_async_engine
@@ -120,8 +145,7 @@ async def test_batches_are_flushed_on_exit_even_when_small(tmp_path: Path) -> No
         await replay(
             io.BytesIO(EXAMPLE), source="x", library=load_library(), out=io.StringIO(), log=log
         )
-    (count,) = await query(url, select(func.count()).select_from(inputs))
-    assert count[0] == 7
+    assert len(await logged_inputs(url)) == 7
 
 
 async def test_back_pressure_keeps_memory_bounded(tmp_path: Path) -> None:
@@ -134,8 +158,7 @@ async def test_back_pressure_keeps_memory_bounded(tmp_path: Path) -> None:
             io.BytesIO(data), source="x", library=load_library(), out=io.StringIO(), log=log
         )
         assert log.pending == 0
-    (count,) = await query(url, select(func.count()).select_from(inputs))
-    assert count[0] == len(day_shift())
+    assert len(await logged_inputs(url)) == len(day_shift())
 
 
 async def test_an_unreachable_database_is_a_clear_log_error() -> None:

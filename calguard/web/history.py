@@ -20,10 +20,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
-from sqlalchemy import and_, func, or_, select
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy import and_, false, func, or_, select
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from calguard.alerts.schema import alert_transitions, inputs
+from calguard.alerts.blocks import LoggedInput
+from calguard.alerts.inputs_read import read_inputs
+from calguard.alerts.schema import alert_transitions, input_blocks, inputs
 from calguard.alerts.sessions import SessionFilter
 from calguard.monitor.engine import Engine
 from calguard.monitor.errors import CalGuardError
@@ -114,7 +116,8 @@ async def load_history(
         history.alarms = [_alarm_mark(r) for r in alarm_rows if r.state in _MARKED]
         if channels:
             reading_rows = (await conn.execute(_reading_query(channels, history, which))).all()
-            history.rates = _rates(reading_rows)
+            in_blocks = await _block_readings(conn, channels, history, which)
+            history.rates = _rates(sorted([*reading_rows, *in_blocks], key=lambda r: r.t_us))
         check_rows = (await conn.execute(_check_query(bed, lines, history, which))).all()
         history.checks = [_check_mark(r.t_us, r.event_type, r.raw) for r in check_rows]
     return history
@@ -167,6 +170,27 @@ def _reading_query(channels: set[tuple[str, str]], h: BedHistory, which: Session
     )
     ids = select(picked.c.first).union(select(picked.c.last))
     return select(c.t_us, c.pump, c.channel, c.raw).where(c.id.in_(ids)).order_by(c.t_us, c.id)
+
+
+async def _block_readings(
+    conn: AsyncConnection, channels: set[tuple[str, str]], h: BedHistory, which: SessionFilter
+) -> list[LoggedInput]:
+    """The readings kept in blocks (schema version 8): the first and last of each minute
+    of each channel, as ``_reading_query`` picks them from rows."""
+    b = input_blocks.c
+    where = (b.session_id.in_(which.query()), b.t_max >= h.start, b.t_min <= h.end)
+
+    def keep(r: LoggedInput) -> bool:
+        return (r.pump, r.channel) in channels and h.start <= (r.t_us or 0) <= h.end
+
+    spans: dict[tuple[Any, ...], list[LoggedInput]] = {}
+    for r in await read_inputs(conn, (false(),), where, keep):
+        span = spans.setdefault((r.pump, r.channel, (r.t_us or 0) // _BUCKET_US), [r, r])
+        if (r.t_us or 0) < (span[0].t_us or 0):
+            span[0] = r
+        if (r.t_us or 0) >= (span[1].t_us or 0):
+            span[1] = r
+    return list({(r.session_id, r.seq): r for span in spans.values() for r in span}.values())
 
 
 def _rates(rows: Sequence[Any]) -> dict[str, list[tuple[int, float]]]:
