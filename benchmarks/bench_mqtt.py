@@ -2,10 +2,19 @@
 aiomqtt subscriber that only parses JSON (the ceiling), in one run.
 
     python benchmarks/bench_mqtt.py [--messages 30000] [--rate 1000] [--seconds 10] [--repeat 3]
+                                    [--no-latency]
 
 Throughput: MESSAGES readings of 200 pumps are queued at QoS 1 for a persistent session
 while the subscriber is away; it then connects and drains them (publisher out of the
-way). CalGuard runs its MQTT driver, the engine with every rule, and the SQLite log.
+way). CalGuard runs its MQTT driver, the engine with every rule, and the SQLite log (and
+once more without a log). Each round runs every kind once, in turn; the ratios are the
+medians of each round's ratio (the machine's load moves both sides of a round alike).
+
+The ceilings: stock aiomqtt, taking messages one by one (``async for``) and in bursts as
+CalGuard's driver does, acknowledging on receipt; and "bare, lean" - the driver's own
+receive path (``calguard.drivers.mqtt_wire``: a PUBLISH without properties decoded in a
+few slices, straight into the queue) acknowledging each burst once parsed: what the
+transport alone costs CalGuard, so its ratio is CalGuard's own cost above the wire.
 
 Latency: a separate process publishes RATE readings/s for SECONDS; one reading in ten
 flips a calcium channel across the 2 ml/min limit, so it raises or clears an alert.
@@ -38,6 +47,7 @@ from calguard.config import load_library
 from calguard.config.site import Charting
 from calguard.drivers.clock import SystemClock
 from calguard.drivers.mqtt import MqttDriver, _Inbox
+from calguard.drivers.mqtt_wire import lean_receive, manual_acks
 from calguard.monitor.engine import Engine
 from calguard.monitor.timeutil import format_ts
 
@@ -98,19 +108,29 @@ def reading(n: int, sent_ns: int) -> tuple[str, bytes]:
     return f"{PREFIX}/pumps/P{pump}/telemetry", orjson.dumps(body)
 
 
-def session_client(port: int, client_id: str, *, burst: bool = False) -> aiomqtt.Client:
-    """A subscriber with a persistent session (MQTT 5, clean start off, kept an hour)."""
+def session_client(
+    port: int, client_id: str, *, burst: bool = False, lean: bool = False
+) -> aiomqtt.Client:
+    """A subscriber with a persistent session (MQTT 5, clean start off, kept an hour).
+    ``lean``: on the driver's receive path, acknowledging by hand (as the driver does)."""
     props = Properties(PacketTypes.CONNECT)
     props.SessionExpiryInterval = 3600
-    return aiomqtt.Client(
+    if lean:
+        props.ReceiveMaximum = 5000  # as the driver asks: acknowledgements come in bursts
+    client = aiomqtt.Client(
         "127.0.0.1",
         port,
         identifier=client_id,
         protocol=aiomqtt.ProtocolVersion.V5,
         clean_start=False,
         properties=props,
-        queue_type=_Inbox if burst else None,
+        queue_type=_Inbox if burst or lean else None,
     )
+    if lean:
+        assert _Inbox.latest is not None
+        manual_acks(client)
+        lean_receive(client, _Inbox.latest)
+    return client
 
 
 async def subscribe_once(port: int, client_id: str) -> None:
@@ -129,9 +149,12 @@ async def publish_backlog(port: int, n: int) -> None:
         "127.0.0.1", port, identifier="bench-pub", max_inflight_messages=1000
     ) as client:
         await client.publish(CHARTING_TOPIC, orjson.dumps(bedside()), qos=1)
-        sent = [client.publish(*reading(i, time.time_ns()), qos=1) for i in range(n)]
-        for start in range(0, n, 2000):
-            await asyncio.gather(*sent[start : start + 2000])
+        # in slices: aiomqtt counts its pending calls at each publish (quadratic in them)
+        for start in range(0, n, 500):
+            stop = min(n, start + 500)
+            await asyncio.gather(
+                *(client.publish(*reading(i, time.time_ns()), qos=1) for i in range(start, stop))
+            )
 
 
 class Rate:
@@ -143,13 +166,23 @@ class Rate:
         self.expected, self.count = expected, 0
         self.start = time.perf_counter()
         self.end = 0.0
+        self.cpu = (time.process_time(), 0.0)  # this process's CPU, every thread of it
         self.done = asyncio.Event()
+
+    def restart(self) -> None:
+        self.start, self.cpu = time.perf_counter(), (time.process_time(), 0.0)
 
     def add(self, n: int = 1) -> None:
         self.count += n
         if self.count >= self.expected and not self.done.is_set():
             self.end = time.perf_counter()
+            self.cpu = (self.cpu[0], time.process_time())
             self.done.set()
+
+    @property
+    def cpu_us(self) -> float:
+        """CPU time of this process a message, in µs."""
+        return (self.cpu[1] - self.cpu[0]) / self.count * 1e6
 
     @property
     def whole(self) -> float:
@@ -163,22 +196,22 @@ async def bare(
     latencies: list[float] | None = None,
     *,
     burst: bool = False,
+    lean: bool = False,
 ) -> Rate:
     """The ceiling: receive and parse JSON, nothing else. Returns messages per second.
-    ``burst``: take what has already arrived at once, as CalGuard's driver does."""
-    inbox = _Inbox if burst else None
+    ``burst``: take what has already arrived at once, as CalGuard's driver does; ``lean``:
+    and on the driver's receive path, acknowledging each burst once parsed."""
     rate = Rate(expected)  # from the connection: the broker delivers from that moment on
-    async with session_client(port, client_id, burst=burst) as client:
+    client = session_client(port, client_id, burst=burst, lean=lean)
+    inbox = _Inbox.latest if burst or lean else None
+    async with client:
         for topic in (f"{PREFIX}/pumps/+/telemetry", f"{PREFIX}/events/+"):
             await client.subscribe(topic, qos=1)
         messages = aiter(client.messages)
         while rate.count < expected:
             batch = [await anext(messages)]
-            while inbox is not None and inbox.latest is not None and len(batch) < 256:
-                try:
-                    batch.append(inbox.latest.get_nowait())
-                except asyncio.QueueEmpty:
-                    break
+            if inbox is not None:
+                batch += inbox.take(256)
             for message in batch:
                 obj = orjson.loads(message.payload)  # type: ignore[arg-type]
                 rate.add()
@@ -189,6 +222,9 @@ async def bare(
                     and "sent_ns" in obj
                 ):
                     latencies.append((time.time_ns() - obj["sent_ns"]) / 1e6)
+            if lean:
+                for message in batch:
+                    client._client.ack(message.mid, message.qos)
     return rate
 
 
@@ -228,7 +264,7 @@ async def calguard(
             rate.add()
 
         monitor._process = process  # type: ignore[method-assign]
-        rate.start = time.perf_counter()  # from the connection, as for the bare ones
+        rate.restart()  # from the connection, as for the bare ones
         task = asyncio.create_task(monitor.run())
         await rate.done.wait()
         monitor.stop()
@@ -283,6 +319,65 @@ def pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
+KINDS = ("bare", "bare-burst", "bare-lean", "calguard-nolog", "calguard")
+LABELS = {
+    "bare": "bare aiomqtt, async for + JSON parse",
+    "bare-burst": "bare aiomqtt, burst drain + JSON parse",
+    "bare-lean": "bare, lean receive path, burst + JSON parse",
+    "calguard-nolog": "CalGuard: every rule, no log",
+    "calguard": "CalGuard: every rule, SQLite log",
+}
+
+
+async def drain(port: int, directory: str, kind: str, client_id: str, messages: int) -> Rate:
+    await subscribe_once(port, client_id)
+    await publish_backlog(port, messages)
+    expected = messages + 1  # the bedside message too
+    if kind == "calguard":
+        return await calguard(port, client_id, expected, f"sqlite:///{directory}/{client_id}.db")
+    if kind == "calguard-nolog":
+        return await calguard(port, client_id, expected, None)
+    return await bare(
+        port, client_id, expected, burst=kind == "bare-burst", lean=kind == "bare-lean"
+    )
+
+
+async def throughput(port: int, directory: str, messages: int, repeat: int) -> dict[str, float]:
+    """Rounds of every kind in turn; medians of the rates and of each round's ratios."""
+    rates: dict[str, list[float]] = {k: [] for k in KINDS}
+    cpu: dict[str, list[float]] = {k: [] for k in KINDS}
+    for run in range(repeat):
+        for kind in KINDS:
+            rate = await drain(port, directory, kind, f"bench-{kind}-{run}", messages)
+            rates[kind].append(rate.whole)
+            cpu[kind].append(rate.cpu_us)
+        print(
+            f"  round {run + 1}: " + ", ".join(f"{kind} {rates[kind][-1]:,.0f}" for kind in KINDS),
+            flush=True,
+        )
+    whole = {k: statistics.median(v) for k, v in rates.items()}
+    print(
+        f"throughput: {messages} queued readings drained, medians of {repeat} "
+        "(msg/s; CPU of the process a message, all its threads):"
+    )
+    for kind in KINDS:
+        print(
+            f"  {LABELS[kind]:<46}{whole[kind]:>10,.0f}   "
+            f"{statistics.median(cpu[kind]):6.1f} µs CPU"
+        )
+    print("CalGuard / ceiling, median of the rounds' ratios:")
+    for mine in ("calguard", "calguard-nolog"):
+        cells = []
+        for ceiling in ("bare", "bare-burst", "bare-lean"):
+            ratio = statistics.median(
+                a / b for a, b in zip(rates[mine], rates[ceiling], strict=True)
+            )
+            cells.append(f"{ceiling} {ratio:.0%}")
+        log = "SQLite log" if mine == "calguard" else "no log"
+        print(f"  {log:<12}" + "   ".join(cells))
+    return whole
+
+
 async def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -291,6 +386,9 @@ async def main() -> int:
     parser.add_argument("--rate", type=int, default=1000)
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument(
+        "--no-latency", dest="latency", action="store_false", help="throughput only"
+    )
     args = parser.parse_args()
     print(
         f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
@@ -303,38 +401,9 @@ async def main() -> int:
     with tempfile.TemporaryDirectory() as directory:
         broker = Broker(Path(directory) / "mosquitto", persistence=False).start()
         try:
-            kinds = ("bare", "bare-burst", "calguard")
-            rates: dict[str, list[Rate]] = {k: [] for k in kinds}
-            for run in range(args.repeat):
-                for kind in kinds:
-                    client_id = f"bench-{kind}-{run}"
-                    await subscribe_once(broker.port, client_id)
-                    await publish_backlog(broker.port, args.messages)
-                    expected = args.messages + 1  # the bedside message too
-                    if kind == "calguard":
-                        db = f"sqlite:///{directory}/tp-{run}.sqlite3"
-                        rates[kind].append(await calguard(broker.port, client_id, expected, db))
-                    else:
-                        rates[kind].append(
-                            await bare(broker.port, client_id, expected, burst=kind == "bare-burst")
-                        )
-            whole = {k: statistics.median(r.whole for r in v) for k, v in rates.items()}
-            print(
-                f"throughput: {args.messages} queued readings drained, "
-                f"medians of {args.repeat} (msg/s):"
-            )
-            labels = {
-                "bare": "bare aiomqtt, async for + JSON parse",
-                "bare-burst": "bare aiomqtt, burst drain + JSON parse",
-                "calguard": "CalGuard: burst drain, every rule, SQLite",
-            }
-            for kind in kinds:
-                share = (
-                    f"   CalGuard = {whole['calguard'] / whole[kind]:.0%} of it"
-                    if kind != "calguard"
-                    else ""
-                )
-                print(f"  {labels[kind]:<44}{whole[kind]:>10,.0f}{share}")
+            whole = await throughput(broker.port, directory, args.messages, args.repeat)
+            if not args.latency:
+                return 0
             runs: dict[str, list[list[float]]] = {"bare": [], "calguard": []}
             for run in range(args.repeat):
                 for kind in ("bare", "calguard"):

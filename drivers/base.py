@@ -9,6 +9,8 @@ lifecycle; a backend overrides three hooks::
 
     async for item in driver.inputs():    # the above in a loop that reconnects with
         ...                               # jittered exponential backoff, for ever
+    async for burst in driver.bursts():   # the same, a read's inputs at a time
+        ...
 
 Backends translate their library's exceptions into ``DriverError`` inside their hooks;
 nothing above ``drivers/`` sees pyserial, aiomqtt or HL7 types.
@@ -18,9 +20,10 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import contextlib
 import logging
 import random
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, ClassVar
@@ -166,14 +169,24 @@ class Driver(abc.ABC):
 
     async def inputs(self) -> AsyncIterator[Inbound]:
         """Every input, for ever: reconnects with jittered exponential backoff."""
+        async with contextlib.aclosing(self.bursts()) as bursts:
+            async for burst in bursts:
+                for item in burst:
+                    yield item
+
+    async def bursts(self) -> AsyncGenerator[list[Inbound], None]:
+        """``inputs``, a read at a time: what a wire delivered together (an MQTT burst
+        already received) comes as one list, so a consumer pays its per-read work once
+        per burst rather than once per input. Never an empty list."""
         while True:
             try:
                 async with self:
                     log.info("%s: connected", self.url)
                     self.backoff.reset()
                     while True:
-                        for item in await self.read():
-                            yield item
+                        burst = await self.read()
+                        if burst:
+                            yield burst
             except DriverError as error:
                 delay = self.backoff.next()
                 self.stats.reconnects += 1

@@ -19,7 +19,9 @@ durable log (the database, or the log's local spool): the monitor calls the ``on
 of the last input of each burst. A monitor killed before that loses nothing - the broker
 redelivers what was not acknowledged - and the redelivered copies of what was already
 logged are dropped by the engine on ``seq`` (logged as ``duplicate``). ``receive_maximum``
-bounds the messages the broker sends ahead of those acknowledgements.
+bounds the messages the broker sends ahead of those acknowledgements. Messages already
+received are taken as one burst, and an ordinary PUBLISH (QoS 0 or 1, no MQTT 5 properties)
+is decoded by a lean path rather than paho's: ``mqtt_wire`` holds every reach under aiomqtt.
 
 Who charted what is the broker's to say, not the payload's: the broker's ACL lets each
 charting account publish only on ``events/<account>``, the driver stamps that account on
@@ -50,6 +52,7 @@ from calguard.config.options import OptionSpec
 from calguard.config.site import BEDSIDE_TYPES, Charting
 from calguard.drivers.base import Driver, Inbound
 from calguard.drivers.mqtt_link import LINK_OPTIONS, broker_address, password, tls_context
+from calguard.drivers.mqtt_wire import Received, lean_receive, manual_acks
 from calguard.monitor.errors import DriverError
 from calguard.monitor.events import ALARM_ACTIONS
 from calguard.monitor.timeutil import format_ts
@@ -67,6 +70,7 @@ _BURST = 256  # messages taken at once when they are already waiting
 #: and six anonymous 10 MiB messages must not fill a disk through the log
 _MAX_PAYLOAD = 64 * 1024
 _TOPIC_CHARS = 256  # of a topic, what a source name keeps
+_ROUTES = 8192  # topics whose source name and parts are remembered (pumps repeat each second)
 _RECEIVE_MAXIMUM = 5000
 #: bedside events that can end an alarm (patency-check-missing, site-check-overdue,
 #: telemetry-stale ...): they count only from a charting account allowed to chart them
@@ -75,13 +79,19 @@ CLEARING = ("patency_check", "site_check", "disconnect", "line_removed")
 
 class _Inbox(asyncio.Queue[aiomqtt.Message]):
     """aiomqtt's incoming queue (chosen through its public ``queue_type``), remembered so
-    that a burst already received is taken at once instead of a task per message."""
+    that a burst already received is taken at once instead of a task per message. The
+    lean receive path (``mqtt_wire``) puts plain ``Received`` tuples in it."""
 
     latest: _Inbox | None = None
 
     def __init__(self, maxsize: int = 0) -> None:
         super().__init__(maxsize)
         _Inbox.latest = self
+
+    def take(self, limit: int) -> list[aiomqtt.Message | Received]:
+        """Up to ``limit`` messages already received, without waiting (``get_nowait``
+        each: the queue is unbounded, so no sender waits to be woken)."""
+        return [self._get() for _ in range(min(limit, self.qsize()))]
 
 
 ONLINE = b'{"online":true}'
@@ -138,8 +148,10 @@ class MqttDriver(Driver):
         except ValueError as exc:
             raise DriverError(str(exc), source=url) from exc
         self._client: aiomqtt.Client | None = None
-        self._messages: AsyncIterator[aiomqtt.Message] | None = None
+        self._messages: AsyncIterator[aiomqtt.Message | Received] | None = None
         self._inbox: _Inbox | None = None
+        #: topic -> (source name, the parts after the prefix)
+        self._routes: dict[str, tuple[str, tuple[str, ...]]] = {}
 
     # -- lifecycle ----------------------------------------------------------------------
 
@@ -167,7 +179,9 @@ class MqttDriver(Driver):
             timeout=10,
         )
         inbox = _Inbox.latest  # made by the constructor above, before any other task ran
-        _manual_acks(client)
+        manual_acks(client)
+        if inbox is not None:
+            lean_receive(client, inbox)
         try:
             await client.__aenter__()
             for topic in topics(self.prefix).values():
@@ -181,7 +195,7 @@ class MqttDriver(Driver):
             ) from exc
         self._client = client
         self._inbox = inbox
-        self._messages = aiter(client.messages)
+        self._messages = aiter(client.messages)  # Messages, and Received from the lean path
 
     async def _close(self) -> None:
         client, self._client, self._messages = self._client, None, None
@@ -202,15 +216,14 @@ class MqttDriver(Driver):
         except aiomqtt.MqttError as exc:
             raise DriverError(f"lost the broker: {exc}", source=self.url) from exc
         burst = [message]
-        inbox = self._inbox
-        for _ in range(_BURST if inbox is not None else 0):
-            try:
-                burst.append(inbox.get_nowait())  # type: ignore[union-attr]  # checked above
-            except asyncio.QueueEmpty:
-                break
+        if self._inbox is not None:
+            burst += self._inbox.take(_BURST)
         items: list[Inbound] = []
         for message in burst:
-            items += self.translate(str(message.topic), _payload_bytes(message.payload))
+            payload = message.payload
+            if type(payload) is not bytes:
+                payload = _payload_bytes(payload)
+            items += self.translate(str(message.topic), payload)
         due = [(m.mid, m.qos) for m in burst if m.qos > 0]
         if due:
             ack = self._acknowledger(client, due)
@@ -227,7 +240,7 @@ class MqttDriver(Driver):
             if client is not self._client:
                 self.stats.count("acks_dropped", len(due))  # that connection is gone:
                 return  # the broker redelivers those messages to the next one
-            paho = client._client  # see _manual_acks
+            paho = client._client  # see mqtt_wire.manual_acks
             for mid, qos in due:
                 paho.ack(mid, qos)
             self.stats.count("acknowledged", len(due))
@@ -236,9 +249,7 @@ class MqttDriver(Driver):
 
     def translate(self, topic: str, payload: bytes) -> list[Inbound]:
         """One MQTT message -> inputs (public for tests of the topic convention)."""
-        source = f"{self.url}#{topic[:_TOPIC_CHARS]}"
-        rest = topic[len(self.prefix) + 1 :] if topic.startswith(self.prefix + "/") else ""
-        parts = rest.split("/")
+        source, parts = self._route(topic)
         limit = self.config["max_payload_bytes"]
         if len(payload) > limit:  # refused unread; what the log keeps is bounded
             self.stats.count("oversize")
@@ -254,6 +265,18 @@ class MqttDriver(Driver):
             return [self._status(source, payload, parts[1])]
         self.stats.count("unknown_topic")
         return [Inbound(source, payload, problem=f"unexpected topic {topic!r}")]
+
+    def _route(self, topic: str) -> tuple[str, tuple[str, ...]]:
+        """The source name of a topic and its parts after the prefix, remembered: the same
+        pumps' topics come every second."""
+        route = self._routes.get(topic)
+        if route is None:
+            rest = topic[len(self.prefix) + 1 :] if topic.startswith(self.prefix + "/") else ""
+            route = (f"{self.url}#{topic[:_TOPIC_CHARS]}", tuple(rest.split("/")))
+            if len(self._routes) >= _ROUTES:
+                self._routes.clear()  # bounded: a flood of made-up topics cannot grow it
+            self._routes[topic] = route
+        return route
 
     def _readings(self, source: str, payload: bytes, pump: tuple[str, str]) -> list[Inbound]:
         items = _decoded(payload)
@@ -378,17 +401,6 @@ def _payload_bytes(payload: object) -> bytes:
     if isinstance(payload, str):
         return payload.encode("utf-8")
     return b"" if payload is None else str(payload).encode("utf-8")
-
-
-def _manual_acks(client: aiomqtt.Client) -> None:
-    """Acknowledge QoS 1 messages ourselves, once they are durable. aiomqtt 2.5 has no
-    public switch for it; paho-mqtt (>= 2.0), which it wraps, has ``manual_ack_set`` and
-    ``ack(mid, qos)``. This and ``MqttDriver._acknowledger`` are the only places that reach
-    under aiomqtt for it."""
-    paho = client._client
-    if not hasattr(paho, "manual_ack_set"):
-        raise DriverError("paho-mqtt >= 2.0 is needed to acknowledge messages once durable")
-    paho.manual_ack_set(True)
 
 
 async def _quietly_exit(client: aiomqtt.Client) -> None:

@@ -52,6 +52,8 @@ PATENCY_RESULTS = ("blood_return", "flush_ok", "flush_failed")
 MAX_LINE_BYTES = 1 << 20
 _MAX_ID = 64
 _MAX_TEXT = 200
+#: The longest lag a monitor event may state (monitor-lagging).
+_MAX_LAG_US = 86_400_000_000
 #: An infant's weight outside this range is a typo (1.2 g, 12 kg), not a weight.
 WEIGHT_RANGE_KG = (0.2, 20.0)
 
@@ -179,7 +181,7 @@ class PumpStatus:
 
 
 #: Conditions of the monitor itself that it reports as inputs of its own (``monitor``).
-MONITOR_CONDITIONS = ("log-unavailable", "library-unapproved")
+MONITOR_CONDITIONS = ("log-unavailable", "library-unapproved", "monitor-lagging")
 
 
 @dataclass(frozen=True, slots=True)
@@ -187,7 +189,8 @@ class MonitorStatus:
     """Extension of the format: a condition of the monitor itself, fed in by the live
     monitor and logged like any input, so that replaying the log gives the same alerts.
     ``recorded``: inputs are still kept somewhere durable (for log-unavailable: the local
-    spool takes them while the database cannot)."""
+    spool takes them while the database cannot). ``lag_us``: for monitor-lagging, how far
+    behind its inputs the monitor measured itself (``"lag": "42.5 s"``)."""
 
     type: ClassVar[str] = "monitor"
     t: int
@@ -195,6 +198,7 @@ class MonitorStatus:
     active: bool
     recorded: bool = True
     detail: str | None = None
+    lag_us: int | None = None
 
 
 #: What a person does to an alarm (the alarm-management extension of the format).
@@ -343,10 +347,33 @@ def _timestamp(d: dict[str, Any], key: str, *, required: bool = False) -> int | 
                 'an RFC 3339 timestamp with an offset is required, e.g. "2026-11-21T08:00:00Z"',
             )
         return None
+    if type(value) is str and len(value) == 27 and value[19] == "." and value[26] == "Z":
+        second = _seconds.get(value[:19])
+        micro = value[20:26]
+        if second is not None and micro.isascii() and micro.isdigit():
+            return second + int(micro)
     try:
-        return parse_ts(value)
+        us = parse_ts(value)
     except QuantityError as exc:
         raise EventError(key, value, exc.reason) from None
+    _remember_second(value, us)
+    return us
+
+
+#: the whole seconds of valid timestamps written "YYYY-MM-DDTHH:MM:SS.ffffffZ" (as
+#: devices and the monitor's own stamps are), by their text: another time of the same
+#: second in that form is valid too and is read from it without a full parse (a reading's
+#: time is seldom the same twice, its second often)
+_seconds: dict[str, int] = {}
+
+
+def _remember_second(value: object, us: int) -> None:
+    if type(value) is str and len(value) == 27 and value[19] == "." and value[26] == "Z":
+        micro = value[20:26]
+        if micro.isascii() and micro.isdigit():
+            if len(_seconds) >= 4096:
+                _seconds.clear()
+            _seconds[value[:19]] = us - int(micro)
 
 
 def _choice(
@@ -541,7 +568,11 @@ def _monitor(d: dict[str, Any], t: int) -> MonitorStatus:
     if type(recorded) is not bool:
         raise EventError("recorded", recorded, "true or false is expected")
     condition = _choice(d, "condition", MONITOR_CONDITIONS)
-    return MonitorStatus(t, condition, active, recorded, _opt_text(d, "detail"))
+    lag = _quantity(d, "lag", units.DURATION)
+    if lag is not None and not 0 <= lag <= _MAX_LAG_US:
+        raise EventError("lag", d.get("lag"), "a lag from 0 to 1 day is expected")
+    lag_us = None if lag is None else round(lag)
+    return MonitorStatus(t, condition, active, recorded, _opt_text(d, "detail"), lag_us)
 
 
 def _clock(d: dict[str, Any], t: int) -> Clock:
