@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import heapq
 from dataclasses import dataclass, replace
+from typing import Any
 
 from calguard.config.schema import RULES
 from calguard.monitor.errors import EventError
@@ -121,6 +122,28 @@ class Alarm:
         if self.overridden_until is not None:
             out["until"] = format_ts(self.overridden_until)
         return out
+
+
+#: an alarm's own fields (beside its latest line) and their types, as a snapshot holds them
+_ALARM_FIELDS: dict[str, type | tuple[type, ...]] = {
+    "raised_t": int,
+    "condition": bool,
+    "latched": bool,
+    "acked_by": (str, type(None)),
+    "acked_t": (int, type(None)),
+    "paused_until": (int, type(None)),
+    "overridden_until": (int, type(None)),
+    "override_reason": (str, type(None)),
+    "audience": int,
+    "escalate_at": (int, type(None)),
+}
+_KINDS = frozenset({"escalate", "pause-end", "override-end"})
+
+
+def _items(value: object, kind: type = dict) -> list[Any]:
+    if not isinstance(value, list) or not all(isinstance(v, kind) for v in value):
+        raise ValueError(f"not a list of {kind.__name__}: {value!r:.80}")
+    return value
 
 
 class _Alarms(dict[str, Alarm]):
@@ -359,6 +382,46 @@ class AlarmManager:
         if self.library is not None:
             line = replace(line, library=self.library)
         return [replace(line, **extra)]  # type: ignore[arg-type]
+
+    # -- snapshots ---------------------------------------------------------------------------
+
+    def state(self) -> dict[str, object]:
+        """The alarms as people left them and the pending deadlines, in plain values (a
+        snapshot's part; ``restore_state`` is its inverse)."""
+        return {
+            "library": self.library,
+            "n": self._n,
+            "deadlines": [list(d) for d in self._deadlines],
+            "alarms": [
+                {**{k: getattr(a, k) for k in _ALARM_FIELDS}, "last": a.last.to_dict()}
+                for a in self.alarms.values()
+            ],
+        }
+
+    def restore_state(self, state: dict[str, object]) -> None:
+        """The alarms of ``state()``; ``ValueError`` (and nothing changed) for anything else."""
+        alarms = _Alarms()
+        for d in _items(state["alarms"]):
+            fields = {k: d[k] for k in _ALARM_FIELDS}
+            if any(not isinstance(v, _ALARM_FIELDS[k]) for k, v in fields.items()):
+                raise ValueError(f"an alarm's fields are not of their types: {fields!r:.200}")
+            last = d["last"]
+            if not isinstance(last, dict):
+                raise ValueError("an alarm without its latest line")
+            alarm = Alarm(AlertTransition.from_dict(last), **fields)
+            alarms[alarm.id] = alarm
+        deadlines: list[tuple[int, int, str, str]] = []
+        for entry in _items(state["deadlines"], list):
+            t, n, kind, alert = entry
+            if not (isinstance(t, int) and isinstance(n, int) and kind in _KINDS):
+                raise ValueError(f"not an alarm deadline: {entry!r:.80}")
+            deadlines.append((t, n, str(kind), str(alert)))
+        n, library = state["n"], state["library"]
+        if not isinstance(n, int) or not (library is None or isinstance(library, str)):
+            raise ValueError("the alarm layer's counter or library is not of its type")
+        heapq.heapify(deadlines)
+        self.alarms, self._deadlines, self._n = alarms, deadlines, n
+        self.library = library
 
     # -- views -------------------------------------------------------------------------------
 

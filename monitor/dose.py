@@ -43,6 +43,7 @@ from __future__ import annotations
 import math
 from bisect import bisect_left, bisect_right
 from enum import Enum
+from itertools import pairwise
 from typing import TypeAlias
 
 __all__ = ["DoseLedger"]
@@ -93,6 +94,43 @@ class DoseLedger:
         self._offsets: list[int] = []
         self._cmax = 0.0  # the largest |cumulative| in the index, and |slope| ever: the
         self._smax = 0.0  # scale of the roundings a skip must allow for
+
+    def state(self) -> dict[str, object]:
+        """Everything the ledger holds, index included (copies: the caller may serialise it
+        while the ledger moves on), so that a restored ledger answers bit for bit alike."""
+        return {
+            "window_us": self.window_us,
+            "t": list(self._t),
+            "c": list(self._c),
+            "s": list(self._s),
+            "base": self._base,
+            "origin": self._origin,
+            "cmax": self._cmax,
+            "smax": self._smax,
+            "offsets": list(self._offsets),
+            "levels": [
+                [None if n is None else [list(n[0]), list(n[1])] for n in level]
+                for level in self._levels
+            ],
+        }
+
+    @classmethod
+    def from_state(cls, state: dict[str, object]) -> DoseLedger:
+        """The ledger ``state()`` described; ``ValueError`` for anything else."""
+        ledger = cls(_int(state["window_us"]))
+        t = [_int(v) for v in _list(state["t"])]
+        c = [_float(v) for v in _list(state["c"])]
+        s = [_float(v) for v in _list(state["s"])]
+        if not len(t) == len(c) == len(s) or any(a >= b for a, b in pairwise(t)):
+            raise ValueError("the ledger's breakpoints are not in time order")
+        ledger._t, ledger._c, ledger._s = t, c, s
+        ledger._base, ledger._origin = _int(state["base"]), _int(state["origin"])
+        ledger._cmax, ledger._smax = _float(state["cmax"]), _float(state["smax"])
+        ledger._offsets = [_int(v) for v in _list(state["offsets"])]
+        ledger._levels = [[_node(n) for n in _list(level)] for level in _list(state["levels"])]
+        if len(ledger._levels) != len(ledger._offsets):
+            raise ValueError("the ledger's index has levels without offsets")
+        return ledger
 
     @property
     def rate_mmol_min(self) -> float:
@@ -306,6 +344,36 @@ class _Walker:
             back = c[j] + s[j] * (u - w - t[j])  # cumulative(u - w): the window starts at t[j]
             j += 1
         return _Walk.ON
+
+
+def _int(v: object) -> int:
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise ValueError(f"not an integer: {v!r:.40}")
+    return v
+
+
+def _float(v: object) -> float:
+    if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
+        raise ValueError(f"not a finite number: {v!r:.40}")
+    return v
+
+
+def _list(v: object) -> list[object]:
+    if not isinstance(v, list):
+        raise ValueError(f"not a list: {v!r:.40}")
+    return v
+
+
+def _node(v: object) -> _Node | None:
+    if v is None:
+        return None
+    hulls = _list(v)
+    if len(hulls) != 2:
+        raise ValueError("an index node is two hulls")
+    low, high = (tuple(_float(x) for x in _list(h)) for h in hulls)
+    if len(low) % 3 != 2 or len(high) % 3 != 2:
+        raise ValueError("a hull is m - 1 keys, m xs and m ys")
+    return low, high
 
 
 def _upper_hull(xs: list[float], ys: list[float]) -> _Hull:

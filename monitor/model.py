@@ -94,6 +94,8 @@ class ChannelState:
     latest_device_t: int | None = None  # the pump's own time of it, for ordering its readings
     device_skewed: bool = False  # that time was off the monitor's clock by over the tolerance
     behind_since: int | None = None  # since when its readings arrive behind the monitor's clock
+    lag_base: int | None = None  # its smallest delay seen (pump clock offset; calguard.monitor.lag)
+    lag_period: int = -1  # the input-lag period it was last sampled in
     # (seq, the pump's time) of the latest readings: a redelivery repeats both
     seqs: deque[tuple[int, int]] = field(default_factory=lambda: deque(maxlen=_SEQ_WINDOW))
     max_seq: int = -1

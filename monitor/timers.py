@@ -19,7 +19,12 @@ import heapq
 import itertools
 from collections.abc import Hashable, Iterator
 
-__all__ = ["TimerQueue"]
+__all__ = ["TimerQueue", "TimerState"]
+
+#: a queue's whole state, for a snapshot: (heap, queued, targets, next generation)
+TimerState = tuple[
+    list[tuple[int, int, Hashable]], dict[Hashable, tuple[int, int]], dict[Hashable, int], int
+]
 
 
 class TimerQueue:
@@ -44,6 +49,24 @@ class TimerQueue:
 
     def cancel(self, key: Hashable) -> None:
         self._target.pop(key, None)  # its queued entry stays, for a later schedule to reuse
+
+    def state(self) -> TimerState:
+        """Copies of the heap (in its own order), the queued entries, the deadlines and the
+        next generation: restored, the queue fires the same timers in the same order."""
+        generation = next(self._counter)
+        self._counter = itertools.count(generation)  # the next schedule still gets it
+        return list(self._heap), dict(self._queued), dict(self._target), generation
+
+    def restore(self, state: TimerState) -> None:
+        """The state ``state()`` gave; ``ValueError`` if it cannot be a queue's."""
+        heap, queued, target, generation = state
+        n = len(heap)
+        if any(heap[(i - 1) // 2][:2] > heap[i][:2] for i in range(1, n)):
+            raise ValueError("the timer heap is not a heap")
+        if any(g >= generation for _, g, _ in heap) or not set(queued) <= {k for *_, k in heap}:
+            raise ValueError("the timer entries do not match the queue")
+        self._heap, self._queued, self._target = list(heap), dict(queued), dict(target)
+        self._counter = itertools.count(generation)
 
     def due(self, key: Hashable) -> int | None:
         return self._target.get(key)

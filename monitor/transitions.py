@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
+from typing import ClassVar
 
 from calguard.monitor.timeutil import format_ts, parse_ts
 
@@ -123,13 +124,25 @@ class AlertTransition:
 Describe = Callable[[], Description]
 
 
+def _one_unit() -> str:
+    return "a-"
+
+
 class AlertBook:
     """Active alerts and the transitions of the current step."""
 
-    __slots__ = ("_active", "_next_id", "_out", "library")
+    __slots__ = ("_active", "_next_id", "_out", "library", "prefix")
+
+    #: what alert ids start with, asked when a book is made: ``a-`` (``a-000123``) for a
+    #: site that is one unit. ``calguard.units`` sets it to the running unit's ``a-<unit>-``
+    #: (monitors of several units share one log): a process runs several units, each in a
+    #: task of its own, and the books made in that task (a warm start's, a replay's) take
+    #: its unit's prefix without every caller passing it down.
+    id_prefix: ClassVar[Callable[[], str]] = _one_unit
 
     def __init__(self, library: str, *, first_id: int = 1) -> None:
         self.library = library
+        self.prefix = AlertBook.id_prefix()
         self._active: dict[Hashable, ActiveAlert] = {}
         self._out: list[AlertTransition] = []
         self._next_id = first_id
@@ -153,7 +166,7 @@ class AlertBook:
         """The condition of ``rule`` holds for this subject at ``t`` with ``priority``."""
         current = self._active.get(key)
         if current is None:
-            alert = ActiveAlert(f"a-{self._next_id:06d}", rule, key, priority, t, describe())
+            alert = ActiveAlert(self.format_id(self._next_id), rule, key, priority, t, describe())
             self._next_id += 1
             self._active[key] = alert
             self._emit(t, "raised", alert)
@@ -165,6 +178,22 @@ class AlertBook:
     def adopt(self, key: Hashable, alert_id: str) -> None:
         """Give an active alert the id it had before a restart (warm start)."""
         self._active[key].alert = alert_id
+
+    def restore(self, library: str, next_id: int, active: list[ActiveAlert]) -> None:
+        """The book as a snapshot left it: its active alerts, in the order they were
+        raised, and the id the next one gets (nothing waits to be taken)."""
+        self.library, self._next_id, self._out = library, next_id, []
+        self._active.clear()
+        self._active.update((alert.key, alert) for alert in active)
+
+    @property
+    def pending(self) -> int:
+        """Transitions made and not yet taken (a snapshot is taken only when none are)."""
+        return len(self._out)
+
+    def format_id(self, number: int) -> str:
+        """The alert id of ``number``: ``a-000123``, or ``a-<unit>-000123`` for a unit."""
+        return f"{self.prefix}{number:06d}"
 
     def restart_ids(self, first_id: int) -> None:
         self._next_id = first_id
