@@ -15,9 +15,11 @@ import contextlib
 import logging
 import signal
 import sys
+import weakref
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Sequence
-from typing import Any, TextIO
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TextIO
 
 import orjson
 
@@ -25,6 +27,7 @@ from calguard.alerts.anchor import Anchor
 from calguard.alerts.anchor_mqtt import AnchorPublisher
 from calguard.alerts.log import AlertLog
 from calguard.alerts.sinks import Sink, open_sink
+from calguard.alerts.snapshots import PERIOD_S as SNAPSHOT_PERIOD_S
 from calguard.app import Monitor
 from calguard.config.site import Site, WebConfig
 from calguard.drivers.base import Driver
@@ -49,6 +52,9 @@ from calguard.view import TerminalView
 from calguard.web import Station
 from calguard.web.demo import demo_accounts
 
+if TYPE_CHECKING:
+    from calguard.lease import Lease
+
 __all__ = ["run_demo", "run_site"]
 
 log = logging.getLogger("calguard")
@@ -65,12 +71,19 @@ def _printer(out: TextIO, counts: Counter[str]) -> Callable[[AlertTransition, st
 
 @contextlib.asynccontextmanager
 async def _log(
-    db: str | None, on_anchor: Callable[[Anchor], None] | None = None
+    db: str | None,
+    on_anchor: Callable[[Anchor], None] | None = None,
+    lease: Lease | None = None,
+    spool_dir: Path | None = None,
 ) -> AsyncIterator[AlertLog | None]:
+    """``lease``: this unit's (calguard.lease), checked in every commit; ``spool_dir``:
+    a unit's own spool (several units of one process each have a log writer)."""
     if db is None:
         yield None
         return
-    async with AlertLog(db or None, on_anchor=on_anchor) as alert_log:
+    async with AlertLog(db or None, on_anchor=on_anchor, spool_dir=spool_dir) as alert_log:
+        if lease is not None:
+            alert_log.fence_with(lease.check)
         yield alert_log
 
 
@@ -85,11 +98,19 @@ def _anchor_publisher(site: Site) -> AnchorPublisher | None:
     return None
 
 
+#: what a signal stops, per event loop: the monitors of several units share one loop
+_stops: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, list[Callable[[], None]]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
 def _on_signals(stop: Callable[[], None]) -> None:
     loop = asyncio.get_running_loop()
+    stops = _stops.setdefault(loop, [])
+    stops.append(stop)
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.add_signal_handler(sig, stop)
+            loop.add_signal_handler(sig, lambda: [each() for each in list(stops)])
 
 
 async def _monitor(
@@ -112,11 +133,13 @@ async def _monitor(
     web_note: str = "",
     library_watch: LibraryWatch | None = None,
     approved: bool = True,
+    lease: Lease | None = None,
+    spool_dir: Path | None = None,
 ) -> Counter[str]:
     counts: Counter[str] = Counter()
     early = asyncio.Event()
     _on_signals(early.set)  # a signal while starting up is kept: the monitor stops at once
-    async with _log(db, on_anchor) as alert_log:
+    async with _log(db, on_anchor, lease, spool_dir) as alert_log:
         outputs = (
             [_printer(out, counts)]
             if not view
@@ -158,6 +181,8 @@ async def _monitor(
             library_watch=library_watch,
             approved=approved,
         )
+        if mode == "live" and alert_log is not None:  # its restart begins from the latest
+            monitor.snapshot_period_s = SNAPSHOT_PERIOD_S
         station = (
             Station(monitor, web, title=title, mode=mode, timezone=timezone, site=site)
             if web is not None
@@ -227,9 +252,17 @@ def _announce(terminal: TerminalView | None, note: str) -> Callable[[str], None]
 
 
 async def run_site(
-    site: Site, *, view: bool, out: TextIO = sys.stdout, allow_unapproved: bool = False
+    site: Site,
+    *,
+    view: bool,
+    out: TextIO = sys.stdout,
+    allow_unapproved: bool = False,
+    lease: Lease | None = None,
+    spool_dir: Path | None = None,
 ) -> int:
-    """``allow_unapproved``: start on a library no pharmacist approved (else refused)."""
+    """``allow_unapproved``: start on a library no pharmacist approved (else refused);
+    ``lease``: held on this unit (calguard.units): the log and the sinks are fenced by it;
+    ``spool_dir``: the unit's own spool."""
     refusal = await unapproved(site)
     if refusal is not None and not allow_unapproved:
         log.error("%s", refusal)
@@ -241,6 +274,8 @@ async def run_site(
         log.warning("training clock: %gx real time from %s", site.speed, format_ts(clock.anchor_us))
     drivers = [open_driver(d.url, clock=clock, **d.options) for d in site.drivers]
     sinks = [open_sink(s.url, **s.options) for s in site.sinks]
+    for sink in sinks:
+        sink.may_publish = lease.valid if lease is not None else None
     anchors = _anchor_publisher(site)
     async with anchors or contextlib.nullcontext():  # closed after the log: the last anchor
         await _monitor(
@@ -263,6 +298,8 @@ async def run_site(
             if site.db is None
             else LibraryWatch(site.db, site.name, site.profile),
             approved=refusal is None,
+            lease=lease,
+            spool_dir=spool_dir,
         )
     return 0
 

@@ -101,6 +101,9 @@ class Sink(abc.ABC):
         #: what the monitor says of itself in a sink's presence (set by the monitor): the
         #: library version and profile it runs
         self.presence: Callable[[], dict[str, object]] | None = None
+        #: whether this monitor may publish now (calguard.lease: only while its lease on the
+        #: unit is known to hold); lines wait in the buffer meanwhile
+        self.may_publish: Callable[[], bool] | None = None
         self._buffer: collections.deque[Delivery] = collections.deque()
         self._wake = asyncio.Event()
         self._idle = asyncio.Event()
@@ -169,6 +172,8 @@ class Sink(abc.ABC):
     async def _drain(self) -> None:
         while self._buffer:
             item = self._buffer[0]
+            if self.may_publish is not None and not self.may_publish():
+                raise SinkError("this monitor's lease on its unit is not known to hold")
             try:
                 await self._deliver(item)
             except Refused as exc:
