@@ -274,8 +274,11 @@ async def run_site(
         log.warning("training clock: %gx real time from %s", site.speed, format_ts(clock.anchor_us))
     drivers = [open_driver(d.url, clock=clock, **d.options) for d in site.drivers]
     sinks = [open_sink(s.url, **s.options) for s in site.sinks]
-    for sink in sinks:
-        sink.may_publish = lease.valid if lease is not None else None
+    if lease is not None:  # publish, and connect, only while the lease is known to hold
+        for sink in sinks:
+            sink.may_publish = lease.valid
+        for driver in drivers:
+            driver.may_connect = lease.valid
     anchors = _anchor_publisher(site)
     async with anchors or contextlib.nullcontext():  # closed after the log: the last anchor
         await _monitor(

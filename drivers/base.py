@@ -37,6 +37,7 @@ from calguard.monitor.errors import DriverError
 __all__ = ["Backoff", "Driver", "DriverStats", "Inbound"]
 
 log = logging.getLogger(__name__)
+_HELD_S = 0.5  # how often a driver held off the wire (no lease known to hold) looks again
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,6 +117,10 @@ class Driver(abc.ABC):
         self._open_now = False
         self.stopped = False  # ``inputs()`` was stopped: closed for good, not reconnecting
         self.backoff = Backoff()
+        #: whether the driver may connect now (None: always). Under a lease, only while it
+        #: is known to hold: the standby that took the unit over connects with the same
+        #: client id, and a reconnect would take its session (and its readings) back
+        self.may_connect: Callable[[], bool] | None = None
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.url}>"
@@ -178,7 +183,15 @@ class Driver(abc.ABC):
         """``inputs``, a read at a time: what a wire delivered together (an MQTT burst
         already received) comes as one list, so a consumer pays its per-read work once
         per burst rather than once per input. Never an empty list."""
+        held = False
         while True:
+            if self.may_connect is not None and not self.may_connect():
+                if not held:
+                    log.error("%s: held off the wire until this monitor's lease holds", self.url)
+                held = True
+                await asyncio.sleep(_HELD_S)
+                continue
+            held = False
             try:
                 async with self:
                     log.info("%s: connected", self.url)

@@ -39,6 +39,7 @@ __all__ = ["MAX_COMMAND_BYTES", "Delivery", "Refused", "Sink", "SinkError", "Sin
 MAX_COMMAND_BYTES = 16 * 1024
 
 log = logging.getLogger("calguard.sinks")
+_HELD_S = 0.5  # how often a sink held off the broker (no lease known to hold) looks again
 
 
 class SinkError(Exception):
@@ -103,6 +104,8 @@ class Sink(abc.ABC):
         self.presence: Callable[[], dict[str, object]] | None = None
         #: whether this monitor may publish now (calguard.lease: only while its lease on the
         #: unit is known to hold); lines wait in the buffer meanwhile
+        #: (nor connect: the standby that took the unit over has the same client id, and a
+        #: reconnect would take its session back from it)
         self.may_publish: Callable[[], bool] | None = None
         self._buffer: collections.deque[Delivery] = collections.deque()
         self._wake = asyncio.Event()
@@ -134,6 +137,9 @@ class Sink(abc.ABC):
         """Deliver for ever (until cancelled): connect, drain the buffer, wait, reconnect."""
         try:
             while True:
+                if self.may_publish is not None and not self.may_publish():
+                    await asyncio.sleep(_HELD_S)  # no lease known to hold: stay off the broker
+                    continue
                 try:
                     await self._open()
                     self.connected = True
