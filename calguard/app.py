@@ -23,6 +23,11 @@ between two inputs (``switch_library``: logged, replayable, every alert line aft
 carrying the new version); a monitor started on a library no pharmacist approved reports
 so as a ``monitor`` event (the ``library-unapproved`` alarm) until an approved one is
 published. The sinks' presence says which library runs.
+
+So is the monitor's own lag behind its inputs: once a second a lag task reads the
+engine's receive-side sensor and reports, as a ``monitor`` event, whether the monitor runs
+behind its inputs and by how much (``calguard.lag``: the ``monitor-lagging`` alarm, and
+``telemetry-stale`` held meanwhile for readings that are queued, not missing).
 """
 
 from __future__ import annotations
@@ -38,14 +43,18 @@ import orjson
 from calguard.alerts.accounts import AccountError
 from calguard.alerts.log import AlertLog, LogStatus
 from calguard.alerts.sinks.base import MAX_COMMAND_BYTES, Delivery, Sink
+from calguard.alerts.snapshots import PendingSnapshot, save_snapshot, snapshot_loop
 from calguard.drivers.base import Driver, Inbound
 from calguard.guard import CommandGuard
+from calguard.lag import PERIOD_S as LAG_PERIOD_S
+from calguard.lag import LagReporter
 from calguard.library_watch import LibraryWatch, switch_input
 from calguard.monitor.clock import Clock
 from calguard.monitor.engine import Engine
 from calguard.monitor.events import ALARM_ACTIONS
 from calguard.monitor.library import Library
-from calguard.monitor.rules.system import LOG_KEY, UNAPPROVED_KEY
+from calguard.monitor.rules.system import LAG_KEY, LOG_KEY, UNAPPROVED_KEY
+from calguard.monitor.snapshot import to_snapshot
 from calguard.monitor.timeutil import format_ts
 from calguard.monitor.transitions import AlertTransition
 from calguard.pipeline import Pipeline
@@ -134,12 +143,32 @@ class Monitor:
         #: follows what is published to the unit (None: runs the library it started with)
         self.library_watch = library_watch
         self._approved = approved
+        #: how often a snapshot of the engine and alarm state is logged (calguard.alerts
+        #: .snapshots), and at a clean stop; 0: never. ``calguard run`` sets it for a live
+        #: session, whose restart begins from the latest one
+        self.snapshot_period_s = 0.0
         #: what the engine was last told: the library runs unapproved
         self._unapproved_reported = UNAPPROVED_KEY in self.engine.active
+        #: whether it runs behind its inputs, and by how much (calguard.lag)
+        lag_us = self.engine.rules.ctx.input_lag_us
+        lagging = LAG_KEY in self.engine.active
+        self._lag = LagReporter(
+            self.engine.input_lag, active=lagging, lag_us=lag_us, speed=clock.speed
+        )
 
     def stop(self) -> None:
         """Ask ``run`` to finish: the drivers stop between two inputs."""
         self._stopping.set()
+
+    def take_snapshot(self) -> PendingSnapshot | None:
+        """The engine's and the alarm layer's state now, between two inputs (the event loop
+        runs one thing at a time), with the last input it includes; None before any."""
+        log_ = self.log
+        if log_ is None or log_.session_id is None or self.engine.now is None:
+            return None
+        alarms = self.pipeline.alarms
+        state = to_snapshot(self.engine, alarms.state() if alarms is not None else None)
+        return PendingSnapshot(state, log_.session_id, log_.input_seq)
 
     async def run(self) -> None:
         if self._running:
@@ -153,6 +182,7 @@ class Monitor:
                     for driver in self.drivers
                 ]
                 tasks.append(group.create_task(self._clock_loop(), name="clock"))
+                tasks.append(group.create_task(self._watch_lag(), name="input lag"))
                 if self.log is not None:
                     tasks.append(group.create_task(self._watch_log(self.log), name="log state"))
                 if self.guard is not None:
@@ -160,12 +190,24 @@ class Monitor:
                 if self.library_watch is not None:
                     watch = self.library_watch.run(lambda: self.engine.library, self.switch_library)
                     tasks.append(group.create_task(watch, name="library"))
+                if self.log is not None and self.snapshot_period_s:
+                    loop = snapshot_loop(
+                        self.log,
+                        self.take_snapshot,
+                        self.snapshot_period_s,
+                        inputs=lambda: self.processed,
+                    )
+                    tasks.append(group.create_task(loop, name="snapshots"))
                 senders = [group.create_task(s.run(), name=f"sink {s.url}") for s in self.sinks]
                 await self._stopping.wait()
                 if self.log is not None:  # what was processed is acknowledged before the
                     with contextlib.suppress(TimeoutError):  # drivers' connections close
                         async with asyncio.timeout(_LOG_FLUSH_S):
                             await self.log.flush()
+                    if self.snapshot_period_s:  # a clean stop: the restart begins here
+                        with contextlib.suppress(TimeoutError):
+                            async with asyncio.timeout(_LOG_FLUSH_S):
+                                await save_snapshot(self.log, self.take_snapshot)
                 await _cancel(tasks)
                 for sink in self.sinks:  # what the last inputs raised still goes out
                     await sink.flushed(within=_SINK_FLUSH_S)
@@ -174,23 +216,37 @@ class Monitor:
             self._running = False
 
     async def _feed(self, driver: Driver) -> None:
-        async for item in driver.inputs():
-            self._process(item)
-            self.processed += 1
-            if item.on_verdict is not None:
-                item.on_verdict(self.pipeline.refusal)  # the engine's word on this very input
-            if item.on_durable is not None:
-                if self.log is not None:
-                    self.log.after_durable(item.on_durable, soon=item.durable_soon)
-                else:
-                    item.on_durable()  # no log was asked for: nothing to wait for
-            if self._stopping.is_set():
-                await self._parked.wait()  # stopping: take no more; run() cancels us
-            due = self.pipeline.next_due()
-            if due is not None and due < self._sleeping_until:
-                self._timer_moved.set()  # an earlier deadline: the clock task must know
-            if self.log is not None and self.processed % _CHECKPOINT_EVERY == 0:
-                await self.log.checkpoint()
+        """A driver's inputs, a burst (what one read gave) at a time: each input applied,
+        answered and handed to the log for its acknowledgement, in order. What concerns
+        the other tasks - an earlier deadline for the clock task, the log's back-pressure -
+        is looked at once per burst, before this task next waits: none of them runs
+        before that anyway."""
+        async with contextlib.aclosing(driver.bursts()) as bursts:
+            async for burst in bursts:
+                before = self.processed
+                for item in burst:
+                    self._process(item)
+                    self.processed += 1
+                    if item.on_verdict is not None:
+                        item.on_verdict(self.pipeline.refusal)  # the word on this very input
+                    if item.on_durable is not None:
+                        if self.log is not None:
+                            self.log.after_durable(item.on_durable, soon=item.durable_soon)
+                        else:
+                            item.on_durable()  # no log was asked for: nothing to wait for
+                    if self._stopping.is_set():
+                        self._timers_moved()
+                        await self._parked.wait()  # stopping: take no more; run() cancels us
+                self._timers_moved()
+                if self.log is not None and (
+                    self.processed // _CHECKPOINT_EVERY != before // _CHECKPOINT_EVERY
+                ):
+                    await self.log.checkpoint()
+
+    def _timers_moved(self) -> None:
+        due = self.pipeline.next_due()
+        if due is not None and due < self._sleeping_until:
+            self._timer_moved.set()  # an earlier deadline: the clock task must know
 
     async def _clock_loop(self) -> None:
         clock, pipeline = self.clock, self.pipeline
@@ -232,6 +288,18 @@ class Monitor:
         if not state[1]:
             log.critical("NOTHING IS BEING RECORDED: %s; monitoring goes on", status.reason)
         self.emit(self.pipeline.feed_object(event, raw=orjson.dumps(event), source="monitor"))
+
+    async def _watch_lag(self) -> None:
+        """Once a period: is the monitor behind its inputs? Said as a ``monitor`` event of
+        its own (logged: a replay raises, holds and clears monitor-lagging as we did)."""
+        while True:
+            await asyncio.sleep(LAG_PERIOD_S / self.clock.speed)
+            connected = all(driver.state == "connected" for driver in self.drivers)
+            event = self._lag.update(self.clock.now_us(), connected, self.engine.library)
+            if event is not None:
+                raw = orjson.dumps(event)
+                self.emit(self.pipeline.feed_object(event, raw=raw, source="monitor"))
+                self._timer_moved.set()  # a shorter hold brings stale deadlines earlier
 
     def switch_library(self, library: Library) -> bool:
         """Run ``library`` from now on (a pharmacist published it to this unit): logged as

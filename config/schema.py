@@ -245,6 +245,17 @@ RULES: dict[str, RuleSpec] = {
         RuleSpec("log-unavailable", "medium", technical=True),
         # a live monitor runs a library no pharmacist approved in the log (--allow-unapproved)
         RuleSpec("library-unapproved", "medium", technical=True),
+        # a live monitor runs behind its inputs (they wait in the broker or a queue): one
+        # alarm for the unit; telemetry-stale is held meanwhile, for at most max_hold
+        RuleSpec(
+            "monitor-lagging",
+            "medium",
+            {
+                "threshold": _dur(2_000_000, 10 * _MIN, "s"),
+                "max_hold": _dur(0, 30 * _MIN, "s"),
+            },
+            technical=True,
+        ),
     )
 }
 

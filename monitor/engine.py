@@ -51,6 +51,7 @@ from calguard.monitor.events import (
     Reading,
     SiteCheck,
 )
+from calguard.monitor.lag import InputLag
 from calguard.monitor.library import Library
 from calguard.monitor.model import Bed, ChannelState, LineState, Ward
 from calguard.monitor.rules import Rules
@@ -70,6 +71,9 @@ class Engine:
         self.book = AlertBook(library.version, first_id=first_alert_id)
         self.timers = TimerQueue()
         self.rules = Rules(library, self.ward, self.book, self.timers)
+        #: the live monitor's input lag, a sensor it reads and reports (``calguard.lag``);
+        #: the rules see only the figure it logged (``monitor-lagging``)
+        self.input_lag = InputLag(self.rules.ctx.skew_tolerance.us)
         self.now: int | None = None
         #: What became of the last handled event: accepted, duplicate or out_of_order ...
         self.disposition = "accepted"
@@ -333,6 +337,7 @@ class Engine:
         off = False  # its own time is off the monitor's by more than the tolerance
         if received is not None:
             at = now
+            self.input_lag.note(ch, received - device_t, received)
             off = self._clock_check(ch, device_t - received, received, now)
         if seq is not None and ch.seq_known(seq):
             ch.forget_seqs()  # the pump restarted its counter: a new reading, not a duplicate
@@ -399,7 +404,8 @@ class Engine:
         readings back delivers them late, and late is not a wrong clock. A backlog drains
         and the readings after it are on time again."""
         tolerance = self._tolerance
-        ahead, behind = skew > tolerance, skew < -tolerance
+        # late by the monitor's own reported lag (monitor-lagging) is the queue, not the pump
+        ahead, behind = skew > tolerance, skew + self.rules.ctx.input_lag_us < -tolerance
         if not behind:
             ch.behind_since = None
         elif ch.behind_since is None:

@@ -49,6 +49,7 @@ ADDED_RULES = {
     "input-unknown": ("medium", {"quiet": "60 s"}),
     "log-unavailable": ("medium", {}),
     "library-unapproved": ("medium", {}),
+    "monitor-lagging": ("medium", {"threshold": "15 s", "max_hold": "60 s"}),
 }
 
 

@@ -42,7 +42,8 @@ class Rules:
         self.lines = LineRules(ctx, self.channels)
         self.patients = PatientRules(ctx)
         self.inputs = InputRules(ctx)
-        self.system = SystemRules(ctx)  # the monitor's own conditions (log-unavailable)
+        # the monitor's own conditions (log-unavailable, monitor-lagging)
+        self.system = SystemRules(ctx, self._lag_shrunk)
         self.stale_timeout = ctx.stale_timeout
         self.min_grade = ctx.min_grade
         # timer keys are (rule id, subject id): which evaluation to run when one fires
@@ -63,6 +64,14 @@ class Rules:
         self.ctx.use(library)
         self.stale_timeout = self.ctx.stale_timeout
         self.min_grade = self.ctx.min_grade
+
+    def _lag_shrunk(self, now: int) -> None:
+        """The monitor's lag shrank: every watched channel's silence is judged again now,
+        against the shorter hold (a stale alarm already raised stays: a reading ends it)."""
+        active = self.ctx.book.active
+        for ch in self.ctx.ward.channels.values():
+            if ch.stale_watch and ch.k_stale not in active:
+                self.channels.stale(ch, now)
 
     def channel(self, ch: ChannelState, now: int) -> None:
         self.channels.evaluate(ch, now)

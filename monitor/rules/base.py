@@ -30,6 +30,9 @@ class RuleContext:
 
     def __init__(self, library: Library, ward: Ward, book: AlertBook, timers: TimerQueue) -> None:
         self.ward, self.book, self.timers = ward, book, timers
+        #: how far behind its inputs the live monitor last said it runs, while it said it
+        #: lags (its logged ``monitor-lagging`` events; 0 otherwise): survives a library swap
+        self.input_lag_us = 0
         self.use(library)
 
     def use(self, library: Library) -> None:
@@ -65,6 +68,15 @@ class RuleContext:
         self.stray_quiet = r("input-unknown").q("quiet")
         pt = r("pressure-trend")
         self.pressure_rise, self.pressure_duration = pt.q("rise"), pt.q("duration")
+        ml = r("monitor-lagging")
+        self.lag_threshold, self.lag_max_hold = ml.q("threshold"), ml.q("max_hold")
+
+    @property
+    def stale_hold_us(self) -> int:
+        """How much longer a channel's silence may last before it is stale: the monitor's
+        own lag (readings still queued are not a pump's silence), at most ``max_hold``."""
+        lag = self.input_lag_us
+        return min(lag, self.lag_max_hold.us) if lag else 0
 
     def put(
         self,

@@ -270,9 +270,13 @@ class ChannelRules:
             return
         last = ch.latest_t
         due = last + timeout.us
-        if now < due and not ch.offline:
+        # while the monitor lags, its inputs have only come as far as now less the lag: a
+        # silence is judged against that frontier (held for the lag, at most max_hold). A
+        # hold never takes back a stale alarm already raised; only a reading ends it.
+        held = due + ctx.stale_hold_us
+        if not ch.offline and (now < due or (now < held and key not in ctx.book.active)):
             ctx.book.clear(key, now)
-            ctx.timers.schedule(key, due)
+            ctx.timers.schedule(key, held)
             return
         ctx.timers.cancel(key)
         ctx.put(

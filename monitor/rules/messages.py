@@ -207,6 +207,16 @@ def library_unapproved(detail: str | None) -> str:
     )
 
 
+def monitor_lagging(lag: str, max_hold: str, detail: str | None) -> str:
+    why = f" ({detail})" if detail else ""
+    return (
+        f"The monitor is {lag} behind its inputs{why}: readings wait that long before they "
+        "are checked, and so does every alarm they raise. A pump is called silent only once "
+        f"the lag is allowed for, never more than {max_hold} late. Call IT / clinical "
+        "engineering: the monitor needs more capacity or fewer channels"
+    )
+
+
 def telemetry_invalid(channel: str, reason: str) -> str:
     return (
         f"A reading from {channel} could not be understood: {reason}. CalGuard keeps the "
