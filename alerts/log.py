@@ -48,6 +48,7 @@ from calguard.alerts.inputs_read import read_inputs
 from calguard.alerts.log_writer import UNRECORDED, Batch, LogStatus, LogWriter, Marks
 from calguard.alerts.private import FILE_MODE, create_private_file, private_dir
 from calguard.alerts.schema import (
+    PG_MIGRATION_LOCK,
     alert_transitions,
     audit_chain,
     input_blocks,
@@ -85,7 +86,7 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-_PG_MIGRATION_LOCK = 0x6361_6C67  # "calg": one migrating process at a time
+_PG_MIGRATION_LOCK = PG_MIGRATION_LOCK  # one migrating process at a time
 # The spool's default cap. A reading costs about 400 bytes in the spool (its raw JSON and
 # the log's columns). 2 GiB is then ~5 million readings: a 40-cot unit's ~120 pump channels
 # at 1 Hz for ~12 hours (a night until the database is fixed), or a hospital's 1,000

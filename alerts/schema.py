@@ -40,6 +40,7 @@ from sqlalchemy import (
 
 __all__ = [
     "MIGRATIONS",
+    "PG_MIGRATION_LOCK",
     "alert_transitions",
     "audit_chain",
     "input_blocks",
@@ -60,6 +61,8 @@ __all__ = [
 ]
 
 metadata = MetaData()
+#: PostgreSQL advisory lock held while migrating: one process at a time ("calg")
+PG_MIGRATION_LOCK = 0x6361_6C67
 # SQLite only auto-increments an INTEGER PRIMARY KEY; PostgreSQL gets a 64-bit key.
 _Id = BigInteger().with_variant(Integer(), "sqlite")
 

@@ -46,7 +46,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, create_async_engine
 from sqlalchemy.pool import NullPool
 
 from calguard.alerts.log import normalise_db_url, redact_url
-from calguard.alerts.schema import migrate
+from calguard.alerts.schema import PG_MIGRATION_LOCK, migrate
 from calguard.monitor.errors import LogError
 
 __all__ = ["EXIT_FENCED", "MARGIN_S", "RENEW_S", "TTL_S", "Fenced", "Lease", "fence_on_wake"]
@@ -58,7 +58,6 @@ RENEW_S = 2.0  # how often the holder renews
 MARGIN_S = 1.5  # the holder stops publishing this long before its lease could be taken
 POLL_S = 1.0  # how often a standby looks whether the lease ran out
 EXIT_FENCED = 75  # the exit status of a monitor that lost its lease to another
-_MIGRATION_LOCK = 0x6361_6C67  # "calg", as calguard.alerts.log: one migrating at a time
 
 _TAKE = (  # $1 unit, $2 holder, $3 ttl in seconds
     "INSERT INTO monitor_leases (unit, holder, epoch, expires_at) "
@@ -128,7 +127,9 @@ class Lease:
         engine = create_async_engine(normalise_db_url(self.url), poolclass=NullPool)
         try:
             async with engine.begin() as conn:
-                await conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _MIGRATION_LOCK})
+                await conn.execute(
+                    text("SELECT pg_advisory_xact_lock(:k)"), {"k": PG_MIGRATION_LOCK}
+                )
                 await conn.run_sync(migrate, int(time.time() * 1e6))
         except (SQLAlchemyError, OSError) as exc:
             raise LogError(

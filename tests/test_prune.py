@@ -199,3 +199,20 @@ def test_the_site_config_s_log_table_sets_the_policy(
     assert [p.key for p in caught.value.problems] == ["log.keep", "log.keep_inputs_days"]
     site.write_text(f'[site]\ndb = "{db}"\n{drivers}')
     assert load_site(site).log.keep_inputs_days == 30  # the default
+
+
+def test_a_hospital_config_and_a_log_never_written_to_are_pruned_by_the_same_command(
+    tmp_path: Path, calguard: Calguard
+) -> None:
+    """The units of a hospital config share its one log and its [log] policy; a log that
+    holds nothing yet is made, not an error."""
+    db = f"sqlite:///{tmp_path / 'new.sqlite3'}"
+    units = "".join(
+        f'[[units]]\nname = "{name}"\n[[units.drivers]]\nurl = "replay:///dev/null"\n'
+        f"[units.web]\nport = {port}\n"
+        for name, port in (("nicu-a", 0), ("nicu-b", 0))
+    )
+    hospital = tmp_path / "hospital.toml"
+    hospital.write_text(f'[site]\nname = "st-mary"\ndb = "{db}"\n[log]\nkeep_inputs_days = 9\n{units}')
+    code, out = calguard("log", "prune", "--site", str(hospital), "--dry-run")
+    assert code == 0 and "(kept: 9 days)" in out and "0 in 0 session(s)" in out
