@@ -21,6 +21,7 @@ import abc
 import asyncio
 import collections
 import contextlib
+import itertools
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -77,6 +78,9 @@ class Sink(abc.ABC):
     options: ClassVar[Mapping[str, OptionSpec]] = {}
     #: True for a sink that also takes commands in (its ``on_command`` is called with them)
     takes_commands: ClassVar[bool] = False
+    #: items delivered together when several wait (in order, on one connection): a sink
+    #: whose every line waits for the receiver's answer keeps up with a storm only so
+    window: ClassVar[int] = 1
 
     def __init__(self, url: str, *, capacity: int = SINK_CAPACITY, **options: Any) -> None:
         self.url = url
@@ -177,9 +181,11 @@ class Sink(abc.ABC):
 
     async def _drain(self) -> None:
         while self._buffer:
-            item = self._buffer[0]
             if self.may_publish is not None and not self.may_publish():
                 raise SinkError("this monitor's lease on its unit is not known to hold")
+            if self.window > 1 and len(self._buffer) > 1 and await self._drain_window():
+                continue
+            item = self._buffer[0]
             try:
                 await self._deliver(item)
             except Refused as exc:
@@ -190,6 +196,25 @@ class Sink(abc.ABC):
             if self._buffer and self._buffer[0] is item:  # not pushed out meanwhile
                 self._buffer.popleft()
             self.stats.delivered += 1
+
+    async def _drain_window(self) -> bool:
+        """Up to ``window`` items at the head of the buffer delivered together; False when
+        one of them is refused (they then go one at a time, the refused one given up)."""
+        items = list(itertools.islice(self._buffer, self.window))
+        try:
+            await self._deliver_all(items)
+        except Refused:
+            return False
+        for item in items:
+            if self._buffer and self._buffer[0] is item:  # not pushed out meanwhile
+                self._buffer.popleft()
+            self.stats.delivered += 1
+        return True
+
+    async def _deliver_all(self, items: list[Delivery]) -> None:
+        """Deliver ``items`` in order (a sink with ``window`` > 1 overrides this)."""
+        for item in items:
+            await self._deliver(item)
 
     async def _wait(self) -> None:
         """Wait for work; a sink with its own reader overrides this to notice a lost link."""

@@ -79,6 +79,7 @@ def _wall() -> str:
 class MqttSink(Sink):
     scheme = "mqtt"
     takes_commands = True
+    window = 64  # lines published together when a storm has them waiting
     options: ClassVar[dict[str, OptionSpec]] = {
         "client_id": OptionSpec(str, "calguard-alarms", "client id of the alarm publisher"),
         **LINK_OPTIONS,
@@ -254,11 +255,19 @@ class MqttSink(Sink):
             raise SinkError(f"lost the broker: {exc or 'the command reader stopped'}")
 
     async def _deliver(self, item: Delivery) -> None:
+        await self._deliver_all([item])
+
+    async def _deliver_all(self, items: list[Delivery]) -> None:
+        """The lines in order, each waiting for its PUBACK together (one connection keeps
+        their order), then each bed's latest state once: one PUBACK's round trip per line
+        left the central station seconds behind an alarm storm."""
         client = self._client
         assert client is not None
+        lines = f"{self.prefix}/alerts"
         try:
-            await client.publish(f"{self.prefix}/alerts", item.line.encode(), qos=1)
-            await self._publish_state(client, item.bed_key, item.bed_state)
+            await asyncio.gather(*(client.publish(lines, i.line.encode(), qos=1) for i in items))
+            latest = {item.bed_key: item.bed_state for item in items}
+            await asyncio.gather(*(self._publish_state(client, b, s) for b, s in latest.items()))
         except aiomqtt.MqttError as exc:
             raise SinkError(f"publish failed: {exc}") from exc
         except (ValueError, TypeError) as exc:  # this line cannot be published: give it up
