@@ -213,6 +213,7 @@ def test_a_hospital_config_and_a_log_never_written_to_are_pruned_by_the_same_com
         for name, port in (("nicu-a", 0), ("nicu-b", 0))
     )
     hospital = tmp_path / "hospital.toml"
-    hospital.write_text(f'[site]\nname = "st-mary"\ndb = "{db}"\n[log]\nkeep_inputs_days = 9\n{units}')
+    site = f'[site]\nname = "st-mary"\ndb = "{db}"\n[log]\nkeep_inputs_days = 9\n'
+    hospital.write_text(site + units)
     code, out = calguard("log", "prune", "--site", str(hospital), "--dry-run")
     assert code == 0 and "(kept: 9 days)" in out and "0 in 0 session(s)" in out
