@@ -122,6 +122,9 @@ async def write_snapshot(alert_log: AlertLog, pending: PendingSnapshot) -> int:
     """Serialise (in a thread) and write one snapshot; its id. ``SQLAlchemyError`` if the
     database cannot take it now (the caller logs it and tries again later)."""
     payload = await asyncio.to_thread(encode, pending.snapshot)
+    # the inputs it holds first: a snapshot ahead of its inputs in the log would, after a
+    # crash, count readings the broker sends again as duplicates that no row ever held
+    await alert_log.flush()
     engine = alert_log._engine  # one row, beside the log writer's batches: a direct write
     assert engine is not None, "use AlertLog as an async context manager"
     site = select(sessions.c.site).where(sessions.c.id == pending.session_id).scalar_subquery()
@@ -136,6 +139,8 @@ async def write_snapshot(alert_log: AlertLog, pending: PendingSnapshot) -> int:
         "payload": payload,
     }
     async with engine.begin() as conn:
+        if alert_log.fence is not None:  # under a lease: never once another runs the unit
+            await alert_log.fence(conn)
         result = await conn.execute(insert(snapshots).values(row).returning(snapshots.c.id))
         snapshot_id = int(result.scalar_one())
         # the session's earlier ones are of no more use: a restart begins from the latest
