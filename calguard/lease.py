@@ -232,7 +232,9 @@ class Lease:
             return f"its lease cannot be read ({exc})"
         if row is None:
             return "held by nobody"
-        return f"held by {row['holder']} (epoch {row['epoch']}, {row['remaining']} left)"
+        left = row["remaining"]  # an interval: a timedelta from asyncpg
+        left_s = left.total_seconds() if hasattr(left, "total_seconds") else float(left)
+        return f"held by {row['holder']} (epoch {row['epoch']}, {max(left_s, 0.0):.1f} s left)"
 
 
 def _exit(why: str) -> None:
