@@ -78,6 +78,7 @@ __all__ = [
     "default_audit_key",
     "default_db_url",
     "default_spool_dir",
+    "input_row",
     "normalise_db_url",
     "redact_url",
     "session_rows",
@@ -646,25 +647,7 @@ class AlertLog:
         self._seq += 1
         self._added[0] += 1
         r = record
-        self._inputs.append(
-            (
-                self.session_id,
-                self._seq,
-                r.t_us,
-                r.source,
-                r.line_no,
-                r.status,
-                r.reason,
-                r.event_type,
-                r.pump,
-                r.channel,
-                r.bed,
-                r.line,
-                r.raw,
-                r.raw_bytes,
-                r.raw_sha256,
-            )
-        )
+        self._inputs.append(input_row(self.session_id, self._seq, r))
         if r.event_type in ALARM_ACTIONS and r.t_us is not None:  # a person acted: audit it
             kind = "action" if r.status == "accepted" else "action-refused"
             actor = _actor(r.raw)
@@ -806,6 +789,27 @@ class AlertLog:
                 batches.append(Batch(self._batches, [], [], [], self._taken, self._end))
             self._end = None
         return batches
+
+
+def input_row(session: int | None, seq: int, r: InputRecord) -> tuple[Any, ...]:
+    """An input as the log writer takes it: the ``inputs`` columns after the id, in order."""
+    return (
+        session,
+        seq,
+        r.t_us,
+        r.source,
+        r.line_no,
+        r.status,
+        r.reason,
+        r.event_type,
+        r.pump,
+        r.channel,
+        r.bed,
+        r.line,
+        r.raw,
+        r.raw_bytes,
+        r.raw_sha256,
+    )
 
 
 def _positional_insert(engine: AsyncEngine, table: Any, columns: tuple[str, ...]) -> str:

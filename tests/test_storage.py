@@ -13,7 +13,7 @@ import pytest
 from calguard.alerts import blocks
 from calguard.alerts.audit import verify_chain
 from calguard.alerts.inputs_read import read_inputs
-from calguard.alerts.log import AlertLog, normalise_db_url, session_rows
+from calguard.alerts.log import AlertLog, input_row, normalise_db_url, session_rows
 from calguard.alerts.log_writer import Batch
 from calguard.alerts.partitions import DAY_US, day_of, partition_days
 from calguard.alerts.schema import MIGRATIONS, input_blocks, inputs, log_identity
@@ -83,26 +83,6 @@ def every_kind() -> list[InputRecord]:
     ]
 
 
-def as_row(session: int, seq: int, r: InputRecord) -> tuple[Any, ...]:
-    return (
-        session,
-        seq,
-        r.t_us,
-        r.source,
-        r.line_no,
-        r.status,
-        r.reason,
-        r.event_type,
-        r.pump,
-        r.channel,
-        r.bed,
-        r.line,
-        r.raw,
-        r.raw_bytes,
-        r.raw_sha256,
-    )
-
-
 async def write(url: str, records: list[InputRecord], *, site: str = "nicu") -> int:
     async with AlertLog(url) as log:
         session = await log.start_session("live", "test", load_library(), site=site)
@@ -125,7 +105,8 @@ async def test_every_kind_of_input_reads_back_exactly_in_order(db_url: str) -> N
     records = every_kind()
     session = await write(db_url, records)
     _, rows, _ = await session_rows(db_url, session)
-    assert [tuple(r)[1:] for r in rows] == [as_row(session, n, r) for n, r in enumerate(records, 1)]
+    expected = [input_row(session, n, r) for n, r in enumerate(records, 1)]
+    assert [tuple(r)[1:] for r in rows] == expected
     # the accepted readings are in blocks; every other input is a row of its own
     (kept,) = await query(db_url, select(func.sum(input_blocks.c.rows)))
     assert kept[0] == sum(
@@ -192,7 +173,7 @@ async def test_a_version_7_log_with_rows_upgrades_in_place(
     for session in (old, new):
         _, rows, _ = await session_rows(db_url, session)
         assert [tuple(r)[1:] for r in rows] == [
-            as_row(session, n, r) for n, r in enumerate(every_kind(), 1)
+            input_row(session, n, r) for n, r in enumerate(every_kind(), 1)
         ]
     report = await verify_chain(db_url)
     assert report.ok, [c.problems for c in report.failed]
@@ -259,7 +240,7 @@ async def test_a_batch_spooled_while_the_database_was_down_drains_into_blocks(
     async with AlertLog(db_url, spool_dir=spool_root) as log:
         session = await log.start_session("live", "before the outage", load_library())
     (identity,) = await query(db_url, select(log_identity.c.id))
-    rows = [as_row(session, n, r) for n, r in enumerate(every_kind(), 1)]
+    rows = [input_row(session, n, r) for n, r in enumerate(every_kind(), 1)]
     spool = Spool(spool_root / identity.id, 1 << 20)
     spool.open()
     spool.append(Batch(1, rows, [], [], (len(rows), 0, 0)).payload("0" * 32))
