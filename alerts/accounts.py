@@ -34,7 +34,6 @@ from argon2.exceptions import InvalidHashError, VerificationError
 from calguard.alerts.chain import AuditKey, Entry, Head
 from calguard.alerts.library_store import NO_SESSION, anchor_head, append_entry, audit_key
 from calguard.alerts.log import (
-    _PG_MIGRATION_LOCK,  # the one lock that serialises migrations of a log database
     default_anchor_file,
     default_audit_key,
     default_db_url,
@@ -43,10 +42,10 @@ from calguard.alerts.log import (
     short_error,
 )
 from calguard.alerts.private import create_private_file, private_dir
-from calguard.alerts.schema import log_identity, migrate, users
+from calguard.alerts.schema import log_identity, migrate_exclusively, users
 from calguard.monitor.errors import CalGuardError, LogError
 from calguard.monitor.events import ROLES
-from sqlalchemy import insert, select, text, update
+from sqlalchemy import insert, select, update
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import NullPool
@@ -178,10 +177,7 @@ class Accounts:
             return engine
         try:
             async with engine.begin() as conn:
-                if engine.dialect.name == "postgresql":
-                    lock = text("SELECT pg_advisory_xact_lock(:k)")
-                    await conn.execute(lock, {"k": _PG_MIGRATION_LOCK})
-                await conn.run_sync(migrate, _wall_us())
+                await migrate_exclusively(conn, _wall_us())
         except (SQLAlchemyError, OSError, RuntimeError) as exc:
             await engine.dispose()
             raise LogError(

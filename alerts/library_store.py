@@ -31,7 +31,6 @@ import orjson
 from calguard.alerts.anchor import Anchor, append_anchor
 from calguard.alerts.chain import AuditKey, AuditKeyError, Entry, Head, Subject, link, load_key
 from calguard.alerts.log import (
-    _PG_MIGRATION_LOCK,  # the one lock that serialises migrations of a log database
     AUDIT_COLUMNS,
     default_anchor_file,
     default_audit_key,
@@ -51,7 +50,7 @@ from calguard.alerts.schema import (
     library_steps,
     library_versions,
     log_identity,
-    migrate,
+    migrate_exclusively,
     sessions,
 )
 from calguard.monitor.errors import CalGuardError, LogError
@@ -163,10 +162,7 @@ class LibraryStore:
             return engine
         try:
             async with engine.begin() as conn:
-                if engine.dialect.name == "postgresql":
-                    lock = text("SELECT pg_advisory_xact_lock(:k)")
-                    await conn.execute(lock, {"k": _PG_MIGRATION_LOCK})
-                await conn.run_sync(migrate, _wall_us())
+                await migrate_exclusively(conn, _wall_us())
         except (SQLAlchemyError, OSError, RuntimeError) as exc:
             await engine.dispose()
             raise LogError(f"cannot open {self.display_url}: {short_error(exc)}") from exc

@@ -48,7 +48,6 @@ from calguard.alerts.inputs_read import read_inputs
 from calguard.alerts.log_writer import UNRECORDED, Batch, LogStatus, LogWriter, Marks
 from calguard.alerts.private import FILE_MODE, create_private_file, private_dir
 from calguard.alerts.schema import (
-    PG_MIGRATION_LOCK,
     alert_transitions,
     audit_chain,
     input_blocks,
@@ -56,7 +55,7 @@ from calguard.alerts.schema import (
     library_versions,
     log_identity,
     log_writers,
-    migrate,
+    migrate_exclusively,
     sessions,
 )
 from calguard.alerts.spool import Spool, SpoolError
@@ -65,7 +64,7 @@ from calguard.monitor.events import ALARM_ACTIONS
 from calguard.monitor.library import Library
 from calguard.monitor.records import InputRecord
 from calguard.monitor.transitions import AlertBook, AlertTransition
-from sqlalchemy import event, func, insert, select, text
+from sqlalchemy import event, func, insert, select
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.pool import NullPool
@@ -87,7 +86,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-_PG_MIGRATION_LOCK = PG_MIGRATION_LOCK  # one migrating process at a time
 # The spool's default cap. A reading costs about 400 bytes in the spool (its raw JSON and
 # the log's columns). 2 GiB is then ~5 million readings: a 40-cot unit's ~120 pump channels
 # at 1 Hz for ~12 hours (a night until the database is fixed), or a hospital's 1,000
@@ -309,14 +307,7 @@ class AlertLog:
         writer_id = uuid.uuid4().hex
         try:
             async with engine.begin() as conn:
-                if engine.dialect.name == "postgresql":
-                    await conn.execute(
-                        text("SELECT pg_advisory_xact_lock(:k)"), {"k": _PG_MIGRATION_LOCK}
-                    )
-                else:  # the write lock first: the driver runs DDL outside any transaction,
-                    # so two processes would each find a table missing and both create it
-                    await conn.exec_driver_sql("BEGIN IMMEDIATE")
-                applied = await conn.run_sync(migrate, _wall_us())
+                applied = await migrate_exclusively(conn, _wall_us())
                 identity = (await conn.execute(select(log_identity.c.id))).scalar_one()
                 await conn.execute(
                     insert(log_writers),
@@ -891,9 +882,16 @@ def _other_spools(root: Path, identity: str) -> list[Path]:
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cursor = dbapi_conn.cursor()
-    cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute("PRAGMA synchronous=FULL")
     cursor.execute("PRAGMA busy_timeout=5000")
+    try:
+        cursor.execute("PRAGMA journal_mode=WAL")
+    except Exception as exc:  # the driver's adapted OperationalError
+        # another process migrates this new log (its write lock, which a change of journal
+        # mode does not wait for): the file stays as it is and the next connection, one
+        # per batch, makes it WAL; nothing is lost but this connection's WAL
+        if "locked" not in str(exc):
+            raise
+    cursor.execute("PRAGMA synchronous=FULL")
     cursor.close()
 
 

@@ -37,10 +37,10 @@ from sqlalchemy import (
     select,
     text,
 )
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 __all__ = [
     "MIGRATIONS",
-    "PG_MIGRATION_LOCK",
     "alert_transitions",
     "audit_chain",
     "input_blocks",
@@ -53,6 +53,7 @@ __all__ = [
     "log_writers",
     "metadata",
     "migrate",
+    "migrate_exclusively",
     "monitor_leases",
     "schema_version",
     "sessions",
@@ -62,7 +63,7 @@ __all__ = [
 
 metadata = MetaData()
 #: PostgreSQL advisory lock held while migrating: one process at a time ("calg")
-PG_MIGRATION_LOCK = 0x6361_6C67
+_PG_MIGRATION_LOCK = 0x6361_6C67
 # SQLite only auto-increments an INTEGER PRIMARY KEY; PostgreSQL gets a 64-bit key.
 _Id = BigInteger().with_variant(Integer(), "sqlite")
 
@@ -435,3 +436,15 @@ def migrate(conn: Connection, now_us: int) -> list[int]:
             conn.execute(insert(schema_version), [row])
             applied.append(migration.version)
     return applied
+
+
+async def migrate_exclusively(conn: AsyncConnection, now_us: int) -> list[int]:
+    """``migrate`` in ``conn``'s transaction, one process at a time, whoever opens the log
+    (a monitor, the accounts, the library store, a prune, a lease): PostgreSQL under an
+    advisory lock; SQLite with its write lock taken first - its driver runs DDL outside any
+    transaction, so two processes would each find a table missing and both create it."""
+    if conn.dialect.name == "postgresql":
+        await conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _PG_MIGRATION_LOCK})
+    else:
+        await conn.exec_driver_sql("BEGIN IMMEDIATE")
+    return await conn.run_sync(migrate, now_us)

@@ -46,7 +46,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, create_async_engine
 from sqlalchemy.pool import NullPool
 
 from calguard.alerts.log import normalise_db_url, redact_url
-from calguard.alerts.schema import PG_MIGRATION_LOCK, migrate
+from calguard.alerts.schema import migrate_exclusively
 from calguard.monitor.errors import LogError
 
 __all__ = ["EXIT_FENCED", "MARGIN_S", "RENEW_S", "TTL_S", "Fenced", "Lease", "fence_on_wake"]
@@ -127,10 +127,7 @@ class Lease:
         engine = create_async_engine(normalise_db_url(self.url), poolclass=NullPool)
         try:
             async with engine.begin() as conn:
-                await conn.execute(
-                    text("SELECT pg_advisory_xact_lock(:k)"), {"k": PG_MIGRATION_LOCK}
-                )
-                await conn.run_sync(migrate, int(time.time() * 1e6))
+                await migrate_exclusively(conn, int(time.time() * 1e6))
         except (SQLAlchemyError, OSError) as exc:
             raise LogError(
                 f"unit {self.unit}: cannot reach the log {redact_url(self.url)} for its lease: "

@@ -25,9 +25,9 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
-from sqlalchemy import select, text
+from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.ext.asyncio import AsyncConnection, create_async_engine
+from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.pool import NullPool
 
 from calguard.alerts import retention
@@ -48,7 +48,7 @@ from calguard.alerts.retention import (
     prune,
     verify_export,
 )
-from calguard.alerts.schema import PG_MIGRATION_LOCK, log_identity, migrate
+from calguard.alerts.schema import log_identity, migrate_exclusively
 from calguard.config.site import LogPolicy
 from calguard.monitor.errors import CalGuardError, LogError
 from calguard.monitor.timeutil import format_ts
@@ -139,15 +139,6 @@ async def _verify_export(db: str | None, file: Path, digest: str, where: str) ->
     return 0
 
 
-async def _migrated(conn: AsyncConnection, now_us: int) -> None:
-    """The schema brought up to date first, in this transaction, one process at a time."""
-    if conn.dialect.name == "postgresql":
-        await conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": PG_MIGRATION_LOCK})
-    else:
-        await conn.exec_driver_sql("BEGIN IMMEDIATE")  # the write lock before the first look
-    await conn.run_sync(migrate, now_us)
-
-
 async def prune_log(
     url: str, keep_days: int, *, dry_run: bool = False, now_us: int | None = None
 ) -> int:
@@ -160,7 +151,7 @@ async def prune_log(
     engine = create_async_engine(url, poolclass=NullPool)
     try:
         async with engine.begin() as conn:
-            await _migrated(conn, now)  # a log never written to, or by an older CalGuard
+            await migrate_exclusively(conn, now)  # a new log, or an older CalGuard's
             plan = await plan_prune(conn, before)
             _say(plan, keep_days)
             if plan.unexported or dry_run or not plan.sessions:

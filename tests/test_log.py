@@ -122,6 +122,31 @@ async def test_monitors_starting_together_on_a_new_log_all_start(db_url: str) ->
     assert versions[0] == 1
 
 
+async def test_everything_that_opens_a_new_log_at_once_migrates_it_once(db_url: str) -> None:
+    """A monitor, the accounts (a login) and the library store (a pharmacist) may open a
+    log nobody has opened yet at the same instant: each takes the one migration lock."""
+    import asyncio
+
+    from calguard.alerts.accounts import Accounts
+    from calguard.alerts.library_store import LibraryStore
+
+    async def monitor() -> None:
+        async with AlertLog(db_url):
+            pass
+
+    async def accounts() -> None:
+        async with Accounts(db_url):
+            pass
+
+    async def store() -> None:
+        async with LibraryStore(db_url):
+            pass
+
+    await asyncio.gather(monitor(), accounts(), store(), monitor(), accounts(), store())
+    versions = await query(db_url, text("SELECT version FROM calguard_schema"))
+    assert [v[0] for v in versions] == [m.version for m in MIGRATIONS]
+
+
 async def test_the_migrated_schema_is_the_declared_schema(db_url: str) -> None:
     await replay_into(db_url, b"")
     from sqlalchemy.ext.asyncio import create_async_engine
