@@ -87,6 +87,10 @@ _DRIVER_ACTION = (
     "an action on an alarm is taken only as a command with a signed token (calguard login, "
     "then calguard ack|pause|reset|override), never from a device's or a file's input"
 )
+_OWN_CONDITION = (
+    "a monitor event states the monitor's own condition (its log, its library, its lag); it "
+    "is never taken from a device's or a file's input"
+)
 _SINK_FLUSH_S = 3.0  # at a stop, how long the sinks may take to deliver what they hold
 _LOG_FLUSH_S = 5.0  # at a stop, how long the log may take to make the last inputs durable
 _DETAIL_CHARS = 200  # the longest detail a monitor event carries (event-format bound)
@@ -354,6 +358,13 @@ class Monitor:
         if item.problem is not None:
             transitions = self.pipeline.feed_problem(
                 item.raw, item.problem, source=item.source, pump=item.pump, t=now
+            )
+        elif isinstance(item.obj, dict) and item.obj.get("type") == "monitor":
+            # the monitor's own condition (its log, its library, its lag) is the monitor's
+            # to state: one from outside could hold every telemetry-stale or end an alarm.
+            # Kept as a wire problem: never warm-started from, replayed as refused
+            transitions = self.pipeline.feed_problem(
+                item.raw, _OWN_CONDITION, source=item.source, t=now
             )
         elif not self.file_actions and _is_action(item.obj):
             assert isinstance(item.obj, dict)

@@ -20,6 +20,7 @@ from calguard.config import load_library
 from calguard.config.loader import builtin_text, parse_library
 from calguard.drivers.base import Inbound
 from calguard.drivers.mqtt import MqttDriver
+from calguard.drivers.virtual import VirtualDriver
 from calguard.monitor.lag import InputLag
 from calguard.monitor.library import Library
 from calguard.monitor.model import ChannelState
@@ -349,3 +350,21 @@ async def test_live_without_the_hold_the_same_stall_is_a_stale_storm(broker: Bro
     assert {a["pump"] for a in bay.of("telemetry-stale", "raised")} == {
         f"P{k}" for k in range(1, 11)
     }
+
+
+async def test_a_lag_no_monitor_measured_is_refused_from_the_wire() -> None:
+    """A device, an app or a file saying the monitor lags would hold every telemetry-stale
+    for up to max_hold (and one saying the log is back would end log-unavailable): a
+    monitor event from outside is refused with its reason, and changes nothing."""
+    feed = "virtual://forged-lag"
+    async with LiveBay([VirtualDriver(feed)], file_actions=True) as bay:
+        for event in admission(now_ts(), bed="B1", line="L1", pump="P1"):
+            VirtualDriver.put(feed, event)
+        forged = {"t": now_ts(), "type": "monitor", "condition": "monitor-lagging",
+                  "active": True, "lag": "60 s"}  # fmt: skip
+        VirtualDriver.put(feed, forged)
+        await bay.until(lambda: any("own condition" in (r.reason or "") for r in bay.records))
+    (refused,) = [r for r in bay.records if "own condition" in (r.reason or "")]
+    assert refused.status == "rejected" and refused.event_type == "wire"
+    assert not bay.of("monitor-lagging")
+    assert bay.monitor.engine.rules.ctx.input_lag_us == 0  # no hold was taken
