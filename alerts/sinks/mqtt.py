@@ -40,6 +40,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Awaitable, Iterable
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -265,9 +266,9 @@ class MqttSink(Sink):
         assert client is not None
         lines = f"{self.prefix}/alerts"
         try:
-            await asyncio.gather(*(client.publish(lines, i.line.encode(), qos=1) for i in items))
+            await _every(client.publish(lines, i.line.encode(), qos=1) for i in items)
             latest = {item.bed_key: item.bed_state for item in items}
-            await asyncio.gather(*(self._publish_state(client, b, s) for b, s in latest.items()))
+            await _every(self._publish_state(client, b, s) for b, s in latest.items())
         except aiomqtt.MqttError as exc:
             raise SinkError(f"publish failed: {exc}") from exc
         except (ValueError, TypeError) as exc:  # this line cannot be published: give it up
@@ -289,3 +290,12 @@ class MqttSink(Sink):
                 await client.publish(topic, offline, qos=1, retain=True, timeout=1)
             with contextlib.suppress(aiomqtt.MqttError, OSError):
                 await client.__aexit__(None, None, None)
+
+
+async def _every(publishes: Iterable[Awaitable[object]]) -> None:
+    """Await every publish, even once one failed (none left running unseen), then raise
+    the first failure: the window is then delivered again, whole."""
+    results = await asyncio.gather(*publishes, return_exceptions=True)
+    for result in results:
+        if isinstance(result, BaseException):
+            raise result
